@@ -1,0 +1,126 @@
+"""Defaults shared by every config, and the checks a config passes before anything compiles.
+
+A config file in `configs/` starts from `get_base_config()` and changes what its method and
+benchmark need, so every run can be changed the same way from the command line
+(`--config.seed=3`, `--config.optimizer.learning_rate=0.1`, ...).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """The keys every config has; values are the digits defaults."""
+  c = ml_collections.ConfigDict()
+  c.method = 'supervised'
+  c.seed = 0
+
+  # Data: the labelled subset is `labels_per_class` images of each class (or a stratified
+  # `label_fraction` of the train split), chosen by `seed`; the test split never changes.
+  c.dataset = 'digits'
+  c.data_dir = config_dict.placeholder(str)
+  c.decode_size = 256  # ImageNet: side of the stored square that crops are taken from.
+  c.labels_per_class = config_dict.placeholder(int)
+  c.label_fraction = config_dict.placeholder(float)
+
+  # Global images per step: `batch_size` unlabelled, `labelled_batch_size` labelled (drawn
+  # from reshuffled passes over the labelled subset, so 10 labelled images can fill it).
+  c.batch_size = 256
+  c.labelled_batch_size = 64
+
+  c.num_steps = 1000
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+
+  c.model = ml_collections.ConfigDict(dict(
+      backbone='resnet_tiny', width=1.0, stem='tiny', dtype='float32'))
+
+  c.augment = ml_collections.ConfigDict(dict(
+      num_global_crops=2, global_size=8, global_scale=(0.5, 1.0),
+      num_local_crops=0, local_size=6, local_scale=(0.2, 0.5),
+      flip=False, color_jitter=0.0, grayscale_prob=0.0,
+      blur_prob=(0.0,), local_blur_prob=0.0, solarize_prob=(0.0,)))
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name='sgd',            # sgd | lars | adamw
+      learning_rate=0.1,     # peak learning rate, reached after the warm-up
+      warmup_steps=50,
+      end_learning_rate_factor=0.0,  # cosine decays to peak * this factor
+      momentum=0.9,
+      nesterov=False,
+      weight_decay=5e-4,     # not applied to biases and normalisation parameters
+      b1=0.9, b2=0.999,      # adamw
+      trust_coefficient=0.001,  # lars
+      grad_clip_norm=0.0))   # 0 = off
+
+  # Evaluation: test top-1/top-5 of the method's classifier and a weighted kNN probe on
+  # backbone features with the labelled subset as the memory bank.
+  c.eval = ml_collections.ConfigDict(dict(batch_size=512, knn_k=20, knn_temperature=0.07))
+
+  # Initialise parameter subtrees (e.g. 'backbone') from another run's latest checkpoint:
+  # `workdir` is a path, or `stage` names an earlier stage of this run.
+  c.init_from = ml_collections.ConfigDict(dict(
+      workdir=config_dict.placeholder(str), stage=config_dict.placeholder(str), paths=()))
+
+  # Multi-stage pipelines: a tuple of full configs, each with a `name`; empty for one stage.
+  c.stages = ()
+  c.name = ''
+  return c
+
+
+def _check(condition: bool, message: str) -> None:
+  if not condition:
+    raise ValueError(message)
+
+
+def closest_key(key: str, candidates) -> str:
+  """`did you mean 'x'?` suffix for an unknown key, or ''."""
+  match = difflib.get_close_matches(key, list(candidates), n=1)
+  return f" (did you mean '{match[0]}'?)" if match else ''
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: str | None) -> None:
+  """Raises ValueError naming the key and the fix for a config that cannot run."""
+  from semi_ssl import methods  # Imported here: methods import models, which import jax.
+  from semi_ssl.data import datasets
+
+  _check(config.method in methods.REGISTRY,
+         f"config.method='{config.method}' is unknown{closest_key(config.method, methods.REGISTRY)}; "
+         f"valid methods: {', '.join(sorted(methods.REGISTRY))}.")
+  datasets.check_config(config)
+  for key in ('batch_size', 'labelled_batch_size'):
+    value = config[key]
+    _check(isinstance(value, int) and value > 0, f'config.{key}={value!r} must be a positive integer.')
+    _check(value % num_devices == 0,
+           f'config.{key}={value} is not divisible by the {num_devices} devices: '
+           f'set it to a multiple of {num_devices}, e.g. --config.{key}={value - value % num_devices or num_devices}.')
+  for key in ('num_steps', 'eval_every', 'checkpoint_every', 'log_every', 'keep_checkpoints'):
+    _check(config[key] > 0, f'config.{key}={config[key]} must be positive.')
+  _check(config.optimizer.name in ('sgd', 'lars', 'adamw'),
+         f"config.optimizer.name='{config.optimizer.name}' is unknown; use sgd, lars or adamw.")
+  _check(config.model.dtype in ('float32', 'bfloat16'),
+         f"config.model.dtype='{config.model.dtype}' is unknown; use float32 or bfloat16.")
+  init = config.init_from
+  _check(not (init.workdir and init.stage),
+         'config.init_from: set either workdir or stage, not both.')
+  _check(bool(init.workdir or init.stage) == bool(init.paths),
+         'config.init_from: name both a source (workdir or stage) and the parameter paths to copy, '
+         "e.g. --config.init_from.paths=\"('backbone',)\".")
+  if workdir is not None:
+    _check_writable(workdir)
+
+
+def _check_writable(workdir: str) -> None:
+  if '://' in workdir:  # Remote file systems (gs://) are checked by the first write.
+    return
+  existing = workdir
+  while not os.path.exists(existing):
+    existing = os.path.dirname(os.path.abspath(existing))
+  _check(os.path.isdir(existing) and os.access(existing, os.W_OK),
+         f"--workdir={workdir} is not writable ('{existing}' does not allow writing): choose another directory.")

@@ -1,0 +1,324 @@
+"""Multi-crop image augmentation as pure JAX functions, run on device inside the train step.
+
+The host only gathers uint8 images; every random choice comes from a JAX key, so the views
+of a step are a function of (key, images) alone and resume exactly. Each view draws one key
+per example (`jax.random.split(key, B)`) and augments the examples with `jax.vmap`, so the
+result does not depend on how the batch is sharded over devices.
+
+One view of one example goes through (SimCLR / BYOL / DINO order):
+  random-resized crop -> horizontal flip -> colour jitter (p=0.8) -> grayscale -> Gaussian
+  blur -> solarize -> normalise with mean/std.
+Colour jitter and grayscale need RGB and are skipped for other channel counts (digits);
+blur and solarize work on any image and are governed by their probabilities alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+# ITU-R 601 luma weights, as tf.image.rgb_to_grayscale (SimCLR).
+_LUMA = (0.2989, 0.5870, 0.1140)
+_JITTER_PROB = 0.8
+_BLUR_SIGMA = (0.1, 2.0)  # For 224-pixel views; scaled with the view size.
+_SOLARIZE_THRESHOLD = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class CropSpec:
+  """One family of random-resized crops: `num` views of `size` x `size` pixels."""
+  num: int
+  size: int
+  scale: tuple[float, float]  # Range of the crop's area as a fraction of the image.
+  ratio: tuple[float, float] = (3 / 4, 4 / 3)  # Range of width / height, sampled log-uniformly.
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Static description of the views; hashable, so it can be a static jit argument."""
+  global_crops: CropSpec
+  local_crops: CropSpec | None
+  flip: bool  # Horizontal flip with p=0.5.
+  color_jitter: float  # SimCLR strength s; 0 = off.
+  grayscale_prob: float
+  blur_prob: tuple[float, ...]  # Per global view; the last value serves further views.
+  local_blur_prob: float
+  solarize_prob: tuple[float, ...]  # Per global view; local views are never solarized.
+  mean: tuple[float, ...]  # Per channel, of images scaled to [0, 1].
+  std: tuple[float, ...]
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ValueError(message)
+
+
+def _floats(value: float | Sequence[float]) -> tuple[float, ...]:
+  return tuple(float(v) for v in value) if isinstance(value, Sequence) else (float(value),)
+
+
+def _check_prob(key: str, value: float) -> None:
+  _require(0.0 <= value <= 1.0, f'config.augment.{key}={value} is not a probability; set it in [0, 1].')
+
+
+def _check_crops(prefix: str, size: int, scale: tuple[float, ...], image_side: int | None) -> None:
+  _require(size >= 1, f'config.augment.{prefix}_size={size} must be a positive number of pixels.')
+  _require(image_side is None or size <= image_side,
+           f'config.augment.{prefix}_size={size} is larger than the stored images ({image_side} pixels); '
+           f'set it <= {image_side}.')
+  _require(len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0,
+           f'config.augment.{prefix}_scale={scale} must be an ordered (low, high) area fraction '
+           'with 0 < low <= high <= 1, e.g. (0.08, 1.0).')
+
+
+def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
+                        image_shape: Sequence[int] | None = None) -> AugmentConfig:
+  """Builds and validates an AugmentConfig from `config.augment`.
+
+  Args:
+    config: the run's ConfigDict; reads num_global_crops, global_size, global_scale,
+      num_local_crops, local_size, local_scale, flip, color_jitter, grayscale_prob, blur_prob,
+      local_blur_prob and solarize_prob under `config.augment`.
+    mean, std: per-channel statistics of images scaled to [0, 1].
+    image_shape: (H, W, C) of the stored images; when given, crop sizes must fit in them and
+      mean/std must have C entries.
+
+  Raises:
+    ValueError: naming the offending key and the fix.
+  """
+  aug = config.augment
+  side = min(image_shape[:2]) if image_shape is not None else None
+  _require(aug.num_global_crops >= 1,
+           f'config.augment.num_global_crops={aug.num_global_crops} must be >= 1.')
+  _require(aug.num_local_crops >= 0,
+           f'config.augment.num_local_crops={aug.num_local_crops} must be >= 0 (0 = no local crops).')
+  global_scale = _floats(aug.global_scale)
+  _check_crops('global', aug.global_size, global_scale, side)
+  local_crops = None
+  if aug.num_local_crops:
+    local_scale = _floats(aug.local_scale)
+    _check_crops('local', aug.local_size, local_scale, side)
+    local_crops = CropSpec(aug.num_local_crops, aug.local_size, local_scale)
+  _require(aug.color_jitter >= 0.0,
+           f'config.augment.color_jitter={aug.color_jitter} must be >= 0 (0 = off, SimCLR uses 1.0).')
+  blur_prob, solarize_prob = _floats(aug.blur_prob), _floats(aug.solarize_prob)
+  _require(bool(blur_prob), 'config.augment.blur_prob is empty; give one probability per global view, e.g. (1.0, 0.1).')
+  _require(bool(solarize_prob), 'config.augment.solarize_prob is empty; give one probability per global view, e.g. (0.0, 0.2).')
+  for key, values in (('grayscale_prob', (aug.grayscale_prob,)), ('blur_prob', blur_prob),
+                      ('local_blur_prob', (aug.local_blur_prob,)), ('solarize_prob', solarize_prob)):
+    for value in values:
+      _check_prob(key, value)
+  mean, std = _floats(mean), _floats(std)
+  _require(len(mean) == len(std) and all(s > 0 for s in std),
+           f'mean={mean} and std={std} must have one entry per channel and std > 0.')
+  _require(image_shape is None or len(mean) == image_shape[-1],
+           f'mean/std have {len(mean)} entries but the images have {image_shape[-1]} channels; '
+           'give one per channel.')
+  return AugmentConfig(
+      global_crops=CropSpec(aug.num_global_crops, aug.global_size, global_scale),
+      local_crops=local_crops, flip=bool(aug.flip), color_jitter=float(aug.color_jitter),
+      grayscale_prob=float(aug.grayscale_prob), blur_prob=blur_prob,
+      local_blur_prob=float(aug.local_blur_prob), solarize_prob=solarize_prob, mean=mean, std=std)
+
+
+# --- Geometry (one example) -------------------------------------------------------------------
+
+
+def _crop_and_resize(image: jax.Array, box: tuple[jax.Array, ...], size: int) -> jax.Array:
+  """Bilinear, antialiased resample of box=(top, left, height, width) of [H, W, C] to [size, size, C].
+
+  The box is continuous (pixel edges), so crops need not align with the pixel grid.
+  """
+  top, left, height, width = box
+  scale = jnp.stack([size / height, size / width])
+  translation = -jnp.stack([top, left]) * scale
+  return jax.image.scale_and_translate(image, (size, size, image.shape[-1]), (0, 1), scale,
+                                       translation, method='linear', antialias=True)
+
+
+def _sample_crop_box(key: jax.Array, height: int, width: int, spec: CropSpec) -> tuple[jax.Array, ...]:
+  """Inception-style box: area fraction ~ U(scale), log(w/h) ~ U(log ratio), clipped to the image."""
+  area_key, ratio_key, top_key, left_key = jax.random.split(key, 4)
+  area = height * width * jax.random.uniform(area_key, (), minval=spec.scale[0], maxval=spec.scale[1])
+  log_ratio = jax.random.uniform(ratio_key, (), minval=math.log(spec.ratio[0]),
+                                 maxval=math.log(spec.ratio[1]))
+  box_h = jnp.minimum(jnp.sqrt(area / jnp.exp(log_ratio)), height)
+  box_w = jnp.minimum(jnp.sqrt(area * jnp.exp(log_ratio)), width)
+  top = jax.random.uniform(top_key, ()) * (height - box_h)
+  left = jax.random.uniform(left_key, ()) * (width - box_w)
+  return top, left, box_h, box_w
+
+
+# --- Colour (one example, values in [0, 1]) -------------------------------------------------
+
+
+def _grayscale(x: jax.Array) -> jax.Array:
+  """[H, W, 3] -> luma broadcast to [H, W, 3]."""
+  luma = x @ jnp.asarray(_LUMA, x.dtype)
+  return jnp.broadcast_to(luma[..., None], x.shape)
+
+
+def _rgb_to_hsv(x: jax.Array) -> jax.Array:
+  """[..., 3] RGB -> [..., 3] HSV, all channels in [0, 1] (as colorsys)."""
+  r, g, b = x[..., 0], x[..., 1], x[..., 2]
+  value = jnp.max(x, axis=-1)
+  delta = value - jnp.min(x, axis=-1)
+  safe_delta = jnp.where(delta > 0, delta, 1.0)
+  saturation = jnp.where(value > 0, delta / jnp.where(value > 0, value, 1.0), 0.0)
+  hue = jnp.where(value == r, (g - b) / safe_delta,
+                  jnp.where(value == g, 2.0 + (b - r) / safe_delta, 4.0 + (r - g) / safe_delta))
+  hue = jnp.where(delta > 0, (hue / 6.0) % 1.0, 0.0)
+  return jnp.stack([hue, saturation, value], axis=-1)
+
+
+def _hsv_to_rgb(x: jax.Array) -> jax.Array:
+  """[..., 3] HSV -> [..., 3] RGB, inverse of `_rgb_to_hsv`."""
+  hue, saturation, value = x[..., 0:1], x[..., 1:2], x[..., 2:3]
+  k = (jnp.asarray([5.0, 3.0, 1.0], x.dtype) + 6.0 * hue) % 6.0
+  return value - value * saturation * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+def _adjust_brightness(x: jax.Array, factor: jax.Array) -> jax.Array:
+  return x * factor
+
+
+def _adjust_contrast(x: jax.Array, factor: jax.Array) -> jax.Array:
+  mean = jnp.mean(x, axis=(0, 1), keepdims=True)  # Per channel, as tf.image.adjust_contrast.
+  return (x - mean) * factor + mean
+
+
+def _adjust_saturation(x: jax.Array, factor: jax.Array) -> jax.Array:
+  gray = _grayscale(x)
+  return gray + (x - gray) * factor
+
+
+def _adjust_hue(x: jax.Array, delta: jax.Array) -> jax.Array:
+  hsv = _rgb_to_hsv(x)
+  return _hsv_to_rgb(hsv.at[..., 0].set((hsv[..., 0] + delta) % 1.0))
+
+
+def _color_jitter(key: jax.Array, x: jax.Array, strength: float) -> jax.Array:
+  """SimCLR colour distortion of [H, W, 3]: brightness, contrast, saturation (factors in
+  [1 - 0.8s, 1 + 0.8s]) and hue (shift in [-0.2s, 0.2s]), applied in a random order and
+  clipped to [0, 1] after each."""
+  order_key, *keys = jax.random.split(key, 5)
+  bound = 0.8 * strength
+  factors = [jax.random.uniform(k, (), minval=max(0.0, 1.0 - bound), maxval=1.0 + bound)
+             for k in keys[:3]]
+  hue_delta = jax.random.uniform(keys[3], (), minval=-0.2 * strength, maxval=0.2 * strength)
+  ops = [functools.partial(_adjust_brightness, factor=factors[0]),
+         functools.partial(_adjust_contrast, factor=factors[1]),
+         functools.partial(_adjust_saturation, factor=factors[2]),
+         functools.partial(_adjust_hue, delta=hue_delta)]
+  order = jax.random.permutation(order_key, len(ops))
+  for step in range(len(ops)):
+    x = jnp.clip(jax.lax.switch(order[step], ops, x), 0.0, 1.0)
+  return x
+
+
+def _gaussian_blur(x: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
+  """Separable Gaussian blur of [H, W, C] with a (2 radius + 1)-tap kernel, reflected edges."""
+  taps = jnp.arange(-radius, radius + 1, dtype=x.dtype)
+  kernel = jnp.exp(-0.5 * (taps / sigma) ** 2)
+  kernel = kernel / jnp.sum(kernel)
+  for axis in (0, 1):
+    padding = [(0, 0)] * x.ndim
+    padding[axis] = (radius, radius)
+    padded = jnp.pad(x, padding, mode='reflect')
+    x = sum(kernel[i] * jax.lax.slice_in_dim(padded, i, i + x.shape[axis], axis=axis)
+            for i in range(2 * radius + 1))
+  return x
+
+
+def _solarize(x: jax.Array) -> jax.Array:
+  return jnp.where(x < _SOLARIZE_THRESHOLD, x, 1.0 - x)
+
+
+# --- Views ---------------------------------------------------------------------------------
+
+
+def _normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """[..., C] in [0, 1] -> (x - mean) / std."""
+  _require(len(mean) == len(std) == x.shape[-1],
+           f'mean={tuple(mean)} and std={tuple(std)} need one entry per image channel ({x.shape[-1]}).')
+  return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
+
+
+def _augment_one(key: jax.Array, image: jax.Array, *, cfg: AugmentConfig, crop: CropSpec,
+                 blur_prob: float, solarize_prob: float) -> jax.Array:
+  """One view of one uint8 [H, W, C] image -> float32 [size, size, C], normalised."""
+  crop_key, flip_key, jitter_key, gray_key, blur_key, solarize_key = jax.random.split(key, 6)
+  height, width, channels = image.shape
+  x = image.astype(jnp.float32) / 255.0
+  x = _crop_and_resize(x, _sample_crop_box(crop_key, height, width, crop), crop.size)
+  if cfg.flip:
+    x = jnp.where(jax.random.bernoulli(flip_key), x[:, ::-1], x)
+  if channels == 3 and cfg.color_jitter > 0:
+    apply_key, key = jax.random.split(jitter_key)
+    x = jnp.where(jax.random.bernoulli(apply_key, _JITTER_PROB),
+                  _color_jitter(key, x, cfg.color_jitter), x)
+  if channels == 3 and cfg.grayscale_prob > 0:
+    x = jnp.where(jax.random.bernoulli(gray_key, cfg.grayscale_prob), _grayscale(x), x)
+  if blur_prob > 0:
+    apply_key, sigma_key = jax.random.split(blur_key)
+    sigma = jax.random.uniform(sigma_key, (), minval=_BLUR_SIGMA[0], maxval=_BLUR_SIGMA[1])
+    blurred = _gaussian_blur(x, sigma * crop.size / 224, radius=max(1, crop.size // 20))
+    x = jnp.where(jax.random.bernoulli(apply_key, blur_prob), blurred, x)
+  if solarize_prob > 0:
+    x = jnp.where(jax.random.bernoulli(solarize_key, solarize_prob), _solarize(x), x)
+  return _normalize(x, cfg.mean, cfg.std)
+
+
+def _view_specs(cfg: AugmentConfig) -> list[tuple[CropSpec, float, float]]:
+  """(crop, blur_prob, solarize_prob) of every view, global views first."""
+  views = [(cfg.global_crops, cfg.blur_prob[min(i, len(cfg.blur_prob) - 1)],
+            cfg.solarize_prob[min(i, len(cfg.solarize_prob) - 1)])
+           for i in range(cfg.global_crops.num)]
+  if cfg.local_crops is not None:
+    views += [(cfg.local_crops, cfg.local_blur_prob, 0.0)] * cfg.local_crops.num
+  return views
+
+
+def multi_crop(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> list[jax.Array]:
+  """uint8 [B, H, W, C] -> global views then local views, each float32 [B, size, size, C].
+
+  View v of example i depends only on (key, v, i, images[i]).
+  """
+  _require(images.ndim == 4 and images.dtype == jnp.uint8,
+           f'multi_crop expects uint8 images [B, H, W, C], got {images.dtype} {images.shape}.')
+  views = _view_specs(cfg)
+  outputs = []
+  for view_key, (crop, blur_prob, solarize_prob) in zip(jax.random.split(key, len(views)), views):
+    augment = functools.partial(_augment_one, cfg=cfg, crop=crop, blur_prob=blur_prob,
+                                solarize_prob=solarize_prob)
+    outputs.append(jax.vmap(augment)(jax.random.split(view_key, images.shape[0]), images))
+  return outputs
+
+
+def eval_view(images: jax.Array, size: int, mean: Sequence[float], std: Sequence[float],
+              crop_fraction: float = 1.0) -> jax.Array:
+  """uint8 [B, H, W, C] -> float32 [B, size, size, C], normalised.
+
+  Takes the centred square of side crop_fraction * min(H, W) and resizes it to `size`
+  (the identity when that square is the whole image and size == H == W). crop_fraction=0.875
+  gives the usual ImageNet protocol (resize to 256, centre-crop 224).
+  """
+  _require(0.0 < crop_fraction <= 1.0, f'crop_fraction={crop_fraction} must be in (0, 1].')
+  height, width = images.shape[1:3]
+  side = crop_fraction * min(height, width)
+  box = tuple(jnp.float32(v) for v in ((height - side) / 2, (width - side) / 2, side, side))
+  x = images.astype(jnp.float32) / 255.0
+  x = jax.vmap(lambda image: _crop_and_resize(image, box, size))(x)
+  return _normalize(x, mean, std)
+
+
+def rotate(images: jax.Array, k: jax.Array) -> jax.Array:
+  """Rotates square images [B, H, H, C] counter-clockwise by k[i] * 90 degrees (as np.rot90)."""
+  _require(images.shape[1] == images.shape[2],
+           f'rotate needs square images, got {images.shape[1]}x{images.shape[2]}; crop them square first.')
+  rotations = [functools.partial(jnp.rot90, k=r) for r in range(4)]
+  return jax.vmap(lambda image, r: jax.lax.switch(r, rotations, image))(images, k % 4)

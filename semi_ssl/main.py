@@ -1,0 +1,81 @@
+"""Entry point: python -m semi_ssl.main --config=configs/<method>/<benchmark>.py --workdir=DIR
+
+Any config value can be overridden, e.g. `--config.seed=3 --config.num_steps=500`. The same
+command resumes an interrupted run from DIR's latest checkpoint. A config with `stages`
+runs each stage in DIR/<stage name>, skipping the finished ones.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard events, results.json.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def stage_plan(config, workdir: str) -> list[tuple[object, str]]:
+  """[(stage config, stage workdir)] with `init_from.stage` resolved to a workdir."""
+  if not config.stages:
+    return [(config, workdir)]
+  plan = []
+  for stage in config.stages:
+    stage = stage.copy_and_resolve_references()
+    if stage.init_from.stage:
+      with stage.unlocked():
+        stage.init_from.workdir = os.path.join(workdir, stage.init_from.stage)
+        stage.init_from.stage = None
+    plan.append((stage, os.path.join(workdir, stage.name)))
+  return plan
+
+
+def format_table(rows: list[dict]) -> str:
+  """A short results table, one row per stage."""
+  columns = ['stage', 'method', 'dataset', 'labels', 'seed', 'steps', 'test_top1', 'test_top5',
+             'knn_top1', 'wall_s']
+  def cell(row, col):
+    value = {'labels': row.get('labels_per_class') or row.get('label_fraction'),
+             'wall_s': row.get('wall_seconds')}.get(col, row.get(col))
+    if isinstance(value, float) and col != 'wall_s':
+      return f'{100 * value:.2f}%' if col.endswith('top1') or col.endswith('top5') else f'{value:g}'
+    return '-' if value is None else str(value)
+  table = [columns] + [[cell(r, c) for c in columns] for r in rows]
+  widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+  fmt = lambda line: '  '.join(v.rjust(w) for v, w in zip(line, widths))
+  return '\n'.join([fmt(table[0]), fmt(['-' * w for w in widths])] + [fmt(l) for l in table[1:]])
+
+
+def main(argv):
+  del argv
+  import jax  # After flag parsing, so --help is fast.
+
+  from semi_ssl import config_base, train
+
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  plan = stage_plan(config, workdir)
+  try:
+    for stage_config, _ in plan:
+      config_base.validate(stage_config, num_devices=jax.device_count(), workdir=workdir)
+  except ValueError as error:
+    sys.exit(f'Config error: {error}')
+
+  rows = []
+  for stage_config, stage_dir in plan:
+    results_path = os.path.join(stage_dir, train.RESULTS_FILE)
+    if os.path.exists(results_path):
+      logging.info('Stage %s already finished: %s', stage_config.name or '-', results_path)
+      results = train.read_results(results_path)
+    else:
+      results = train.train_and_evaluate(stage_config, stage_dir)
+    rows.append({'stage': stage_config.name or '-', **results})
+  if jax.process_index() == 0:
+    print(format_table(rows), flush=True)
+    print(f'Results: {os.path.join(plan[-1][1], train.RESULTS_FILE)}', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

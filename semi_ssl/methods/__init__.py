@@ -1,0 +1,6 @@
+"""Registry of methods: config.method -> Method class. Adding a method is one line here."""
+from semi_ssl.methods import supervised
+
+REGISTRY = {
+    'supervised': supervised.Supervised,
+}

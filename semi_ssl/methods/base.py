@@ -1,0 +1,78 @@
+"""The interface every method implements to plug into the shared trainer.
+
+The trainer owns everything that is the same for all methods: data, multi-crop views, the
+mesh, the optimiser, checkpoints, evaluation and logging. A method owns its model, its loss
+and any state that is not trained by gradients (EMA teachers, queues).
+
+`batch` as a method sees it (global arrays, batch axis sharded over the mesh's data axis):
+
+    {'labelled':   {'views': [V x float32 [B_l, h, w, C]], 'labels': int32 [B_l]},
+     'unlabelled': {'views': [V x float32 [B_u, h, w, C]]}}
+
+Views are the global crops first, then the local crops. `unlabelled` is absent for methods
+with `uses_unlabelled = False`; unlabelled images never come with labels.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+PyTree = Any
+Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+  """What a method may know about its data: never the unlabelled labels."""
+  num_classes: int
+  image_shape: tuple[int, int, int]
+
+
+class Method(abc.ABC):
+  """A semi-supervised method: a model, a loss and (optionally) non-gradient state."""
+
+  uses_unlabelled: bool = True
+
+  def __init__(self, config: ml_collections.ConfigDict, data: DataInfo):
+    self.config = config
+    self.data = data
+
+  @abc.abstractmethod
+  def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
+    """Every trainable part of the method (backbone and heads) as one NNX module."""
+
+  def init_state(self, params: nnx.State) -> PyTree:
+    """State outside the gradient (EMA teachers, queues), from the initial parameters."""
+    del params
+    return {}
+
+  @abc.abstractmethod
+  def loss(self, model: nnx.Module, state: PyTree, batch: dict, key: jax.Array,
+           step: jax.Array) -> tuple[jax.Array, tuple[PyTree, Metrics]]:
+    """Scalar loss to minimise, with the new method state and scalar metrics."""
+
+  def update_state(self, params: nnx.State, state: PyTree, step: jax.Array) -> PyTree:
+    """Called after each optimiser update with the new parameters (e.g. EMA teachers)."""
+    del params, step
+    return state
+
+  @abc.abstractmethod
+  def predict(self, model: nnx.Module, images: jax.Array) -> jax.Array:
+    """Class logits [B, num_classes] of normalised eval images [B, H, W, C]."""
+
+  @abc.abstractmethod
+  def features(self, model: nnx.Module, images: jax.Array) -> jax.Array:
+    """Backbone features [B, D] of normalised eval images, for the kNN probe."""
+
+
+def create_backbone(config: ml_collections.ConfigDict, data: DataInfo, rngs: nnx.Rngs) -> nnx.Module:
+  """The ResNet named by `config.model`, for images of `data.image_shape`."""
+  from semi_ssl.models import resnet
+  return resnet.create_backbone(
+      config.model.backbone, width=config.model.width, stem=config.model.stem,
+      num_channels=data.image_shape[-1], rngs=rngs, dtype=jax.numpy.dtype(config.model.dtype))

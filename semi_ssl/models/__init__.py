@@ -1,0 +1,6 @@
+"""Backbones and heads (Flax NNX); every ``__call__`` takes ``train=`` explicitly."""
+from semi_ssl.models.heads import MLP, Prototypes, l2_normalize
+from semi_ssl.models.resnet import BACKBONES, STEMS, ResNet, create_backbone
+
+__all__ = ["BACKBONES", "MLP", "Prototypes", "ResNet", "STEMS",
+           "create_backbone", "l2_normalize"]
