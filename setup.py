@@ -23,6 +23,7 @@ setup(
         'tensorflow>=2.20,<2.22; sys_platform != "linux"',
         'importlib_resources',             # needed by tensorflow-datasets
         'pillow',
+        'tensorboard',                     # tf.summary.scalar needs it
     ],
     extras_require={'test': ['pytest>=8']},
 )

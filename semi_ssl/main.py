@@ -33,6 +33,21 @@ def stage_plan(config, workdir: str) -> list[tuple[object, str]]:
   return plan
 
 
+def run_plan(plan: list[tuple[object, str]]) -> list[dict]:
+  """Runs each stage in order, skipping the finished ones; their results, one row each."""
+  from semi_ssl import train
+  rows = []
+  for stage_config, stage_dir in plan:
+    results_path = os.path.join(stage_dir, train.RESULTS_FILE)
+    if os.path.exists(results_path):
+      logging.info('Stage %s already finished: %s', stage_config.name or '-', results_path)
+      results = train.read_results(results_path)
+    else:
+      results = train.train_and_evaluate(stage_config, stage_dir)
+    rows.append({'stage': stage_config.name or '-', **results})
+  return rows
+
+
 def format_table(rows: list[dict]) -> str:
   """A short results table, one row per stage."""
   columns = ['stage', 'method', 'dataset', 'labels', 'seed', 'steps', 'test_top1', 'test_top5',
@@ -63,15 +78,7 @@ def main(argv):
   except ValueError as error:
     sys.exit(f'Config error: {error}')
 
-  rows = []
-  for stage_config, stage_dir in plan:
-    results_path = os.path.join(stage_dir, train.RESULTS_FILE)
-    if os.path.exists(results_path):
-      logging.info('Stage %s already finished: %s', stage_config.name or '-', results_path)
-      results = train.read_results(results_path)
-    else:
-      results = train.train_and_evaluate(stage_config, stage_dir)
-    rows.append({'stage': stage_config.name or '-', **results})
+  rows = run_plan(plan)
   if jax.process_index() == 0:
     print(format_table(rows), flush=True)
     print(f'Results: {os.path.join(plan[-1][1], train.RESULTS_FILE)}', flush=True)

@@ -90,21 +90,30 @@ def train_step(state: TrainState, batch: dict, *, method: base.Method, graphdef,
     views['unlabelled'] = {'views': augment.multi_crop(
         unlabelled_key, batch['unlabelled']['images'], augment_cfg)}
 
-  def loss_fn(params):
-    model = nnx.merge(graphdef, params, state.model_state)
+  def loss_fn(params, model_state):
+    model = nnx.merge(graphdef, params, model_state, copy=True)
     loss, (method_state, metrics) = method.loss(model, state.method_state, views, loss_key,
                                                 state.step)
     return loss, (nnx.state(model, nnx.Not(nnx.Param)), method_state, metrics)
 
   (loss, (model_state, method_state, metrics)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+      loss_fn, has_aux=True)(state.params, state.model_state)
+  trainable = method.trainable(state.params, state.step)
+  if trainable is not None:
+    grads = _masked(grads, trainable)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  if trainable is not None:
+    updates = _masked(updates, trainable)
   params = optax.apply_updates(state.params, updates)
   method_state = method.update_state(params, method_state, state.step)
   metrics = {**metrics, 'loss': loss, 'learning_rate': schedule(state.step),
              'grad_norm': optax.global_norm(grads)}
   return state.replace(step=state.step + 1, params=params, model_state=model_state,
                        opt_state=opt_state, method_state=method_state), metrics
+
+
+def _masked(tree, mask):
+  return jax.tree.map(lambda x, keep: jnp.where(keep, x, jnp.zeros_like(x)), tree, mask)
 
 
 def _write_json(path: str, data: dict) -> None:

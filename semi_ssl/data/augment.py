@@ -26,6 +26,7 @@ _LUMA = (0.2989, 0.5870, 0.1140)
 _JITTER_PROB = 0.8
 _BLUR_SIGMA = (0.1, 2.0)  # For 224-pixel views; scaled with the view size.
 _SOLARIZE_THRESHOLD = 0.5
+_NUM_DRAWS = 18  # Uniforms per view of one example; see `_augment_one`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +58,8 @@ def _require(ok: bool, message: str) -> None:
     raise ValueError(message)
 
 
-def _floats(value: float | Sequence[float]) -> tuple[float, ...]:
-  return tuple(float(v) for v in value) if isinstance(value, Sequence) else (float(value),)
+def _floats(values: Sequence[float]) -> tuple[float, ...]:
+  return tuple(float(v) for v in values)
 
 
 def _check_prob(key: str, value: float) -> None:
@@ -115,9 +116,10 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
   mean, std = _floats(mean), _floats(std)
   _require(len(mean) == len(std) and all(s > 0 for s in std),
            f'mean={mean} and std={std} must have one entry per channel and std > 0.')
-  _require(image_shape is None or len(mean) == image_shape[-1],
-           f'mean/std have {len(mean)} entries but the images have {image_shape[-1]} channels; '
-           'give one per channel.')
+  if image_shape is not None:
+    _require(len(mean) == image_shape[-1],
+             f'mean/std have {len(mean)} entries but the images have {image_shape[-1]} channels; '
+             'give one per channel.')
   return AugmentConfig(
       global_crops=CropSpec(aug.num_global_crops, aug.global_size, global_scale),
       local_crops=local_crops, flip=bool(aug.flip), color_jitter=float(aug.color_jitter),
@@ -140,17 +142,19 @@ def _crop_and_resize(image: jax.Array, box: tuple[jax.Array, ...], size: int) ->
                                        translation, method='linear', antialias=True)
 
 
-def _sample_crop_box(key: jax.Array, height: int, width: int, spec: CropSpec) -> tuple[jax.Array, ...]:
-  """Inception-style box: area fraction ~ U(scale), log(w/h) ~ U(log ratio), clipped to the image."""
-  area_key, ratio_key, top_key, left_key = jax.random.split(key, 4)
-  area = height * width * jax.random.uniform(area_key, (), minval=spec.scale[0], maxval=spec.scale[1])
-  log_ratio = jax.random.uniform(ratio_key, (), minval=math.log(spec.ratio[0]),
-                                 maxval=math.log(spec.ratio[1]))
-  box_h = jnp.minimum(jnp.sqrt(area / jnp.exp(log_ratio)), height)
-  box_w = jnp.minimum(jnp.sqrt(area * jnp.exp(log_ratio)), width)
-  top = jax.random.uniform(top_key, ()) * (height - box_h)
-  left = jax.random.uniform(left_key, ()) * (width - box_w)
-  return top, left, box_h, box_w
+def _lerp(u: jax.Array, low: float, high: float) -> jax.Array:
+  """Maps uniforms in [0, 1) to [low, high)."""
+  return low + (high - low) * u
+
+
+def _crop_box(u: jax.Array, height: int, width: int, spec: CropSpec) -> tuple[jax.Array, ...]:
+  """Inception-style (top, left, height, width) from 4 uniforms: area fraction ~ U(scale),
+  log(width / height) ~ U(log ratio), sides clipped to the image, position uniform."""
+  area = height * width * _lerp(u[0], *spec.scale)
+  aspect = jnp.exp(_lerp(u[1], math.log(spec.ratio[0]), math.log(spec.ratio[1])))
+  box_h = jnp.minimum(jnp.sqrt(area / aspect), height)
+  box_w = jnp.minimum(jnp.sqrt(area * aspect), width)
+  return u[2] * (height - box_h), u[3] * (width - box_w), box_h, box_w
 
 
 # --- Colour (one example, values in [0, 1]) -------------------------------------------------
@@ -201,23 +205,21 @@ def _adjust_hue(x: jax.Array, delta: jax.Array) -> jax.Array:
   return _hsv_to_rgb(hsv.at[..., 0].set((hsv[..., 0] + delta) % 1.0))
 
 
-def _color_jitter(key: jax.Array, x: jax.Array, strength: float) -> jax.Array:
-  """SimCLR colour distortion of [H, W, 3]: brightness, contrast, saturation (factors in
-  [1 - 0.8s, 1 + 0.8s]) and hue (shift in [-0.2s, 0.2s]), applied in a random order and
-  clipped to [0, 1] after each."""
-  order_key, *keys = jax.random.split(key, 5)
-  bound = 0.8 * strength
-  factors = [jax.random.uniform(k, (), minval=max(0.0, 1.0 - bound), maxval=1.0 + bound)
-             for k in keys[:3]]
-  hue_delta = jax.random.uniform(keys[3], (), minval=-0.2 * strength, maxval=0.2 * strength)
+def _color_jitter(u: jax.Array, x: jax.Array, strength: float) -> jax.Array:
+  """SimCLR colour distortion of [H, W, 3] from 8 uniforms: brightness, contrast, saturation
+  (factors in [1 - 0.8s, 1 + 0.8s]) and hue (shift in [-0.2s, 0.2s]), applied in a random order
+  (SimCLR's `color_jitter_rand`) and clipped to [0, 1] after each."""
+  factors = _lerp(u[:3], max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength)
   ops = [functools.partial(_adjust_brightness, factor=factors[0]),
          functools.partial(_adjust_contrast, factor=factors[1]),
          functools.partial(_adjust_saturation, factor=factors[2]),
-         functools.partial(_adjust_hue, delta=hue_delta)]
-  order = jax.random.permutation(order_key, len(ops))
-  for step in range(len(ops)):
-    x = jnp.clip(jax.lax.switch(order[step], ops, x), 0.0, 1.0)
-  return x
+         functools.partial(_adjust_hue, delta=_lerp(u[3], -0.2 * strength, 0.2 * strength))]
+  order = jnp.argsort(u[4:8])  # A uniformly random permutation.
+
+  def apply_step(step: int, x: jax.Array) -> jax.Array:
+    return jnp.clip(jax.lax.switch(order[step], ops, x), 0.0, 1.0)
+
+  return jax.lax.fori_loop(0, len(ops), apply_step, x)  # A loop: compiles the ops once.
 
 
 def _gaussian_blur(x: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
@@ -248,55 +250,66 @@ def _normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax
   return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
 
 
-def _augment_one(key: jax.Array, image: jax.Array, *, cfg: AugmentConfig, crop: CropSpec,
-                 blur_prob: float, solarize_prob: float) -> jax.Array:
-  """One view of one uint8 [H, W, C] image -> float32 [size, size, C], normalised."""
-  crop_key, flip_key, jitter_key, gray_key, blur_key, solarize_key = jax.random.split(key, 6)
+def _augment_one(key: jax.Array, image: jax.Array, blur_prob: jax.Array, solarize_prob: jax.Array,
+                 *, cfg: AugmentConfig, crop: CropSpec, blur: bool, solarize: bool) -> jax.Array:
+  """One view of one uint8 [H, W, C] image -> float32 [size, size, C], normalised.
+
+  Every random choice reads one entry of a single draw of uniforms: one random-number call per
+  view instead of one per choice keeps compilation fast. `blur` and `solarize` say whether any
+  view of this crop family can be blurred or solarized; when not, those ops are left out.
+  """
+  u = jax.random.uniform(key, (_NUM_DRAWS,))
+  crop_u, jitter_u = u[0:4], u[4:12]
+  flip_u, jitter_apply_u, gray_u, blur_u, sigma_u, solarize_u = u[12:]
   height, width, channels = image.shape
   x = image.astype(jnp.float32) / 255.0
-  x = _crop_and_resize(x, _sample_crop_box(crop_key, height, width, crop), crop.size)
+  x = _crop_and_resize(x, _crop_box(crop_u, height, width, crop), crop.size)
   if cfg.flip:
-    x = jnp.where(jax.random.bernoulli(flip_key), x[:, ::-1], x)
+    x = jnp.where(flip_u < 0.5, x[:, ::-1], x)
   if channels == 3 and cfg.color_jitter > 0:
-    apply_key, key = jax.random.split(jitter_key)
-    x = jnp.where(jax.random.bernoulli(apply_key, _JITTER_PROB),
-                  _color_jitter(key, x, cfg.color_jitter), x)
+    x = jnp.where(jitter_apply_u < _JITTER_PROB, _color_jitter(jitter_u, x, cfg.color_jitter), x)
   if channels == 3 and cfg.grayscale_prob > 0:
-    x = jnp.where(jax.random.bernoulli(gray_key, cfg.grayscale_prob), _grayscale(x), x)
-  if blur_prob > 0:
-    apply_key, sigma_key = jax.random.split(blur_key)
-    sigma = jax.random.uniform(sigma_key, (), minval=_BLUR_SIGMA[0], maxval=_BLUR_SIGMA[1])
-    blurred = _gaussian_blur(x, sigma * crop.size / 224, radius=max(1, crop.size // 20))
-    x = jnp.where(jax.random.bernoulli(apply_key, blur_prob), blurred, x)
-  if solarize_prob > 0:
-    x = jnp.where(jax.random.bernoulli(solarize_key, solarize_prob), _solarize(x), x)
+    x = jnp.where(gray_u < cfg.grayscale_prob, _grayscale(x), x)
+  if blur:
+    sigma = _lerp(sigma_u, *_BLUR_SIGMA) * crop.size / 224
+    x = jnp.where(blur_u < blur_prob, _gaussian_blur(x, sigma, radius=max(1, crop.size // 20)), x)
+  if solarize:
+    x = jnp.where(solarize_u < solarize_prob, _solarize(x), x)
   return _normalize(x, cfg.mean, cfg.std)
 
 
-def _view_specs(cfg: AugmentConfig) -> list[tuple[CropSpec, float, float]]:
-  """(crop, blur_prob, solarize_prob) of every view, global views first."""
-  views = [(cfg.global_crops, cfg.blur_prob[min(i, len(cfg.blur_prob) - 1)],
-            cfg.solarize_prob[min(i, len(cfg.solarize_prob) - 1)])
-           for i in range(cfg.global_crops.num)]
-  if cfg.local_crops is not None:
-    views += [(cfg.local_crops, cfg.local_blur_prob, 0.0)] * cfg.local_crops.num
-  return views
+def _augment_family(key: jax.Array, images: jax.Array, cfg: AugmentConfig, crop: CropSpec,
+                    blur_probs: tuple[float, ...], solarize_probs: tuple[float, ...]) -> list[jax.Array]:
+  """The len(blur_probs) views of one crop family, computed together (vmap over views and
+  examples, one key each): uint8 [B, H, W, C] -> views, each float32 [B, size, size, C]."""
+  augment = functools.partial(_augment_one, cfg=cfg, crop=crop, blur=max(blur_probs) > 0,
+                              solarize=max(solarize_probs) > 0)
+  per_view = jax.vmap(jax.vmap(augment, in_axes=(0, 0, None, None)), in_axes=(0, None, 0, 0))
+  keys = jax.random.split(key, (len(blur_probs), images.shape[0]))
+  return list(per_view(keys, images, jnp.asarray(blur_probs), jnp.asarray(solarize_probs)))
+
+
+def _per_view(probs: tuple[float, ...], num: int) -> tuple[float, ...]:
+  """The first `num` probabilities, repeating the last one as needed."""
+  return (probs + probs[-1:] * num)[:num]
 
 
 def multi_crop(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> list[jax.Array]:
   """uint8 [B, H, W, C] -> global views then local views, each float32 [B, size, size, C].
 
-  View v of example i depends only on (key, v, i, images[i]).
+  View v of example i depends only on (key, B, v, images[i]), whatever the sharding of `images`.
   """
   _require(images.ndim == 4 and images.dtype == jnp.uint8,
            f'multi_crop expects uint8 images [B, H, W, C], got {images.dtype} {images.shape}.')
-  views = _view_specs(cfg)
-  outputs = []
-  for view_key, (crop, blur_prob, solarize_prob) in zip(jax.random.split(key, len(views)), views):
-    augment = functools.partial(_augment_one, cfg=cfg, crop=crop, blur_prob=blur_prob,
-                                solarize_prob=solarize_prob)
-    outputs.append(jax.vmap(augment)(jax.random.split(view_key, images.shape[0]), images))
-  return outputs
+  global_key, local_key = jax.random.split(key)
+  num_global = cfg.global_crops.num
+  views = _augment_family(global_key, images, cfg, cfg.global_crops,
+                          _per_view(cfg.blur_prob, num_global), _per_view(cfg.solarize_prob, num_global))
+  if cfg.local_crops is not None:
+    num_local = cfg.local_crops.num
+    views += _augment_family(local_key, images, cfg, cfg.local_crops,
+                             (cfg.local_blur_prob,) * num_local, (0.0,) * num_local)
+  return views
 
 
 def eval_view(images: jax.Array, size: int, mean: Sequence[float], std: Sequence[float],

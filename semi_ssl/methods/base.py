@@ -56,6 +56,14 @@ class Method(abc.ABC):
            step: jax.Array) -> tuple[jax.Array, tuple[PyTree, Metrics]]:
     """Scalar loss to minimise, with the new method state and scalar metrics."""
 
+  def trainable(self, params: nnx.State, step: jax.Array) -> PyTree | None:
+    """Bool scalars shaped like `params`: which parameters this step updates (None: all).
+
+    A frozen parameter gets neither gradient nor weight decay nor momentum that step.
+    """
+    del params, step
+    return None
+
   def update_state(self, params: nnx.State, state: PyTree, step: jax.Array) -> PyTree:
     """Called after each optimiser update with the new parameters (e.g. EMA teachers)."""
     del params, step

@@ -1,0 +1,287 @@
+"""Tests for semi_ssl.data.datasets: digits for real, TFDS sources via tfds.testing.mock_data."""
+import dataclasses
+import io
+import json
+import socket
+import time
+
+import ml_collections
+import numpy as np
+from PIL import Image
+import pytest
+from sklearn import datasets as sk_datasets
+from sklearn import model_selection
+import tensorflow_datasets as tfds
+
+from semi_ssl.data import datasets
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+  """Any attempt to open a connection fails the test."""
+  def refuse(*args, **kwargs):
+    raise AssertionError(f'a test tried to use the network: {args}')
+  monkeypatch.setattr(socket.socket, 'connect', refuse)
+  monkeypatch.setattr(socket, 'create_connection', refuse)
+  monkeypatch.setattr(socket, 'getaddrinfo', refuse)
+
+
+def _config(**overrides) -> ml_collections.ConfigDict:
+  config = dict(dataset='digits', data_dir=None, seed=0, labels_per_class=None,
+                label_fraction=None, decode_size=16)
+  config.update(overrides)
+  return ml_collections.ConfigDict(config)
+
+
+def _reference_digits():
+  """The digits train/test split, written out from the spec."""
+  digits = sk_datasets.load_digits()
+  images = np.round(digits.images * 255 / 16).astype(np.uint8)[..., None]
+  train, test = model_selection.train_test_split(
+      np.arange(len(digits.target)), test_size=0.2, stratify=digits.target, random_state=0)
+  return images[train], digits.target[train], images[test], digits.target[test]
+
+
+def test_digits_shapes_and_statistics():
+  splits = datasets.load(_config(labels_per_class=5))
+  train_images, _, _, _ = _reference_digits()
+  assert (splits.name, splits.num_classes, splits.image_shape) == ('digits', 10, (8, 8, 1))
+  for images, n in ((splits.labelled_images, 50), (splits.unlabelled_images, 1437 - 50),
+                    (splits.test_images, 360)):
+    assert images.shape == (n, 8, 8, 1) and images.dtype == np.uint8
+  assert splits.labelled_labels.dtype == splits.test_labels.dtype == np.int32
+  assert splits.labelled_labels.shape == (50,) and splits.test_labels.shape == (360,)
+  np.testing.assert_allclose(splits.mean, [np.mean(train_images / 255)], rtol=1e-6)
+  np.testing.assert_allclose(splits.std, [np.std(train_images / 255)], rtol=1e-6)
+
+
+def test_digits_test_split_is_fixed_across_seeds():
+  _, _, test_images, test_labels = _reference_digits()
+  for seed in (0, 1):
+    splits = datasets.load(_config(seed=seed, labels_per_class=3))
+    np.testing.assert_array_equal(splits.test_images, test_images)
+    np.testing.assert_array_equal(splits.test_labels, test_labels)
+
+
+@pytest.mark.parametrize('seed', [0, 7])
+def test_digits_labelled_and_unlabelled_partition_the_train_split(seed):
+  train_images, train_labels, _, _ = _reference_digits()
+  splits = datasets.load(_config(seed=seed, labels_per_class=4))
+  idx = np.array(splits.split_info['labelled_indices'])
+  assert len(np.unique(idx)) == len(idx) == 40
+  np.testing.assert_array_equal(np.bincount(splits.labelled_labels), [4] * 10)
+  np.testing.assert_array_equal(splits.labelled_images, train_images[idx])
+  np.testing.assert_array_equal(splits.labelled_labels, train_labels[idx])
+  np.testing.assert_array_equal(splits.unlabelled_images, np.delete(train_images, idx, axis=0))
+  rows = lambda images: sorted(image.tobytes() for image in images)  # noqa: E731
+  assert (rows(np.concatenate([splits.labelled_images, splits.unlabelled_images]))
+          == rows(train_images))
+
+
+def test_digits_split_is_deterministic_per_seed_and_differs_across_seeds():
+  indices = lambda seed: datasets.load(  # noqa: E731
+      _config(seed=seed, labels_per_class=2)).split_info['labelled_indices']
+  assert indices(3) == indices(3)
+  assert indices(3) != indices(4)
+
+
+def test_digits_label_fraction_is_stratified():
+  _, train_labels, _, _ = _reference_digits()
+  splits = datasets.load(_config(label_fraction=0.1))
+  expected = [max(1, round(0.1 * n)) for n in np.bincount(train_labels)]
+  assert splits.split_info['labelled_per_class'] == expected
+  np.testing.assert_array_equal(np.bincount(splits.labelled_labels), expected)
+  assert len(splits.unlabelled_images) == len(train_labels) - sum(expected)
+
+
+def test_split_info_is_json_serialisable():
+  info = datasets.load(_config(seed=5, labels_per_class=1)).split_info
+  assert json.loads(json.dumps(info)) == info
+  assert {k: info[k] for k in ('dataset', 'seed', 'labels_per_class', 'label_fraction',
+                               'num_labelled', 'num_unlabelled', 'num_test')} == dict(
+      dataset='digits', seed=5, labels_per_class=1, label_fraction=None,
+      num_labelled=10, num_unlabelled=1427, num_test=360)
+
+
+def test_unlabelled_images_come_without_labels():
+  fields = {f.name for f in dataclasses.fields(datasets.DatasetSplits)}
+  assert fields == {'name', 'num_classes', 'image_shape', 'mean', 'std', 'labelled_images',
+                    'labelled_labels', 'unlabelled_images', 'test_images', 'test_labels',
+                    'split_info'}
+  splits = datasets.load(_config(labels_per_class=1))
+  assert not hasattr(splits, 'unlabelled_labels')
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    splits.unlabelled_labels = np.zeros(3)  # pytype: disable=not-writable
+
+
+def test_select_labelled_rejects_too_many_per_class():
+  with pytest.raises(ValueError, match='labels_per_class=3 exceeds the 2 examples of class 1'):
+    datasets.select_labelled(np.array([0, 0, 0, 1, 1]), 2, seed=0, labels_per_class=3)
+
+
+@pytest.mark.parametrize('overrides, key', [
+    (dict(dataset='cifar11', labels_per_class=1), 'config.dataset'),
+    (dict(labels_per_class=1, label_fraction=0.1), 'config.labels_per_class'),
+    (dict(), 'config.label_fraction'),
+    (dict(labels_per_class=0), 'config.labels_per_class'),
+    (dict(label_fraction=0.0), 'config.label_fraction'),
+    (dict(label_fraction=1.5), 'config.label_fraction'),
+    (dict(labels_per_class=140), 'config.labels_per_class'),  # Smallest digits class: 139.
+    (dict(dataset='cifar10', labels_per_class=5001), 'config.labels_per_class'),
+    (dict(dataset='cifar100', labels_per_class=501), 'config.labels_per_class'),
+    (dict(dataset='imagenet2012', label_fraction=0.05), 'config.label_fraction'),
+    (dict(dataset='imagenet2012', labels_per_class=10), 'config.labels_per_class'),
+    (dict(dataset='imagenet2012', label_fraction=0.1, decode_size=0), 'config.decode_size'),
+])
+def test_check_config_errors_name_the_key(overrides, key):
+  with pytest.raises(ValueError) as error:
+    datasets.check_config(_config(**overrides))
+  assert key in str(error.value) and '\n' not in str(error.value)
+
+
+def test_check_config_accepts_smallest_digits_class():
+  datasets.check_config(_config(labels_per_class=139))
+
+
+# --- TFDS sources. ---------------------------------------------------------------------------
+
+
+def _prepare(data_dir, name: str, version: str, splits: dict[str, int],
+             file_format: str = 'tfrecord') -> None:
+  """Writes the dataset_info.json of a prepared TFDS dataset: what `check_config` looks for
+  and what `mock_data(policy=USE_FILES)` reads the split sizes from."""
+  version_dir = data_dir / name / version
+  version_dir.mkdir(parents=True)
+  info = dict(name=name.split('/')[0], version=version, fileFormat=file_format,
+              splits=[dict(name=split, shardLengths=[str(n)]) for split, n in splits.items()])
+  (version_dir / 'dataset_info.json').write_text(json.dumps(info))
+
+
+def _mock_tfds(data_dir, num_examples: int):
+  return tfds.testing.mock_data(num_examples=num_examples, data_dir=str(data_dir),
+                                policy=tfds.testing.MockPolicy.USE_FILES)
+
+
+@pytest.mark.parametrize('overrides, missing', [
+    (dict(dataset='cifar10', labels_per_class=1), "dataset 'cifar10' is not prepared in"),
+    (dict(dataset='cifar100', label_fraction=0.1), "dataset 'cifar100' is not prepared in"),
+    (dict(dataset='imagenet2012', label_fraction=0.01),
+     "dataset 'imagenet2012' is not prepared in"),
+])
+def test_missing_tfds_dataset_fails_fast_without_calling_tfds(overrides, missing, tmp_path,
+                                                              monkeypatch):
+  def refuse(*args, **kwargs):
+    raise AssertionError('tfds was called for a dataset that is not prepared')
+  for fn in ('load', 'data_source', 'builder'):
+    monkeypatch.setattr(tfds, fn, refuse)
+  start = time.perf_counter()
+  with pytest.raises(ValueError, match=missing) as error:
+    datasets.load(_config(data_dir=str(tmp_path), **overrides))
+  assert time.perf_counter() - start < 2
+  message = str(error.value)
+  assert f"tfds build {overrides['dataset']} " in message and f'--data_dir={tmp_path}' in message
+  assert 'config.data_dir' in message
+
+
+def test_imagenet_subset_must_be_prepared_too(tmp_path):
+  _prepare(tmp_path, 'imagenet2012', '5.1.0', {'train': 4}, 'array_record')
+  with pytest.raises(ValueError, match="'imagenet2012_subset/10pct' is not prepared"):
+    datasets.check_config(_config(dataset='imagenet2012', label_fraction=0.1,
+                                  data_dir=str(tmp_path)))
+
+
+def test_imagenet_without_random_access_format_is_rejected(tmp_path):
+  _prepare(tmp_path, 'imagenet2012', '5.1.0', {'train': 4}, 'tfrecord')
+  with pytest.raises(ValueError, match='stored as tfrecord.*--out_file_format=array_record'):
+    datasets.check_config(_config(dataset='imagenet2012', label_fraction=0.01,
+                                  data_dir=str(tmp_path)))
+
+
+def test_cifar10_from_mocked_tfds(tmp_path):
+  _prepare(tmp_path, 'cifar10', '3.0.2', {'train': 40, 'test': 40})
+  with _mock_tfds(tmp_path, num_examples=40):
+    splits = datasets.load(_config(dataset='cifar10', data_dir=str(tmp_path), seed=1,
+                                   labels_per_class=1))
+    train_images, train_labels = tfds.as_numpy(tfds.load(
+        'cifar10', split='train', batch_size=-1, as_supervised=True))
+  idx = np.array(splits.split_info['labelled_indices'])
+  assert (splits.num_classes, splits.image_shape) == (10, (32, 32, 3))
+  assert (splits.mean, splits.std) == ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+  assert splits.labelled_images.dtype == splits.unlabelled_images.dtype == np.uint8
+  np.testing.assert_array_equal(np.bincount(splits.labelled_labels, minlength=10), [1] * 10)
+  np.testing.assert_array_equal(splits.labelled_images, train_images[idx])
+  np.testing.assert_array_equal(splits.labelled_labels, train_labels[idx])
+  np.testing.assert_array_equal(splits.unlabelled_images, np.delete(train_images, idx, axis=0))
+  assert splits.test_images.shape == (40, 32, 32, 3) and splits.test_labels.dtype == np.int32
+  assert splits.split_info['num_unlabelled'] == 30
+
+
+def test_imagenet_from_mocked_tfds(tmp_path, monkeypatch):
+  n, size = 6, 16
+  _prepare(tmp_path, 'imagenet2012', '5.1.0', {'train': n, 'validation': n}, 'array_record')
+  _prepare(tmp_path, 'imagenet2012_subset/1pct', '5.0.0', {'train': n}, 'array_record')
+  data_source, opened = tfds.data_source, []
+
+  def spy(name, *, split, **kwargs):
+    source = data_source(name, split=split, **kwargs)
+    opened.append((name, split, source))
+    return source
+
+  monkeypatch.setattr(tfds, 'data_source', spy)
+  with _mock_tfds(tmp_path, num_examples=n):
+    splits = datasets.load(_config(dataset='imagenet2012', data_dir=str(tmp_path),
+                                   label_fraction=0.01, decode_size=size))
+    # Which features of which split were read: labels of imagenet2012 train never are.
+    read = sorted((name, split, *source[0]) for name, split, source in opened)
+    subset = lambda features: data_source(  # noqa: E731
+        'imagenet2012_subset/1pct', split='train', decoders=tfds.decode.PartialDecoding(
+            features, decoders={'image': tfds.decode.SkipDecoding()}))
+    encoded = [record['image'] for record in subset({'image': True})]
+    labels = [record['label'] for record in subset({'label': True})]
+    batch = splits.labelled_images[np.array([[4, 1, 1]])]
+    empty = splits.unlabelled_images[np.array([], np.int64)]
+  assert read == [('imagenet2012:5.1.0', 'train', 'image'),
+                  ('imagenet2012:5.1.0', 'validation', 'image'),
+                  ('imagenet2012:5.1.0', 'validation', 'label'),
+                  ('imagenet2012_subset/1pct:5.0.0', 'train', 'image'),
+                  ('imagenet2012_subset/1pct:5.0.0', 'train', 'label')]
+  assert splits.image_shape == (size, size, 3) and splits.num_classes == 1000
+  for images in (splits.labelled_images, splits.unlabelled_images, splits.test_images):
+    assert isinstance(images, datasets.DecodedImages)
+    assert images.shape == (n, size, size, 3) and len(images) == n and images.dtype == np.uint8
+  assert batch.shape == (1, 3, size, size, 3) and batch.dtype == np.uint8
+  for image, i in zip(batch[0], (4, 1, 1)):
+    np.testing.assert_array_equal(image, datasets.decode_center_square(encoded[i], size))
+  assert empty.shape == (0, size, size, 3)
+  np.testing.assert_array_equal(splits.labelled_labels, labels)
+  assert splits.labelled_labels.dtype == splits.test_labels.dtype == np.int32
+  info = splits.split_info
+  assert (info['num_labelled'], info['num_unlabelled'], info['num_test']) == (n, n, n)
+  assert 'SimCLR protocol' in info['protocol'] and 'labelled_indices' not in info
+  assert json.loads(json.dumps(info)) == info
+
+
+@pytest.mark.parametrize('width, height', [(48, 24), (20, 40)])
+def test_decode_center_square_resizes_shorter_side_and_crops_the_centre(width, height):
+  side = min(width, height)
+  image = np.zeros((height, width, 3), np.uint8)  # Red margins around a green centre square.
+  image[..., 0] = 255
+  top, left = (height - side) // 2, (width - side) // 2
+  image[top:top + side, left:left + side] = (0, 255, 0)
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format='PNG')
+  square = datasets.decode_center_square(buffer.getvalue(), side // 2)
+  assert square.shape == (side // 2, side // 2, 3) and square.dtype == np.uint8
+  np.testing.assert_array_equal(square[1:-1, 1:-1], np.full_like(square[1:-1, 1:-1], (0, 255, 0)))
+
+
+def test_decode_center_square_of_large_jpeg_matches_full_decode():
+  """JPEG decoding at a reduced scale (`draft`) changes pixels only slightly."""
+  rows, cols = np.mgrid[0:256, 0:384]
+  image = np.stack([rows, cols * 255 // 383, (rows + cols) // 3], -1).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format='JPEG', quality=95)
+  square = datasets.decode_center_square(buffer.getvalue(), 32)
+  reference = np.asarray(
+      Image.fromarray(image[:, 64:320]).resize((32, 32), Image.Resampling.BICUBIC))
+  np.testing.assert_allclose(square, reference, atol=4)

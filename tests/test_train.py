@@ -1,0 +1,182 @@
+"""The trainer: sharded step == single-device step, resume, stages, init_from, config errors."""
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from semi_ssl import checkpoint, config_base, main, parallel, train
+from semi_ssl.data import augment, datasets, pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  """Supervised digits with a tiny model and few steps."""
+  c = config_base.get_base_config()
+  c.labels_per_class = 5
+  c.labelled_batch_size = 16
+  c.batch_size = 16
+  c.num_steps = 4
+  c.log_every = 2
+  c.eval_every = 2
+  c.checkpoint_every = 2
+  c.model.width = 0.25
+  c.supervised = {'label_smoothing': 0.1}
+  c.update(overrides)
+  return c
+
+
+def step_on(devices, config, batch_np):
+  """(loss, params) after one train step with the batch sharded over `devices`."""
+  mesh = Mesh(np.asarray(devices), (parallel.DATA_AXIS,))
+  splits = datasets.load(config)
+  method = train.create_method(config, splits)
+  tx, schedule = train.create_optimizer(config, config.num_steps)
+  graphdef, state = train.init_state(method, tx, config.seed)
+  state = jax.device_put(state, parallel.replicated(mesh))
+  batch = jax.device_put(batch_np, parallel.batch_sharding(mesh))
+  aug = augment.augment_config_from(config, splits.mean, splits.std, splits.image_shape)
+  step = jax.jit(functools.partial(train.train_step, method=method, graphdef=graphdef, tx=tx,
+                                   augment_cfg=aug, schedule=schedule))
+  state, metrics = step(state, batch)
+  state, metrics = step(state, batch)
+  return float(metrics['loss']), jax.device_get(state.params)
+
+
+def test_sharded_step_equals_single_device_step():
+  config = tiny_config()
+  splits = datasets.load(config)
+  batch = pipeline.host_batch(splits, 0, seed=0, labelled_batch_size=16, batch_size=None)
+  loss_1, params_1 = step_on(jax.devices()[:1], config, batch)
+  loss_8, params_8 = step_on(jax.devices()[:8], config, batch)
+  assert len(jax.devices()) == 8
+  np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               params_8, params_1)
+
+
+def _params(workdir, step):
+  ckpt = checkpoint.Checkpointer(workdir, keep=5)
+  flat = checkpoint._flatten(ckpt.manager.restore(step)['state']['params'])
+  ckpt.close()
+  return flat
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+  config = tiny_config()
+  workdir = str(tmp_path / 'run')
+  first = train.train_and_evaluate(config, workdir)
+  assert first['steps'] == 4
+  final = _params(workdir, 4)
+  # Lose the last checkpoint and the results, as if killed between steps 2 and 4.
+  ckpt = checkpoint.Checkpointer(workdir, keep=5)
+  ckpt.manager.delete(4)
+  ckpt.close()
+  os.remove(os.path.join(workdir, train.RESULTS_FILE))
+  assert checkpoint.Checkpointer(workdir, keep=5).latest_step() == 2
+  again = train.train_and_evaluate(config, workdir)
+  assert again['steps'] == 4
+  resumed = _params(workdir, 4)
+  for path in final:  # Same data, same keys: the resumed run ends where the first one did.
+    np.testing.assert_array_equal(resumed[path], final[path], err_msg=path)
+  assert again['test_top1'] == first['test_top1']
+
+
+def test_copy_subtrees_replaces_only_the_named_paths():
+  config = tiny_config()
+  splits = datasets.load(config)
+  method = train.create_method(config, splits)
+  tx, _ = train.create_optimizer(config, 4)
+  _, target = train.init_state(method, tx, seed=0)
+  _, source = train.init_state(method, tx, seed=1)
+  source_flat = checkpoint._flatten(jax.device_get(source.params))
+  before = checkpoint._flatten(jax.device_get(target.params))
+  after = checkpoint._flatten(checkpoint.copy_subtrees(target.params, source_flat, ('backbone',)))
+  for path in after:
+    expected = source_flat[path] if path.startswith('backbone/') else before[path]
+    np.testing.assert_array_equal(after[path], expected, err_msg=path)
+  assert any(p.startswith('head/') for p in after)
+
+
+def test_copy_subtrees_names_the_first_mismatch():
+  config = tiny_config()
+  splits = datasets.load(config)
+  method = train.create_method(config, splits)
+  tx, _ = train.create_optimizer(config, 4)
+  _, state = train.init_state(method, tx, seed=0)
+  source = checkpoint._flatten(jax.device_get(state.params))
+  path = sorted(p for p in source if p.startswith('head/'))[0]
+  source[path] = np.zeros((3,) + source[path].shape)
+  with pytest.raises(ValueError, match=f"'{path}' has shape"):
+    checkpoint.copy_subtrees(state.params, source, ('head',))
+  with pytest.raises(ValueError, match="'nothing' matches no parameter"):
+    checkpoint.copy_subtrees(state.params, source, ('nothing',))
+
+
+def test_two_stage_config_with_init_from_and_skip_of_finished_stage(tmp_path):
+  pre = tiny_config(name='pretrain')
+  fine = tiny_config(name='finetune', num_steps=2)
+  fine.optimizer.learning_rate = 0.0  # The fine-tune stage keeps what it was initialised with.
+  fine.init_from.stage = 'pretrain'
+  fine.init_from.paths = ('backbone',)
+  plan = main.stage_plan(tiny_config(stages=(pre, fine)), str(tmp_path))
+  assert [d for _, d in plan] == [str(tmp_path / 'pretrain'), str(tmp_path / 'finetune')]
+  assert plan[1][0].init_from.workdir == str(tmp_path / 'pretrain')
+  rows = main.run_plan(plan)
+  assert [r['stage'] for r in rows] == ['pretrain', 'finetune']
+  pre_params, fine_params = _params(plan[0][1], 4), _params(plan[1][1], 2)
+  for path, value in fine_params.items():
+    if path.startswith('backbone/'):
+      np.testing.assert_array_equal(value, pre_params[path], err_msg=path)
+  assert any(not np.array_equal(v, pre_params[p]) for p, v in fine_params.items()
+             if p.startswith('head/'))
+  results = tmp_path / 'pretrain' / train.RESULTS_FILE
+  mtime = results.stat().st_mtime_ns
+  assert main.run_plan(plan) == rows  # Both stages finished: nothing runs again.
+  assert results.stat().st_mtime_ns == mtime
+
+
+def _cpu_env():
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  return env
+
+
+@pytest.mark.parametrize('override, message', [
+    (dict(method='nope'), "config.method='nope' is unknown"),
+    (dict(labelled_batch_size=12), 'config.labelled_batch_size=12 is not divisible by the 8 devices'),
+    (dict(labels_per_class=1000), 'labels_per_class'),
+    (dict(dataset='mnist'), 'mnist'),
+])
+def test_bad_config_names_the_key(override, message):
+  with pytest.raises(ValueError, match=message):
+    config_base.validate(tiny_config(**override), num_devices=8, workdir=None)
+
+
+def test_unwritable_workdir_is_refused(tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')  # A workdir below a file cannot be created, even by root.
+  with pytest.raises(ValueError, match='not writable'):
+    config_base.validate(tiny_config(), num_devices=1, workdir=str(blocker / 'run'))
+
+
+def test_main_command_end_to_end(tmp_path):
+  """The README's main job, shortened: writes results.json and prints the table."""
+  workdir = tmp_path / 'run'
+  cmd = [sys.executable, '-m', 'semi_ssl.main', '--config=configs/supervised/digits.py',
+         f'--workdir={workdir}', '--config.num_steps=6', '--config.log_every=3',
+         '--config.eval_every=3', '--config.checkpoint_every=3', '--config.model.width=0.25']
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_cpu_env(), timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.loads((workdir / train.RESULTS_FILE).read_text())
+  for key in ('method', 'dataset', 'labels_per_class', 'seed', 'steps', 'test_top1', 'knn_top1',
+              'wall_seconds'):
+    assert key in results
+  assert results['steps'] == 6 and 0.0 <= results['test_top1'] <= 1.0
+  assert 'test_top1' in out.stdout and 'supervised' in out.stdout
+  assert (workdir / 'split.json').exists() and list((workdir / 'tensorboard').iterdir())
