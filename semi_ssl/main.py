@@ -64,8 +64,17 @@ def format_table(rows: list[dict]) -> str:
   return '\n'.join([fmt(table[0]), fmt(['-' * w for w in widths])] + [fmt(l) for l in table[1:]])
 
 
+class _OwnInfoOnly:
+  """Drops libraries' INFO lines (Orbax logs every save in detail); keeps their warnings."""
+
+  @staticmethod
+  def filter(record) -> bool:
+    return record.levelno >= logging.WARNING or f'{os.sep}semi_ssl{os.sep}' in record.pathname
+
+
 def main(argv):
   del argv
+  logging.get_absl_handler().python_handler.addFilter(_OwnInfoOnly())
   import jax  # After flag parsing, so --help is fast.
 
   from semi_ssl import config_base, train

@@ -68,14 +68,18 @@ def create_method(config: ml_collections.ConfigDict, splits: datasets.DatasetSpl
       config, base.DataInfo(num_classes=splits.num_classes, image_shape=splits.image_shape))
 
 
-def init_state(method: base.Method, tx, seed: int):
-  """(graphdef, TrainState) with freshly initialised parameters."""
-  model = method.create_model(nnx.Rngs(seed))
-  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                     opt_state=tx.init(params), method_state=method.init_state(params),
-                     key=jax.random.PRNGKey(seed))
-  return graphdef, state
+def init_state(method: base.Method, tx, seed: int, sharding=None):
+  """(graphdef, TrainState) with freshly initialised parameters, built by one jitted call."""
+  create = lambda: method.create_model(nnx.Rngs(seed))
+  graphdef = nnx.graphdef(nnx.eval_shape(create))
+
+  def init():
+    params, model_state = nnx.split(create(), nnx.Param, ...)[1:]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                      opt_state=tx.init(params), method_state=method.init_state(params),
+                      key=jax.random.PRNGKey(seed))
+
+  return graphdef, jax.jit(init, out_shardings=sharding)()
 
 
 def train_step(state: TrainState, batch: dict, *, method: base.Method, graphdef, tx,
@@ -140,8 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   method = create_method(config, splits)
   tx, schedule = create_optimizer(config, config.num_steps)
   replicated = parallel.replicated(mesh)
-  graphdef, state = init_state(method, tx, config.seed)
-  state = jax.device_put(state, replicated)
+  graphdef, state = init_state(method, tx, config.seed, replicated)
 
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
   latest = ckpt.latest_step()

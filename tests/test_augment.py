@@ -1,7 +1,6 @@
 """Tests for semi_ssl.data.augment against plain numpy references."""
 import colorsys
 import dataclasses
-import functools
 
 import chex
 import jax
@@ -53,9 +52,15 @@ def _np_resize(x: np.ndarray, size: int) -> np.ndarray:
   def weights(n_in):
     stretch = n_in / size
     centres = (np.arange(size) + 0.5) * stretch - 0.5
-    w = np.maximum(0.0, 1.0 - np.abs(centres[None, :] - np.arange(n_in)[:, None]) / max(stretch, 1.0))
+    distance = np.abs(centres[None, :] - np.arange(n_in)[:, None]) / max(stretch, 1.0)
+    w = np.maximum(0.0, 1.0 - distance)
     return w / w.sum(axis=0)
   return np.einsum('bhwc,hy,wx->byxc', x, weights(x.shape[1]), weights(x.shape[2]))
+
+
+def _roughness(x: np.ndarray) -> np.ndarray:
+  """Mean squared difference of vertical neighbours of each image in [B, H, W, C]."""
+  return np.square(np.diff(x, axis=1)).mean(axis=(1, 2, 3))
 
 
 def _np_solarize(x: np.ndarray) -> np.ndarray:
@@ -105,13 +110,15 @@ def test_whole_image_crops_are_the_resized_image():
   whole = CropSpec(1, 20, scale=(1.0, 1.0), ratio=(1.0, 1.0))
   views = _multi_crop(jax.random.key(0), images, cfg=_plain_config(12, local_crops=whole))
   for view in views:  # Downsampled to 12, upsampled to 20.
-    np.testing.assert_allclose(_denormalize(view), _np_resize(_unit(images), view.shape[1]), atol=1e-5)
+    expected = _np_resize(_unit(images), view.shape[1])
+    np.testing.assert_allclose(_denormalize(view), expected, atol=1e-5)
 
 
 def test_random_crop_boxes_lie_inside_the_image():
   spec = CropSpec(1, 8, scale=(0.2, 0.6), ratio=(0.5, 2.0))
   uniforms = jax.random.uniform(jax.random.key(0), (2000, 4))
-  top, left, h, w = map(np.asarray, jax.jit(jax.vmap(lambda u: augment._crop_box(u, 16, 12, spec)))(uniforms))
+  boxes = jax.jit(jax.vmap(lambda u: augment._crop_box(u, 16, 12, spec)))(uniforms)
+  top, left, h, w = map(np.asarray, boxes)
   assert (top >= 0).all() and (left >= 0).all()
   assert (top + h <= 16 + 1e-4).all() and (left + w <= 12 + 1e-4).all()
   area = h * w / (16 * 12)
@@ -151,6 +158,15 @@ def test_grayscale_and_per_view_solarize_match_numpy():
     np.testing.assert_allclose(_denormalize(view), _np_solarize(gray), atol=1e-5)
 
 
+def test_blur_smooths_only_the_views_given_it():
+  images = _images(side=112)  # Blur sigma is relative to the view size: 112 gives [0.05, 1].
+  cfg = _plain_config(112, num=2, blur_prob=(1.0, 0.0))
+  blurred, plain = map(_denormalize, _multi_crop(jax.random.key(0), images, cfg=cfg))
+  np.testing.assert_allclose(plain, _unit(images), atol=1e-5)
+  assert (_roughness(blurred) <= _roughness(plain) + 1e-6).all()
+  assert _roughness(blurred).mean() < 0.5 * _roughness(plain).mean()
+
+
 def test_colour_ops_skip_single_channel_images():
   images = _images(channels=1)
   cfg = _plain_config(color_jitter=1.0, grayscale_prob=1.0, mean=(0.5,), std=(0.2,))
@@ -186,7 +202,8 @@ def test_hue_shift_matches_colorsys():
 def test_gaussian_blur_matches_scipy():
   x = np.random.default_rng(0).uniform(size=(12, 10, 3)).astype(np.float32)
   sigma, radius = 1.3, 3
-  expected = ndimage.gaussian_filter(x, sigma=(sigma, sigma, 0), mode='mirror', truncate=radius / sigma)
+  expected = ndimage.gaussian_filter(x, sigma=(sigma, sigma, 0), mode='mirror',
+                                     truncate=radius / sigma)  # Same 2 * radius + 1 taps.
   got = jax.jit(augment._gaussian_blur, static_argnames='radius')(x, sigma, radius=radius)
   np.testing.assert_allclose(got, expected, atol=1e-5)
 
@@ -195,10 +212,11 @@ def test_gaussian_blur_matches_scipy():
     (16, 1.0, lambda x: x),
     (8, 1.0, lambda x: _np_resize(x, 8)),
     (8, 0.5, lambda x: x[:, 4:12, 4:12]),
-])
+], ids=['identity', 'resize', 'centre_crop'])
 def test_eval_view(size, crop_fraction, reference):
   images = _images()
-  view = jax.jit(augment.eval_view, static_argnums=(1, 2, 3, 4))(images, size, MEAN, STD, crop_fraction)
+  eval_view = jax.jit(augment.eval_view, static_argnums=(1, 2, 3, 4))
+  view = eval_view(images, size, MEAN, STD, crop_fraction)
   chex.assert_shape(view, (8, size, size, 3))
   np.testing.assert_allclose(_denormalize(view), reference(_unit(images)), atol=1e-5)
 
@@ -223,7 +241,9 @@ def test_augment_config_from():
   cfg = augment.augment_config_from(_config(), MEAN, STD, image_shape=(16, 16, 3))
   assert cfg.global_crops == CropSpec(2, 8, (0.5, 1.0))
   assert cfg.local_crops is None
-  assert (cfg.flip, cfg.color_jitter, cfg.blur_prob, cfg.solarize_prob) == (True, 0.5, (1.0, 0.1), (0.0, 0.2))
+  assert (cfg.flip, cfg.color_jitter, cfg.grayscale_prob) == (True, 0.5, 0.2)
+  assert (cfg.blur_prob, cfg.local_blur_prob, cfg.solarize_prob) == ((1.0, 0.1), 0.5, (0.0, 0.2))
+  assert (cfg.mean, cfg.std) == (MEAN, STD)
   with_local = augment.augment_config_from(_config(num_local_crops=4, blur_prob=(1.0,)), MEAN, STD)
   assert with_local.local_crops == CropSpec(4, 6, (0.2, 0.5))
   assert with_local.blur_prob == (1.0,)

@@ -9,9 +9,19 @@ import pytest
 from semi_ssl.models import MLP, Prototypes, create_backbone
 
 
+# One input shape for every resnet_tiny test, so eager ops compile only once.
+TINY_BATCH = (2, 8, 8, 1)
+
+
+def _rngs() -> nnx.Rngs:
+  # RBG keys compile several times faster than threefry on CPU, which is most
+  # of the cost of initialising a model eagerly.
+  return nnx.Rngs(jax.random.key(0, impl="rbg"))
+
+
 def _tiny(**kwargs):
   return create_backbone("resnet_tiny", width=1.0, stem="tiny", num_channels=1,
-                         rngs=nnx.Rngs(0), **kwargs)
+                         rngs=_rngs(), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +38,7 @@ def tiny(tiny_init):
 @pytest.fixture(scope="module")
 def resnet18():
   return create_backbone("resnet18", width=0.25, stem="cifar", num_channels=3,
-                         rngs=nnx.Rngs(0))
+                         rngs=_rngs())
 
 
 def _images(shape, seed=0):
@@ -54,7 +64,7 @@ def _check_features(model, shape, feature_dim):
 
 
 def test_resnet_tiny_output_shape(tiny):
-  _check_features(tiny, (2, 8, 8, 1), 64)
+  _check_features(tiny, TINY_BATCH, 64)
 
 
 def test_resnet18_cifar_output_shape(resnet18):
@@ -63,7 +73,7 @@ def test_resnet18_cifar_output_shape(resnet18):
 
 def test_resnet50_imagenet_output_shape():
   model = create_backbone("resnet50", width=0.25, stem="imagenet",
-                          num_channels=3, rngs=nnx.Rngs(0))
+                          num_channels=3, rngs=_rngs())
   _check_features(model, (2, 64, 64, 3), 512)
 
 
@@ -73,7 +83,7 @@ def test_resnet50_imagenet_output_shape():
 ])
 def test_create_backbone_rejects_unknown_names(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    create_backbone(**kwargs, width=1.0, num_channels=3, rngs=nnx.Rngs(0))
+    create_backbone(**kwargs, width=1.0, num_channels=3, rngs=_rngs())
 
 
 def test_backbone_rejects_wrong_channel_count(tiny):
@@ -85,10 +95,10 @@ def test_param_counts_match_torchvision():
   # torchvision resnet18: 11,689,512 - fc (512*1000 + 1000) - 7x7x3x64 stem
   # + 3x3x3x64 CIFAR stem. resnet50: 25,557,032 - fc (2048*1000 + 1000).
   resnet18 = nnx.eval_shape(lambda: create_backbone(
-      "resnet18", width=1.0, stem="cifar", num_channels=3, rngs=nnx.Rngs(0)))
+      "resnet18", width=1.0, stem="cifar", num_channels=3, rngs=_rngs()))
   resnet50 = nnx.eval_shape(lambda: create_backbone(
       "resnet50", width=1.0, stem="imagenet", num_channels=3,
-      rngs=nnx.Rngs(0)))
+      rngs=_rngs()))
   assert _num_params(resnet18) == 11_689_512 - 513_000 - 9_408 + 1_728
   assert _num_params(resnet50) == 25_557_032 - 2_049_000
 
@@ -100,7 +110,7 @@ def test_init_he_normal_and_zero_residual_scale(resnet18):
   np.testing.assert_array_equal(last.conv2.bn.scale[...], 0.0)
   np.testing.assert_array_equal(last.conv1.bn.scale[...], 1.0)
   plain = create_backbone("resnet18", width=0.25, stem="cifar", num_channels=3,
-                          rngs=nnx.Rngs(0), zero_init_residual=False)
+                          rngs=_rngs(), zero_init_residual=False)
   np.testing.assert_array_equal(plain.blocks[-1].conv2.bn.scale[...], 1.0)
 
 
@@ -110,45 +120,43 @@ def test_projection_shortcut_only_when_shape_changes(resnet18):
 
 
 def test_bfloat16_compute_matches_float32(tiny):
-  x = _images((4, 8, 8, 1))
-  out32 = tiny(x, train=True)
+  forward = nnx.jit(lambda model, x: model(x, train=True))
+  x = _images(TINY_BATCH)
   model16 = _tiny(dtype=jnp.bfloat16)
-  out16 = model16(x, train=True)
+  out16 = forward(model16, x)
   params = jax.tree.leaves(nnx.state(model16, nnx.Param))
   assert all(p.dtype == jnp.float32 for p in params)
   chex.assert_type(out16, jnp.float32)
   chex.assert_tree_all_finite(out16)
-  np.testing.assert_allclose(out16, out32, rtol=0.05, atol=0.05)
+  np.testing.assert_allclose(out16, forward(tiny, x), rtol=0.05, atol=0.05)
 
 
 def test_train_updates_batch_stats_and_eval_is_deterministic(tiny):
-  model = tiny
-  x = _images((8, 8, 8, 1))
-  before = _batch_stats(model)
-  out_a = model(x, train=False)
-  out_b = model(x, train=False)
+  x = _images(TINY_BATCH)
+  before = _batch_stats(tiny)
+  out_a = tiny(x, train=False)
+  out_b = tiny(x, train=False)
   np.testing.assert_array_equal(out_a, out_b)
-  chex.assert_trees_all_equal(_batch_stats(model), before)
+  chex.assert_trees_all_equal(_batch_stats(tiny), before)
 
-  stem_out = np.asarray(model.stem.conv(x))  # [B, 8, 8, 16]
-  model(x, train=True)
+  stem_out = np.asarray(tiny.stem.conv(x))  # [B, 8, 8, 16]
+  tiny(x, train=True)
   # Running stats start at mean 0 / var 1 and move 10% toward the batch stats.
-  np.testing.assert_allclose(model.stem.bn.mean[...],
+  np.testing.assert_allclose(tiny.stem.bn.mean[...],
                              0.1 * stem_out.mean(axis=(0, 1, 2)),
                              rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(model.stem.bn.var[...],
+  np.testing.assert_allclose(tiny.stem.bn.var[...],
                              0.9 + 0.1 * stem_out.var(axis=(0, 1, 2)),
                              rtol=1e-4)
-  after = _batch_stats(model)
+  after = _batch_stats(tiny)
   changed = jax.tree.leaves(jax.tree.map(
       lambda a, b: not np.allclose(a, b), after, before))
   assert all(changed)
 
 
 def test_split_merge_round_trip_in_jit(tiny):
-  model = tiny
-  x = _images((8, 8, 8, 1))
-  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  x = _images(TINY_BATCH)
+  graphdef, params, batch_stats = nnx.split(tiny, nnx.Param, nnx.BatchStat)
 
   @jax.jit
   def forward(params, batch_stats, x):
@@ -156,12 +164,13 @@ def test_split_merge_round_trip_in_jit(tiny):
     return model(x, train=True), nnx.state(model, nnx.BatchStat)
 
   out, new_stats = forward(params, batch_stats, x)
-  expected = model(x, train=True)  # Eager call on the original model.
+  expected = tiny(x, train=True)  # Eager step on the original model.
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
-  chex.assert_trees_all_close(new_stats, nnx.state(model, nnx.BatchStat),
+  chex.assert_trees_all_close(new_stats, nnx.state(tiny, nnx.BatchStat),
                               rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(forward(params, new_stats, x)[0], out, atol=1e-5,
-                             rtol=1e-5)
+  restored = nnx.merge(graphdef, params, new_stats)
+  np.testing.assert_allclose(restored(x, train=False), tiny(x, train=False),
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_grad_through_merged_model_in_jit(tiny):
@@ -174,7 +183,7 @@ def test_grad_through_merged_model_in_jit(tiny):
     return loss, nnx.state(model, nnx.BatchStat)
 
   grad_fn = jax.jit(jax.grad(loss_fn, has_aux=True))
-  grads, new_stats = grad_fn(params, batch_stats, _images((8, 8, 8, 1)))
+  grads, new_stats = grad_fn(params, batch_stats, _images(TINY_BATCH))
   chex.assert_trees_all_equal_structs(grads, params)
   chex.assert_tree_all_finite(grads)
   assert float(jnp.abs(grads["stem"]["conv"]["kernel"][...]).sum()) > 0
@@ -188,7 +197,7 @@ def test_grad_through_merged_model_in_jit(tiny):
 ])
 def test_mlp(num_layers, batch_norm, last_bn, num_params):
   mlp = MLP(8, 16, 4, num_layers=num_layers, batch_norm=batch_norm,
-            last_bn=last_bn, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+            last_bn=last_bn, rngs=_rngs(), dtype=jnp.bfloat16)
   assert _num_params(mlp) == num_params
   out = mlp(_images((5, 8)), train=True)
   chex.assert_shape(out, (5, 4))
@@ -198,8 +207,8 @@ def test_mlp(num_layers, batch_norm, last_bn, num_params):
 
 
 def test_mlp_single_layer_is_linear():
-  mlp = MLP(8, 16, 4, num_layers=1, batch_norm=True, rngs=nnx.Rngs(0))
-  x = np.asarray(_images((5, 8)))
+  mlp = MLP(8, 16, 4, num_layers=1, batch_norm=True, rngs=_rngs())
+  x = _images((5, 8))
   linear = mlp.out.linear
   expected = x @ np.asarray(linear.kernel[...]) + np.asarray(linear.bias[...])
   np.testing.assert_allclose(mlp(x, train=True), expected, rtol=1e-5,
@@ -208,19 +217,19 @@ def test_mlp_single_layer_is_linear():
 
 def test_mlp_rejects_zero_layers():
   with pytest.raises(ValueError, match="num_layers"):
-    MLP(8, 16, 4, num_layers=0, batch_norm=True, rngs=nnx.Rngs(0))
+    MLP(8, 16, 4, num_layers=0, batch_norm=True, rngs=_rngs())
 
 
 def test_prototypes_match_numpy_cosine():
-  protos = Prototypes(6, 10, rngs=nnx.Rngs(0))
-  x = np.asarray(_images((5, 6))) * 3.0
-  scores = protos(x.astype(jnp.bfloat16))
+  protos = Prototypes(6, 10, rngs=_rngs())
+  x = (_images((5, 6)) * 3.0).astype(jnp.bfloat16)
+  scores = protos(x)
   chex.assert_shape(scores, (5, 10))
   chex.assert_type(scores, jnp.float32)
 
   w = np.asarray(protos.kernel[...])
-  xb = np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32)
-  expected = ((xb / np.linalg.norm(xb, axis=1, keepdims=True))
+  xf = x.astype(np.float32)
+  expected = ((xf / np.linalg.norm(xf, axis=1, keepdims=True))
               @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T)
   np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
   assert np.all(np.abs(scores) <= 1.0 + 1e-6)

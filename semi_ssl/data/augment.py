@@ -1,8 +1,8 @@
 """Multi-crop image augmentation as pure JAX functions, run on device inside the train step.
 
 The host only gathers uint8 images; every random choice comes from a JAX key, so the views
-of a step are a function of (key, images) alone and resume exactly. Each view draws one key
-per example (`jax.random.split(key, B)`) and augments the examples with `jax.vmap`, so the
+of a step are a function of (key, images) alone and resume exactly. Every (view, example) pair
+gets its own key (`jax.random.split(key, (V, B))`) and is augmented under `jax.vmap`, so the
 result does not depend on how the batch is sharded over devices.
 
 One view of one example goes through (SimCLR / BYOL / DINO order):
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # ITU-R 601 luma weights, as tf.image.rgb_to_grayscale (SimCLR).
 _LUMA = (0.2989, 0.5870, 0.1140)
@@ -62,15 +63,11 @@ def _floats(values: Sequence[float]) -> tuple[float, ...]:
   return tuple(float(v) for v in values)
 
 
-def _check_prob(key: str, value: float) -> None:
-  _require(0.0 <= value <= 1.0, f'config.augment.{key}={value} is not a probability; set it in [0, 1].')
-
-
 def _check_crops(prefix: str, size: int, scale: tuple[float, ...], image_side: int | None) -> None:
   _require(size >= 1, f'config.augment.{prefix}_size={size} must be a positive number of pixels.')
   _require(image_side is None or size <= image_side,
-           f'config.augment.{prefix}_size={size} is larger than the stored images ({image_side} pixels); '
-           f'set it <= {image_side}.')
+           f'config.augment.{prefix}_size={size} is larger than the stored images '
+           f'({image_side} pixels); set it <= {image_side}.')
   _require(len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0,
            f'config.augment.{prefix}_scale={scale} must be an ordered (low, high) area fraction '
            'with 0 < low <= high <= 1, e.g. (0.08, 1.0).')
@@ -96,7 +93,7 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
   _require(aug.num_global_crops >= 1,
            f'config.augment.num_global_crops={aug.num_global_crops} must be >= 1.')
   _require(aug.num_local_crops >= 0,
-           f'config.augment.num_local_crops={aug.num_local_crops} must be >= 0 (0 = no local crops).')
+           f'config.augment.num_local_crops={aug.num_local_crops} must be >= 0 (0 = none).')
   global_scale = _floats(aug.global_scale)
   _check_crops('global', aug.global_size, global_scale, side)
   local_crops = None
@@ -105,14 +102,14 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
     _check_crops('local', aug.local_size, local_scale, side)
     local_crops = CropSpec(aug.num_local_crops, aug.local_size, local_scale)
   _require(aug.color_jitter >= 0.0,
-           f'config.augment.color_jitter={aug.color_jitter} must be >= 0 (0 = off, SimCLR uses 1.0).')
-  blur_prob, solarize_prob = _floats(aug.blur_prob), _floats(aug.solarize_prob)
-  _require(bool(blur_prob), 'config.augment.blur_prob is empty; give one probability per global view, e.g. (1.0, 0.1).')
-  _require(bool(solarize_prob), 'config.augment.solarize_prob is empty; give one probability per global view, e.g. (0.0, 0.2).')
-  for key, values in (('grayscale_prob', (aug.grayscale_prob,)), ('blur_prob', blur_prob),
-                      ('local_blur_prob', (aug.local_blur_prob,)), ('solarize_prob', solarize_prob)):
-    for value in values:
-      _check_prob(key, value)
+           f'config.augment.color_jitter={aug.color_jitter} must be >= 0 (0 = off, SimCLR: 1.0).')
+  for key in ('blur_prob', 'solarize_prob'):
+    _require(len(aug[key]) > 0, f'config.augment.{key} is empty; give one probability per '
+             'global view, e.g. (1.0, 0.1); the last one serves further views.')
+  for key in ('grayscale_prob', 'blur_prob', 'local_blur_prob', 'solarize_prob'):
+    probs = np.atleast_1d(aug[key])
+    _require(bool(np.all((probs >= 0.0) & (probs <= 1.0))),
+             f'config.augment.{key}={aug[key]} is not a probability; set it in [0, 1].')
   mean, std = _floats(mean), _floats(std)
   _require(len(mean) == len(std) and all(s > 0 for s in std),
            f'mean={mean} and std={std} must have one entry per channel and std > 0.')
@@ -123,17 +120,19 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
   return AugmentConfig(
       global_crops=CropSpec(aug.num_global_crops, aug.global_size, global_scale),
       local_crops=local_crops, flip=bool(aug.flip), color_jitter=float(aug.color_jitter),
-      grayscale_prob=float(aug.grayscale_prob), blur_prob=blur_prob,
-      local_blur_prob=float(aug.local_blur_prob), solarize_prob=solarize_prob, mean=mean, std=std)
+      grayscale_prob=float(aug.grayscale_prob), blur_prob=_floats(aug.blur_prob),
+      local_blur_prob=float(aug.local_blur_prob), solarize_prob=_floats(aug.solarize_prob),
+      mean=mean, std=std)
 
 
-# --- Geometry (one example) -------------------------------------------------------------------
+# --- Geometry (one example) ------------------------------------------------------------------
 
 
-def _crop_and_resize(image: jax.Array, box: tuple[jax.Array, ...], size: int) -> jax.Array:
-  """Bilinear, antialiased resample of box=(top, left, height, width) of [H, W, C] to [size, size, C].
+def _crop_and_resize(image: jax.Array, box: tuple[jax.Array | float, ...], size: int) -> jax.Array:
+  """Resamples box=(top, left, height, width) of [H, W, C] to [size, size, C].
 
-  The box is continuous (pixel edges), so crops need not align with the pixel grid.
+  Bilinear with antialiasing; the box is continuous (in pixel edges), so crops need not align
+  with the pixel grid.
   """
   top, left, height, width = box
   scale = jnp.stack([size / height, size / width])
@@ -206,9 +205,12 @@ def _adjust_hue(x: jax.Array, delta: jax.Array) -> jax.Array:
 
 
 def _color_jitter(u: jax.Array, x: jax.Array, strength: float) -> jax.Array:
-  """SimCLR colour distortion of [H, W, 3] from 8 uniforms: brightness, contrast, saturation
-  (factors in [1 - 0.8s, 1 + 0.8s]) and hue (shift in [-0.2s, 0.2s]), applied in a random order
-  (SimCLR's `color_jitter_rand`) and clipped to [0, 1] after each."""
+  """SimCLR colour distortion of [H, W, 3] in [0, 1], from 8 uniforms.
+
+  Brightness (scale), contrast (about the channel means), saturation (blend with the grayscale
+  image) with factors in [1 - 0.8s, 1 + 0.8s], and hue (HSV shift in [-0.2s, 0.2s]), applied in
+  a random order (SimCLR's `color_jitter_rand`), clipping to [0, 1] after each.
+  """
   factors = _lerp(u[:3], max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength)
   ops = [functools.partial(_adjust_brightness, factor=factors[0]),
          functools.partial(_adjust_contrast, factor=factors[1]),
@@ -246,12 +248,14 @@ def _solarize(x: jax.Array) -> jax.Array:
 def _normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
   """[..., C] in [0, 1] -> (x - mean) / std."""
   _require(len(mean) == len(std) == x.shape[-1],
-           f'mean={tuple(mean)} and std={tuple(std)} need one entry per image channel ({x.shape[-1]}).')
+           f'mean={tuple(mean)} and std={tuple(std)} need one entry per image channel '
+           f'({x.shape[-1]}).')
   return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
 
 
-def _augment_one(key: jax.Array, image: jax.Array, blur_prob: jax.Array, solarize_prob: jax.Array,
-                 *, cfg: AugmentConfig, crop: CropSpec, blur: bool, solarize: bool) -> jax.Array:
+def _augment_one(key: jax.Array, image: jax.Array, blur_prob: jax.Array,
+                 solarize_prob: jax.Array, *, cfg: AugmentConfig, crop: CropSpec, blur: bool,
+                 solarize: bool) -> jax.Array:
   """One view of one uint8 [H, W, C] image -> float32 [size, size, C], normalised.
 
   Every random choice reads one entry of a single draw of uniforms: one random-number call per
@@ -279,7 +283,8 @@ def _augment_one(key: jax.Array, image: jax.Array, blur_prob: jax.Array, solariz
 
 
 def _augment_family(key: jax.Array, images: jax.Array, cfg: AugmentConfig, crop: CropSpec,
-                    blur_probs: tuple[float, ...], solarize_probs: tuple[float, ...]) -> list[jax.Array]:
+                    blur_probs: tuple[float, ...],
+                    solarize_probs: tuple[float, ...]) -> list[jax.Array]:
   """The len(blur_probs) views of one crop family, computed together (vmap over views and
   examples, one key each): uint8 [B, H, W, C] -> views, each float32 [B, size, size, C]."""
   augment = functools.partial(_augment_one, cfg=cfg, crop=crop, blur=max(blur_probs) > 0,
@@ -304,7 +309,8 @@ def multi_crop(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> list[ja
   global_key, local_key = jax.random.split(key)
   num_global = cfg.global_crops.num
   views = _augment_family(global_key, images, cfg, cfg.global_crops,
-                          _per_view(cfg.blur_prob, num_global), _per_view(cfg.solarize_prob, num_global))
+                          _per_view(cfg.blur_prob, num_global),
+                          _per_view(cfg.solarize_prob, num_global))
   if cfg.local_crops is not None:
     num_local = cfg.local_crops.num
     views += _augment_family(local_key, images, cfg, cfg.local_crops,
@@ -323,7 +329,7 @@ def eval_view(images: jax.Array, size: int, mean: Sequence[float], std: Sequence
   _require(0.0 < crop_fraction <= 1.0, f'crop_fraction={crop_fraction} must be in (0, 1].')
   height, width = images.shape[1:3]
   side = crop_fraction * min(height, width)
-  box = tuple(jnp.float32(v) for v in ((height - side) / 2, (width - side) / 2, side, side))
+  box = ((height - side) / 2, (width - side) / 2, side, side)
   x = images.astype(jnp.float32) / 255.0
   x = jax.vmap(lambda image: _crop_and_resize(image, box, size))(x)
   return _normalize(x, mean, std)
@@ -332,6 +338,7 @@ def eval_view(images: jax.Array, size: int, mean: Sequence[float], std: Sequence
 def rotate(images: jax.Array, k: jax.Array) -> jax.Array:
   """Rotates square images [B, H, H, C] counter-clockwise by k[i] * 90 degrees (as np.rot90)."""
   _require(images.shape[1] == images.shape[2],
-           f'rotate needs square images, got {images.shape[1]}x{images.shape[2]}; crop them square first.')
+           f'rotate needs square images, got {images.shape[1]}x{images.shape[2]}; '
+           'crop them square first.')
   rotations = [functools.partial(jnp.rot90, k=r) for r in range(4)]
   return jax.vmap(lambda image, r: jax.lax.switch(r, rotations, image))(images, k % 4)

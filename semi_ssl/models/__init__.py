@@ -1,4 +1,4 @@
-"""Backbones and heads (Flax NNX); every ``__call__`` takes ``train=`` explicitly."""
+"""Backbones and heads (Flax NNX); ``__call__`` takes ``train=`` explicitly."""
 from semi_ssl.models.heads import MLP, Prototypes, l2_normalize
 from semi_ssl.models.resnet import BACKBONES, STEMS, ResNet, create_backbone
 

@@ -11,7 +11,7 @@ Backbones (``create_backbone``):
   resnet50:    Bottleneck, stages [3, 4, 6, 3], widths 64/128/256/512 * width,
                expansion 4 (feature_dim 2048 * width).
   resnet_tiny: BasicBlock, stages [1, 1, 1], widths 16/32/64 * width, two
-               stride-2 stages (8x8 -> 2x2), ~75k params at width 1. Sized for
+               stride-2 stages (8x8 -> 2x2), 77k params at width 1. Sized for
                8x8 digits on CPU: ~4k img/s fwd+bwd at width 1 on 2 cores
                (widths 32/64/128, i.e. width=2, run at ~1k img/s).
 
@@ -31,7 +31,7 @@ conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def batch_norm(num_features: int, *, rngs: nnx.Rngs, **kwargs) -> nnx.BatchNorm:
-  """BatchNorm with torch-like momentum (0.9 here) that normalises in float32."""
+  """BatchNorm (momentum 0.9, eps 1e-5 as torchvision) computed in float32."""
   return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5,
                        dtype=jnp.float32, rngs=rngs, **kwargs)
 
@@ -59,7 +59,7 @@ class ConvBN(nnx.Module):
 
 
 class BasicBlock(nnx.Module):
-  """Two 3x3 convs; the stride sits on the first. Output has ``features`` channels."""
+  """Two 3x3 convs, strided first; outputs ``features`` channels."""
   expansion = 1
 
   def __init__(self, in_features: int, features: int, strides: int, *,
@@ -79,7 +79,7 @@ class BasicBlock(nnx.Module):
 
 
 class Bottleneck(nnx.Module):
-  """1x1 -> 3x3 (strided, v1.5) -> 1x1 convs. Output has 4 * ``features`` channels."""
+  """1x1 -> 3x3 (strided, v1.5) -> 1x1 convs; outputs 4 * ``features``."""
   expansion = 4
 
   def __init__(self, in_features: int, features: int, strides: int, *,
@@ -115,6 +115,7 @@ def _apply_shortcut(shortcut: ConvBN | None, x: jax.Array,
 
 @dataclasses.dataclass(frozen=True)
 class _Stem:
+  """Stem conv kernel size and stride, and whether a 3x3/2 max-pool follows."""
   kernel_size: int
   strides: int
   max_pool: bool
@@ -130,8 +131,9 @@ STEMS = {
 class ResNet(nnx.Module):
   """ResNet trunk with global average pooling (no classifier).
 
-  Stage i has ``round(base_width * 2**i * width)`` block features; the first
-  stage keeps the stem resolution and every later stage halves it.
+  The stem has ``round(base_width * width)`` channels and stage i has
+  ``round(base_width * 2**i * width)`` block features; the first stage keeps
+  the stem resolution and every later stage halves it.
   """
 
   def __init__(self, *, stage_sizes: Sequence[int], bottleneck: bool,
