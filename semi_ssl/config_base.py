@@ -124,3 +124,32 @@ def _check_writable(workdir: str) -> None:
     existing = os.path.dirname(os.path.abspath(existing))
   _check(os.path.isdir(existing) and os.access(existing, os.W_OK),
          f"--workdir={workdir} is not writable ('{existing}' does not allow writing): choose another directory.")
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file, as `--config=path[:arg]` would load it."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def with_baseline(config: ml_collections.ConfigDict,
+                  baseline: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` preceded by a `baseline` stage on the same labelled images, for one table.
+
+  The method's stage follows every top-level key, so command-line overrides change it as
+  usual; the baseline takes `seed`, `labels_per_class`, `label_fraction` and `data_dir` from
+  the top level, so `--config.seed=3` changes both runs.
+  """
+  method_stage = ml_collections.ConfigDict()
+  for key in config.keys():
+    if key not in ('stages', 'name'):
+      method_stage[key] = config.get_ref(key)
+  method_stage.name = config.method
+  baseline.name = baseline.method
+  for key in ('seed', 'labels_per_class', 'label_fraction', 'data_dir'):
+    baseline[key] = config.get_ref(key)
+  config.stages = (baseline, method_stage)
+  return config

@@ -14,6 +14,7 @@ from sklearn import model_selection
 import tensorflow_datasets as tfds
 
 from semi_ssl.data import datasets
+import tfds_mock
 
 
 @pytest.fixture(autouse=True)
@@ -146,22 +147,6 @@ def test_check_config_accepts_smallest_digits_class():
 # --- TFDS sources. ---------------------------------------------------------------------------
 
 
-def _prepare(data_dir, name: str, version: str, splits: dict[str, int],
-             file_format: str = 'tfrecord') -> None:
-  """Writes the dataset_info.json of a prepared TFDS dataset: what `check_config` looks for
-  and what `mock_data(policy=USE_FILES)` reads the split sizes from."""
-  version_dir = data_dir / name / version
-  version_dir.mkdir(parents=True)
-  info = dict(name=name.split('/')[0], version=version, fileFormat=file_format,
-              splits=[dict(name=split, shardLengths=[str(n)]) for split, n in splits.items()])
-  (version_dir / 'dataset_info.json').write_text(json.dumps(info))
-
-
-def _mock_tfds(data_dir, num_examples: int):
-  return tfds.testing.mock_data(num_examples=num_examples, data_dir=str(data_dir),
-                                policy=tfds.testing.MockPolicy.USE_FILES)
-
-
 @pytest.mark.parametrize('overrides, missing', [
     (dict(dataset='cifar10', labels_per_class=1), "dataset 'cifar10' is not prepared in"),
     (dict(dataset='cifar100', label_fraction=0.1), "dataset 'cifar100' is not prepared in"),
@@ -184,22 +169,22 @@ def test_missing_tfds_dataset_fails_fast_without_calling_tfds(overrides, missing
 
 
 def test_imagenet_subset_must_be_prepared_too(tmp_path):
-  _prepare(tmp_path, 'imagenet2012', '5.1.0', {'train': 4}, 'array_record')
+  tfds_mock.prepare(tmp_path, 'imagenet2012', '5.1.0', {'train': 4}, 'array_record')
   with pytest.raises(ValueError, match="'imagenet2012_subset/10pct' is not prepared"):
     datasets.check_config(_config(dataset='imagenet2012', label_fraction=0.1,
                                   data_dir=str(tmp_path)))
 
 
 def test_imagenet_without_random_access_format_is_rejected(tmp_path):
-  _prepare(tmp_path, 'imagenet2012', '5.1.0', {'train': 4}, 'tfrecord')
+  tfds_mock.prepare(tmp_path, 'imagenet2012', '5.1.0', {'train': 4}, 'tfrecord')
   with pytest.raises(ValueError, match='stored as tfrecord.*--out_file_format=array_record'):
     datasets.check_config(_config(dataset='imagenet2012', label_fraction=0.01,
                                   data_dir=str(tmp_path)))
 
 
 def test_cifar10_from_mocked_tfds(tmp_path):
-  _prepare(tmp_path, 'cifar10', '3.0.2', {'train': 40, 'test': 40})
-  with _mock_tfds(tmp_path, num_examples=40):
+  tfds_mock.prepare(tmp_path, 'cifar10', '3.0.2', {'train': 40, 'test': 40})
+  with tfds_mock.mock_data(tmp_path, num_examples=40):
     splits = datasets.load(_config(dataset='cifar10', data_dir=str(tmp_path), seed=1,
                                    labels_per_class=1))
     train_images, train_labels = tfds.as_numpy(tfds.load(
@@ -218,8 +203,9 @@ def test_cifar10_from_mocked_tfds(tmp_path):
 
 def test_imagenet_from_mocked_tfds(tmp_path, monkeypatch):
   n, size = 6, 16
-  _prepare(tmp_path, 'imagenet2012', '5.1.0', {'train': n, 'validation': n}, 'array_record')
-  _prepare(tmp_path, 'imagenet2012_subset/1pct', '5.0.0', {'train': n}, 'array_record')
+  tfds_mock.prepare(tmp_path, 'imagenet2012', '5.1.0', {'train': n, 'validation': n},
+                    'array_record')
+  tfds_mock.prepare(tmp_path, 'imagenet2012_subset/1pct', '5.0.0', {'train': n}, 'array_record')
   data_source, opened = tfds.data_source, []
 
   def spy(name, *, split, **kwargs):
@@ -228,7 +214,7 @@ def test_imagenet_from_mocked_tfds(tmp_path, monkeypatch):
     return source
 
   monkeypatch.setattr(tfds, 'data_source', spy)
-  with _mock_tfds(tmp_path, num_examples=n):
+  with tfds_mock.mock_data(tmp_path, num_examples=n):
     splits = datasets.load(_config(dataset='imagenet2012', data_dir=str(tmp_path),
                                    label_fraction=0.01, decode_size=size))
     # Which features of which split were read: labels of imagenet2012 train never are.

@@ -1,13 +1,20 @@
 """Suave on the embedded digits data, 5 labels per class (50 labelled images).
 
 python -m semi_ssl.main --config=configs/suave/digits.py --workdir=/tmp/suave_digits
+
+With `:with_baseline` the supervised baseline (configs/supervised/digits.py) runs first, on
+the same labelled images, and the final table shows both (the README's main job):
+
+python -m semi_ssl.main --config=configs/suave/digits.py:with_baseline --workdir=/tmp/digits
 """
+import os
+
 from ml_collections import config_dict
 
 from semi_ssl import config_base
 
 
-def get_config():
+def get_config(arg: str = ''):
   c = config_base.get_base_config()
   c.method = 'suave'
   c.dataset = 'digits'
@@ -34,4 +41,7 @@ def get_config():
       sinkhorn_epsilon=0.05, sinkhorn_iters=3,
       queue_size=0, freeze_prototypes_steps=0, heads_only_steps=0,
       ema_momentum=0.0, mixup_alpha=0.0))
+  if arg == 'with_baseline':
+    baseline = os.path.join(os.path.dirname(__file__), '..', 'supervised', 'digits.py')
+    c = config_base.with_baseline(c, config_base.load_config_file(baseline))
   return c

@@ -1,0 +1,38 @@
+"""Daino on the embedded digits data, 5 labels per class (50 labelled images).
+
+python -m semi_ssl.main --config=configs/daino/digits.py --workdir=/tmp/daino_digits
+"""
+from ml_collections import config_dict
+
+from semi_ssl import config_base
+
+
+def get_config():
+  c = config_base.get_base_config()
+  c.method = 'daino'
+  c.dataset = 'digits'
+  c.labels_per_class = 5
+  c.batch_size = 256
+  c.labelled_batch_size = 64
+  c.num_steps = 1500
+  c.log_every = 100
+  c.eval_every = 500
+  c.checkpoint_every = 250
+  c.augment.num_global_crops = 2
+  c.augment.global_scale = (0.5, 1.0)
+  c.augment.num_local_crops = 2
+  c.augment.local_size = 6
+  c.augment.local_scale = (0.3, 0.6)
+  c.optimizer.name = 'sgd'
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.warmup_steps = 100
+  c.optimizer.weight_decay = 5e-4
+  c.daino = config_dict.ConfigDict(dict(
+      projector_hidden_dim=256, embed_dim=64, projector_layers=2,
+      num_prototypes=0,           # 0: one prototype per class
+      student_temperature=0.1, label_smoothing=0.01,
+      teacher_temperature=0.05, teacher_temperature_warmup_start=0.05,
+      teacher_temperature_warmup_steps=0,
+      teacher_momentum=0.99,      # cosine schedule to 1.0 over num_steps
+      center_momentum=0.9, mixup_alpha=0.0))
+  return c

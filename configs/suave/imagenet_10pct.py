@@ -1,0 +1,146 @@
+"""Suave on ImageNet with 10% of the labels: ResNet-50 from SwAV, Suave, then a short fine-tune.
+
+python -m semi_ssl.main --config=configs/suave/imagenet_10pct.py --workdir=/tmp/suave_in10 \
+    --config.swav_checkpoint=/path/to/swav_workdir [--config.data_dir=DIR]
+
+Two stages, each in WORKDIR/<stage name>:
+  suave     100 epochs of Suave. The backbone starts from the latest checkpoint of the workdir
+            `swav_checkpoint` (a self-supervised SwAV ResNet-50 in this code's checkpoint
+            layout); its projector and prototypes start fresh. Left unset, the whole model
+            starts from scratch: a run the paper does not report.
+  finetune  5 epochs of Suave from the first stage's backbone and projector (fresh
+            prototypes), with two 224-pixel crops, no colour augmentation, a smaller learning
+            rate and no warm-up.
+
+Overrides of top-level keys (--config.seed, --config.batch_size, --config.model.dtype, ...) reach
+both stages: the stages read them by reference. The fine-tune's own length, optimiser,
+augmentation and Suave settings are under `config.finetune`.
+
+Sources: the official code, github.com/pietroastolfi/suave-daino. Stage 1:
+`suave/scripts/train_10perc.sh`; stage 2: `suave/scripts/finetune_10perc.sh`; anything they
+leave out: the defaults of `suave/main_suave.py` and the augmentation of
+`src/multicropdataset.py`; batch: the README's 8-GPU command (8 x 32 unlabelled + 8 x 16
+labelled images per step). Differences from that code: labelled images get the same views as
+unlabelled ones (multi-crop and strong colour; main_suave.py gives them one 224 crop with
+milder colour, and milder still in the fine-tune), mixup mixes the labelled batch instead of
+extending it and has no CutMix, unlabelled images are never mixed, and LARS leaves biases and
+norms out.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from semi_ssl import config_base
+
+_STEPS_PER_EPOCH = 1_281_167 // 256  # ImageNet train at 256 unlabelled images per step.
+
+
+def _if_set(ref: config_dict.FieldReference, value) -> config_dict.FieldReference:
+  """Reads `value` while `ref` holds a value and None while it is None: ml_collections leaves
+  out the ops of a reference to None."""
+  return ref._apply_op(lambda _: value)  # pylint: disable=protected-access
+
+
+def _stage(c: ml_collections.ConfigDict, name: str, **own) -> ml_collections.ConfigDict:
+  """The stage `name`: `own` keys, and every other key of `c` by reference."""
+  stage = ml_collections.ConfigDict({'name': name, **own})
+  for key in c.keys():
+    if key not in stage and key not in ('stages', 'finetune'):
+      stage[key] = c[key] if isinstance(c[key], ml_collections.ConfigDict) else c.get_ref(key)
+  return stage
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = config_base.get_base_config()
+  c.method = 'suave'
+  c.dataset = 'imagenet2012'
+  c.label_fraction = 0.1  # --labels_perc 10: SimCLR's subset (TFDS imagenet2012_subset/10pct).
+  c.decode_size = 256  # Shorter side resized to 256, centre square kept; crops come from it.
+
+  c.batch_size = 256           # README: 8 GPUs x --batch_size 32.
+  c.labelled_batch_size = 128  # README: 8 GPUs x --lab_batch_size 16.
+  c.num_steps = 100 * _STEPS_PER_EPOCH  # --epochs 100.
+  c.log_every = 100
+  c.eval_every = 10 * _STEPS_PER_EPOCH
+  c.checkpoint_every = _STEPS_PER_EPOCH
+
+  c.model.backbone = 'resnet50'  # main_suave.py: --arch resnet50.
+  c.model.stem = 'imagenet'
+  c.model.dtype = 'bfloat16'  # --use_fp16 true.
+
+  # train_10perc.sh: --nmb_crops 2 8 --size_crops 224 96 --min_scale_crops 0.14 0.05
+  # --max_scale_crops 1. 0.14. multicropdataset.py, every crop: flip, colour jitter
+  # (0.8, 0.8, 0.8, 0.2) with p=0.8 (SimCLR strength 1), grayscale p=0.2, blur p=0.5.
+  c.augment.num_global_crops = 2
+  c.augment.global_size = 224
+  c.augment.global_scale = (0.14, 1.0)
+  c.augment.num_local_crops = 8
+  c.augment.local_size = 96
+  c.augment.local_scale = (0.05, 0.14)
+  c.augment.flip = True
+  c.augment.color_jitter = 1.0
+  c.augment.grayscale_prob = 0.2
+  c.augment.blur_prob = (0.5,)
+  c.augment.local_blur_prob = 0.5
+  c.augment.solarize_prob = (0.0,)
+
+  # train_10perc.sh: --base_lr 0.4 --final_lr 0.001 --warmup_epochs 5 (from 0); main_suave.py:
+  # LARS(momentum=0.9, eta=0.001), --wd 1e-6.
+  c.optimizer.name = 'lars'
+  c.optimizer.learning_rate = 0.4
+  c.optimizer.end_learning_rate_factor = 0.001 / 0.4
+  c.optimizer.warmup_steps = 5 * _STEPS_PER_EPOCH
+  c.optimizer.momentum = 0.9
+  c.optimizer.trust_coefficient = 0.001
+  c.optimizer.weight_decay = 1e-6
+
+  c.eval.batch_size = 512
+
+  c.suave = ml_collections.ConfigDict(dict(
+      # main_suave.py: --hidden_mlp 2048 --feat_dim 128 (SwAV's 2-layer projection head);
+      # --nmb_prototypes 1000: one prototype per class.
+      projector_hidden_dim=2048, embed_dim=128, projector_layers=2, num_prototypes=0,
+      # main_suave.py: --temperature 0.1 --label_smoothing 0.01 --sinkhorn_iterations 3;
+      # train_10perc.sh: --epsilon 0.05 --queue_length 3840 --epoch_queue_starts 0.
+      temperature=0.1, label_smoothing=0.01, sinkhorn_epsilon=0.05, sinkhorn_iters=3,
+      queue_size=3840,
+      # train_10perc.sh: --freeze_prototypes_niters 0 --warmup_proj_nepochs 0
+      # --use_momentum false --mixup_lab true (main_suave.py: mixup_alpha=1.).
+      freeze_prototypes_steps=0, heads_only_steps=0, ema_momentum=0.0, mixup_alpha=1.0))
+
+  # main_suave.py loads --swav_init_ckpt without its prototypes and, with --init_proj false
+  # (train_10perc.sh), without its projection head: the backbone only.
+  c.swav_checkpoint = config_dict.placeholder(str)
+  swav = c.get_ref('swav_checkpoint')
+  c.init_from = ml_collections.ConfigDict(dict(
+      workdir=swav, stage=config_dict.placeholder(str), paths=_if_set(swav, ('backbone',))))
+
+  c.finetune = ml_collections.ConfigDict(dict(
+      num_steps=5 * _STEPS_PER_EPOCH,  # finetune_10perc.sh: --epochs 5.
+      optimizer=c.optimizer.copy_and_resolve_references(),
+      augment=c.augment.copy_and_resolve_references(),
+      suave=c.suave.copy_and_resolve_references()))
+  # finetune_10perc.sh: --base_lr 0.03 --final_lr 0.0003 --warmup_epochs 0.
+  c.finetune.optimizer.learning_rate = 0.03
+  c.finetune.optimizer.end_learning_rate_factor = 0.0003 / 0.03
+  c.finetune.optimizer.warmup_steps = 0
+  # finetune_10perc.sh: --nmb_crops 2 --size_crops 224 --min_scale_crops 0.08
+  # --max_scale_crops 1.0 --color_jit_unlab false (no colour jitter, grayscale or blur).
+  c.finetune.augment.global_scale = (0.08, 1.0)
+  c.finetune.augment.num_local_crops = 0
+  c.finetune.augment.color_jitter = 0.0
+  c.finetune.augment.grayscale_prob = 0.0
+  c.finetune.augment.blur_prob = (0.0,)
+  c.finetune.augment.local_blur_prob = 0.0
+  c.finetune.suave.label_smoothing = 0.001  # finetune_10perc.sh: --label_smoothing 0.001.
+
+  c.stages = (
+      _stage(c, 'suave'),
+      # finetune_10perc.sh: --init_proj true, from the first stage's checkpoint; main_suave.py
+      # drops the checkpoint's prototypes in every case.
+      _stage(c, 'finetune', num_steps=c.finetune.get_ref('num_steps'),
+             optimizer=c.finetune.optimizer, augment=c.finetune.augment, suave=c.finetune.suave,
+             init_from=ml_collections.ConfigDict(dict(
+                 workdir=config_dict.placeholder(str), stage='suave',
+                 paths=('backbone', 'projector')))),
+  )
+  return c

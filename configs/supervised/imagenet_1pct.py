@@ -1,0 +1,29 @@
+"""Supervised baseline on ImageNet with 1% of the labels: ResNet-50 on the labelled images only.
+
+python -m semi_ssl.main --config=configs/supervised/imagenet_1pct.py \
+    --workdir=/tmp/sup_imagenet_1pct [--config.data_dir=DIR]
+
+configs/supervised/imagenet_10pct.py on SimCLR's 1% subset (TFDS imagenet2012_subset/1pct,
+12.8k images) with S4L's supervised 1% settings (github.com/google-research/s4l,
+`config/supervised_imagenet_1p.sh`: batch 256, lr 0.01, weight decay 1e-2, 5 warm-up epochs,
+1000 epochs), again with a cosine instead of its steps at epochs 700/800/900.
+"""
+import os
+import runpy
+
+import ml_collections
+
+_STEPS_PER_EPOCH = 12_811 // 256
+
+
+def get_config() -> ml_collections.ConfigDict:
+  imagenet_10pct = runpy.run_path(os.path.join(os.path.dirname(__file__), 'imagenet_10pct.py'))
+  c = imagenet_10pct['get_config']()
+  c.label_fraction = 0.01
+  c.num_steps = 1000 * _STEPS_PER_EPOCH
+  c.eval_every = 200 * _STEPS_PER_EPOCH
+  c.checkpoint_every = 50 * _STEPS_PER_EPOCH
+  c.optimizer.learning_rate = 0.01
+  c.optimizer.warmup_steps = 5 * _STEPS_PER_EPOCH  # --schedule '5,700,800,900,1000'.
+  c.optimizer.weight_decay = 1e-2
+  return c

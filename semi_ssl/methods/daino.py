@@ -1,0 +1,156 @@
+"""Daino (Fini et al., CVPR 2023, "Semi-supervised learning made simple with self-supervised
+clustering", Sec. 3): DINO turned semi-supervised the way Suave turns SwAV.
+
+The model is Suave's (backbone -> projector -> L2-normalised embedding -> cosine scores of K
+prototypes, the first C of them the class prototypes). A teacher, the EMA of the student with
+a momentum that rises from `teacher_momentum` to 1 on a cosine schedule, sees only the global
+views of the unlabelled images; its scores, centred (minus an EMA of their batch mean) and
+sharpened (divided by a teacher temperature that may warm up linearly), give the targets
+
+    q = softmax((teacher_scores - center) / teacher_temperature).
+
+As in Suave, one cross-entropy over student scores / student_temperature: labelled views
+target their (smoothed) one-hot label, every unlabelled view targets the teacher's q of every
+*other* global view, and the two terms are weighted by their share of the batch.
+
+`predict` reads the student's class-prototype scores. The paper's code (daino/main_daino.py
+of github.com/pietroastolfi/suave-daino) validates the teacher after every epoch and prints
+both networks at the end; `Method.predict` only sees the trained model, not the method state
+that holds the teacher, so this implementation reports the student.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from semi_ssl.methods import base
+from semi_ssl.methods.suave import (SuaveModel, class_targets, combine, labelled_loss, mixup,
+                                    swapped_assignment_loss)
+from semi_ssl.ops import losses
+
+
+def teacher_momentum(step: jax.Array, num_steps: int, base_momentum: float) -> jax.Array:
+  """EMA momentum of step `step`: cosine from `base_momentum` (step 0) to 1 (`num_steps`)."""
+  progress = jnp.clip(step / num_steps, 0.0, 1.0)
+  return 1.0 - (1.0 - base_momentum) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
+
+
+def teacher_temperature(step: jax.Array, *, start: float, end: float,
+                        warmup_steps: int) -> jax.Array:
+  """Linear from `start` (step 0) to `end` (`warmup_steps`), then `end` (DINO)."""
+  if not warmup_steps:
+    return jnp.asarray(end, jnp.float32)
+  return start + (end - start) * jnp.clip(step / warmup_steps, 0.0, 1.0)
+
+
+def ema(average: base.PyTree, new: base.PyTree, momentum: jax.Array) -> base.PyTree:
+  """momentum * average + (1 - momentum) * new, leaf by leaf."""
+  return jax.tree.map(lambda a, n: momentum * a + (1.0 - momentum) * n, average, new)
+
+
+def teacher_targets(scores: list[jax.Array], center: jax.Array,
+                    temperature: jax.Array) -> list[jax.Array]:
+  """Centred, sharpened teacher distributions: G x [N, K] scores, center [K] -> G x [N, K]."""
+  return [jax.nn.softmax((s - center) / temperature, axis=-1) for s in scores]
+
+
+def update_center(center: jax.Array, scores: list[jax.Array], momentum: float) -> jax.Array:
+  """EMA [K] of the teacher scores' mean over every global view and example."""
+  return momentum * center + (1.0 - momentum) * jnp.mean(jnp.concatenate(scores), axis=0)
+
+
+def entropy(probs: jax.Array) -> jax.Array:
+  """Per-row entropy in nats: [N, K] -> [N]."""
+  return -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-12)), axis=-1)
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ValueError(message)
+
+
+class Daino(base.Method):
+  """See the module docstring; hyperparameters live in `config.daino`."""
+
+  def __init__(self, config, data):
+    super().__init__(config, data)
+    self.hp = hp = config.daino
+    self.num_prototypes = hp.num_prototypes or data.num_classes
+    _require(self.num_prototypes >= data.num_classes,
+             f'config.daino.num_prototypes={self.num_prototypes} is below the '
+             f'{data.num_classes} classes: use 0 (= number of classes) or more.')
+    for key in ('teacher_momentum', 'center_momentum'):
+      _require(0.0 <= hp[key] <= 1.0, f'config.daino.{key}={hp[key]} must be in [0, 1].')
+    for key in ('student_temperature', 'teacher_temperature', 'teacher_temperature_warmup_start'):
+      _require(hp[key] > 0.0, f'config.daino.{key}={hp[key]} must be positive, e.g. 0.1.')
+    _require(hp.teacher_temperature_warmup_steps >= 0,
+             f'config.daino.teacher_temperature_warmup_steps={hp.teacher_temperature_warmup_steps}'
+             ' must be >= 0 (0 = no warm-up).')
+    aug = config.augment
+    _require(aug.num_global_crops + aug.num_local_crops >= 2,
+             'Daino needs a second view to predict the teacher from: set '
+             'config.augment.num_global_crops=2 or add local crops.')
+
+  def create_model(self, rngs):
+    return SuaveModel(base.create_backbone(self.config, self.data, rngs),
+                      hidden_dim=self.hp.projector_hidden_dim, embed_dim=self.hp.embed_dim,
+                      num_layers=self.hp.projector_layers, num_prototypes=self.num_prototypes,
+                      rngs=rngs)
+
+  def init_state(self, params):
+    return {'teacher': jax.tree.map(jnp.copy, params),
+            'center': jnp.zeros((self.num_prototypes,), jnp.float32)}
+
+  def loss(self, model, state, batch, key, step):
+    hp = self.hp
+    labels = batch['labelled']['labels']
+    targets = class_targets(labels, self.data.num_classes, self.num_prototypes,
+                            hp.label_smoothing)
+    labelled_views = batch['labelled']['views']
+    if hp.mixup_alpha:
+      labelled_views, targets = mixup(key, labelled_views, targets, hp.mixup_alpha)
+    unlabelled_views = batch['unlabelled']['views']
+    num_labelled = labels.shape[0]
+    # Labelled and unlabelled crops of one view go through the student together, so
+    # BatchNorm sees the whole batch.
+    scores = [model(jnp.concatenate([l, u]), train=True)
+              for l, u in zip(labelled_views, unlabelled_views)]
+    teacher_scores = self._teacher_scores(
+        model, state['teacher'], unlabelled_views[:self.config.augment.num_global_crops])
+    temperature = teacher_temperature(
+        step, start=hp.teacher_temperature_warmup_start, end=hp.teacher_temperature,
+        warmup_steps=hp.teacher_temperature_warmup_steps)
+    assignments = teacher_targets(teacher_scores, state['center'], temperature)
+    loss_l = labelled_loss([s[:num_labelled] for s in scores], targets, hp.student_temperature)
+    loss_u = swapped_assignment_loss([s[num_labelled:] for s in scores], assignments,
+                                     hp.student_temperature)
+    state = {**state, 'center': update_center(state['center'], teacher_scores,
+                                              hp.center_momentum)}
+    metrics = {'loss_labelled': jnp.mean(loss_l), 'loss_unlabelled': jnp.mean(loss_u),
+               'train_top1': losses.accuracy(scores[0][:num_labelled, :self.data.num_classes],
+                                             labels),
+               'teacher_temperature': temperature,
+               # Near 0: one-hot targets; near log K: uniform (collapse).
+               'target_entropy': jnp.mean(jnp.stack([entropy(q) for q in assignments]))}
+    return combine(loss_l, loss_u), (state, metrics)
+
+  def _teacher_scores(self, model, teacher, views):
+    """Teacher scores (no gradient) G x [B_u, K] of the G global unlabelled views.
+
+    The views go through the teacher together, so its BatchNorm sees all of them (DINO).
+    """
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    teacher_model = nnx.merge(graphdef, teacher, rest, copy=True)
+    scores = jax.lax.stop_gradient(teacher_model(jnp.concatenate(views), train=True))
+    return jnp.split(scores, len(views))
+
+  def update_state(self, params, state, step):
+    m = teacher_momentum(step, self.config.num_steps, self.hp.teacher_momentum)
+    return {**state, 'teacher': ema(state['teacher'], params, m)}
+
+  def predict(self, model, images):
+    return model(images, train=False)[:, :self.data.num_classes]
+
+  def features(self, model, images):
+    return model.backbone(images, train=False)

@@ -1,0 +1,253 @@
+"""Daino: no gradient into the teacher, EMA / centring / schedule math against numpy, where
+the targets come from, the whole loss by hand on a hand-made example, and a short run."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from ml_collections import config_dict
+
+from semi_ssl import config_base, methods, metric_writer, train
+from semi_ssl.methods import base, daino
+
+DIGITS = base.DataInfo(num_classes=10, image_shape=(8, 8, 1))
+
+
+def tiny_config(**daino_overrides):
+  """Digits, a tiny model, 2 global 8x8 views and 1 local 6x6 view, 3 steps."""
+  c = config_base.get_base_config()
+  c.method = 'daino'
+  c.labels_per_class = 5
+  c.labelled_batch_size = 8
+  c.batch_size = 8
+  c.num_steps = 3
+  c.log_every = 1
+  c.eval_every = 3
+  c.checkpoint_every = 3
+  c.model.width = 0.25
+  c.augment.num_local_crops = 1
+  c.daino = config_dict.ConfigDict(dict(
+      projector_hidden_dim=16, embed_dim=8, projector_layers=2, num_prototypes=0,
+      student_temperature=0.1, label_smoothing=0.1, teacher_temperature=0.07,
+      teacher_temperature_warmup_start=0.04, teacher_temperature_warmup_steps=10,
+      teacher_momentum=0.99, center_momentum=0.9, mixup_alpha=0.0))
+  c.daino.update(daino_overrides)
+  return c
+
+
+def build(config, seed=0):
+  """(method, graphdef, params, rest) of a freshly initialised Daino model."""
+  method = daino.Daino(config, DIGITS)
+  graphdef, params, rest = nnx.split(method.create_model(nnx.Rngs(seed)), nnx.Param, ...)
+  return method, graphdef, params, rest
+
+
+def random_batch(seed, num_labelled=4, num_unlabelled=6):
+  """Normalised views of random images: 2 global [N, 8, 8, 1], 1 local [N, 6, 6, 1]."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), 7)
+  views = lambda ks, n: [jax.random.normal(k, (n, s, s, 1)) for k, s in zip(ks, (8, 8, 6))]
+  return {'labelled': {'views': views(keys[:3], num_labelled),
+                       'labels': jax.random.randint(keys[6], (num_labelled,), 0, 10)},
+          'unlabelled': {'views': views(keys[3:6], num_unlabelled)}}
+
+
+def run_loss(method, graphdef, params, rest, state, batch, step=0):
+  model = nnx.merge(graphdef, params, rest, copy=True)
+  return method.loss(model, state, batch, jax.random.PRNGKey(0), jnp.int32(step))
+
+
+def other_teacher(config):
+  """Parameters of a differently initialised model, so the teacher differs from the student."""
+  return build(config, seed=1)[2]
+
+
+def test_teacher_gets_no_gradient_but_is_used():
+  config = tiny_config()
+  method, graphdef, params, rest = build(config)
+  teacher, batch = other_teacher(config), random_batch(0)
+  center = jnp.linspace(-0.1, 0.1, 10)
+  loss_of = lambda p, t: run_loss(method, graphdef, p, rest, {'teacher': t, 'center': center},
+                                  batch)[0]
+  student_grads, teacher_grads = jax.grad(loss_of, argnums=(0, 1))(params, teacher)
+  for leaf in jax.tree.leaves(teacher_grads):
+    np.testing.assert_array_equal(leaf, np.zeros_like(leaf))
+  assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(student_grads))
+  # The zero gradient is the stop-gradient, not an unused teacher: the loss depends on it.
+  assert abs(float(loss_of(params, teacher)) - float(loss_of(params, params))) > 1e-4
+
+
+def test_ema_update_matches_numpy():
+  config = tiny_config()
+  method, _, params, _ = build(config)
+  teacher, center = other_teacher(config), jnp.arange(10.0)
+  step = 1
+  new = method.update_state(params, {'teacher': teacher, 'center': center}, jnp.int32(step))
+  m = 1 - (1 - 0.99) * (math.cos(math.pi * step / config.num_steps) + 1) / 2
+  jax.tree.map(lambda got, t, p: np.testing.assert_allclose(
+      got, m * np.asarray(t) + (1 - m) * np.asarray(p), rtol=1e-6, atol=1e-7),
+      new['teacher'], teacher, params)
+  np.testing.assert_array_equal(new['center'], center)
+
+
+def test_init_state_copies_the_params_and_zeroes_the_center():
+  method, _, params, _ = build(tiny_config(num_prototypes=12))
+  state = method.init_state(params)
+  jax.tree.map(np.testing.assert_array_equal, state['teacher'], params)
+  np.testing.assert_array_equal(state['center'], np.zeros(12))
+
+
+def test_momentum_schedule_endpoints():
+  m = lambda step: float(daino.teacher_momentum(jnp.int32(step), 100, 0.996))
+  np.testing.assert_allclose([m(0), m(50), m(100), m(150)], [0.996, 0.998, 1.0, 1.0], rtol=1e-6)
+  assert m(0) < m(10) < m(90) < m(100)
+
+
+def test_teacher_temperature_warms_up_linearly_then_stays():
+  t = lambda step, warmup: float(daino.teacher_temperature(jnp.int32(step), start=0.04, end=0.07,
+                                                           warmup_steps=warmup))
+  np.testing.assert_allclose([t(0, 30), t(15, 30), t(30, 30), t(99, 30)],
+                             [0.04, 0.055, 0.07, 0.07], rtol=1e-6)
+  assert t(0, 0) == pytest.approx(0.07)  # No warm-up.
+
+
+def test_targets_are_centred_and_sharpened():
+  scores = [np.array([[0.9, 0.1, -0.5], [0.2, 0.3, 0.1]], np.float32)]
+  center = np.array([0.3, -0.1, 0.0], np.float32)
+  z = (scores[0] - center) / 0.05
+  expected = np.exp(z - z.max(1, keepdims=True))
+  expected /= expected.sum(1, keepdims=True)
+  got = daino.teacher_targets([jnp.asarray(scores[0])], jnp.asarray(center), 0.05)[0]
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+  # A lower temperature sharpens: the largest probability grows.
+  sharper = daino.teacher_targets([jnp.asarray(scores[0])], jnp.asarray(center), 0.01)[0]
+  assert np.all(sharper.max(1) > got.max(1))
+
+
+def test_center_update_matches_numpy():
+  scores = [np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[0.5, 0.5], [1.0, -1.0]])]
+  center = np.array([0.2, -0.2])
+  batch_mean = np.concatenate(scores).mean(0)  # [0.625, 0.125]
+  got = daino.update_center(jnp.asarray(center), [jnp.asarray(s) for s in scores], 0.9)
+  np.testing.assert_allclose(got, 0.9 * center + 0.1 * batch_mean, rtol=1e-6)
+
+
+def test_loss_updates_the_center_from_the_teacher_scores():
+  config = tiny_config()
+  method, graphdef, params, rest = build(config)
+  teacher, batch, center = other_teacher(config), random_batch(0), jnp.full((10,), 0.1)
+  _, (state, _) = run_loss(method, graphdef, params, rest,
+                           {'teacher': teacher, 'center': center}, batch)
+  model = nnx.merge(graphdef, params, rest, copy=True)
+  teacher_scores = np.concatenate(
+      method._teacher_scores(model, teacher, batch['unlabelled']['views'][:2]))
+  np.testing.assert_allclose(state['center'], 0.9 * 0.1 + 0.1 * teacher_scores.mean(0),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_labelled_targets_are_labels_and_unlabelled_targets_come_from_the_teacher():
+  config = tiny_config()
+  method, graphdef, params, rest = build(config)
+  state = {'teacher': other_teacher(config), 'center': jnp.zeros(10)}
+  batch = random_batch(0)
+  relabelled = {**batch, 'labelled': {**batch['labelled'],
+                                      'labels': (batch['labelled']['labels'] + 3) % 10}}
+  _, (state_a, metrics_a) = run_loss(method, graphdef, params, rest, state, batch)
+  _, (_, metrics_b) = run_loss(method, graphdef, params, rest, state, relabelled)
+  assert float(metrics_a['loss_unlabelled']) == float(metrics_b['loss_unlabelled'])
+  assert float(metrics_a['loss_labelled']) != pytest.approx(float(metrics_b['loss_labelled']))
+  # New labelled images and labels leave the teacher's view (its scores, hence the new
+  # center) unchanged: the targets come from the unlabelled global views alone.
+  other = random_batch(1)
+  new_labelled = {**batch, 'labelled': other['labelled']}
+  _, (state_c, _) = run_loss(method, graphdef, params, rest, state, new_labelled)
+  np.testing.assert_array_equal(state_c['center'], state_a['center'])
+  # And a different teacher changes the unlabelled term.
+  _, (_, metrics_d) = run_loss(method, graphdef, params, rest,
+                               {**state, 'teacher': params}, batch)
+  assert float(metrics_d['loss_unlabelled']) != pytest.approx(float(metrics_a['loss_unlabelled']))
+
+
+class LinearScores(nnx.Module):
+  """Stand-in for SuaveModel with known scores: flattened [N, 1, 1, K] views @ W [K, K]."""
+
+  def __init__(self, kernel: np.ndarray):
+    self.kernel = nnx.Param(jnp.asarray(kernel, jnp.float32))
+
+  def __call__(self, x, *, train):
+    return x.reshape(x.shape[0], -1) @ self.kernel[...]
+
+
+def _log_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _softmax(z):
+  return np.exp(_log_softmax(z))
+
+
+def test_loss_on_a_hand_made_example_matches_numpy():
+  """1 labelled + 2 unlabelled images, K = 3 prototypes (C = 2 classes), 2 global + 1 local."""
+  config = tiny_config(num_prototypes=3, student_temperature=0.5, teacher_temperature=0.2,
+                       teacher_temperature_warmup_steps=0, label_smoothing=0.1)
+  method = daino.Daino(config, base.DataInfo(num_classes=2, image_shape=(8, 8, 1)))
+  student_w = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5], [0.5, 0.5, 0.0]])
+  teacher_w = np.array([[0.8, 0.1, 0.0], [0.2, 0.9, 0.0], [0.0, 0.0, 1.0]])
+  center = np.array([0.1, -0.1, 0.0])
+  lab = [np.array([[1.0, 0.0, 0.0]]), np.array([[0.5, 0.5, 0.0]]), np.array([[0.0, 1.0, 1.0]])]
+  unl = [np.array([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0]]), np.array([[0.2, 0.0, 1.0], [0.0, 0.3, 0.0]]),
+         np.array([[1.0, 0.0, 1.0], [0.5, 0.0, 0.5]])]
+  as_images = lambda vs: [jnp.asarray(v, jnp.float32).reshape(len(v), 1, 1, 3) for v in vs]
+  batch = {'labelled': {'views': as_images(lab), 'labels': jnp.array([1])},
+           'unlabelled': {'views': as_images(unl)}}
+  loss, (state, _) = method.loss(LinearScores(student_w),
+                                 {'teacher': nnx.state(LinearScores(teacher_w), nnx.Param),
+                                  'center': jnp.asarray(center, jnp.float32)},
+                                 batch, jax.random.PRNGKey(0), jnp.int32(0))
+
+  # By hand: labelled target [0.05, 0.95, 0] (smoothing 0.1 over C=2, zero on prototype 3).
+  target = np.array([0.05, 0.95, 0.0])
+  loss_l = np.mean([-(target * _log_softmax(v @ student_w / 0.5)).sum() for v in lab])
+  q = [_softmax((u @ teacher_w - center) / 0.2) for u in unl[:2]]
+  log_p = [_log_softmax(u @ student_w / 0.5) for u in unl]
+  pairs = [-(q[g] * log_p[v]).sum(-1) for g in range(2) for v in range(3) if v != g]
+  loss_u = np.mean(pairs, axis=0)  # Per unlabelled image: [2].
+  expected = (1 * loss_l + 2 * loss_u.mean()) / 3  # Weighted by share of the batch.
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  teacher_mean = np.concatenate([u @ teacher_w for u in unl[:2]]).mean(0)
+  np.testing.assert_allclose(state['center'], 0.9 * center + 0.1 * teacher_mean, rtol=1e-5)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(num_prototypes=5), 'num_prototypes=5 is below the 10 classes'),
+    (dict(teacher_momentum=1.5), 'teacher_momentum=1.5 must be in'),
+    (dict(teacher_temperature=0.0), 'teacher_temperature=0.0 must be positive'),
+    (dict(teacher_temperature_warmup_steps=-1), 'teacher_temperature_warmup_steps=-1'),
+])
+def test_bad_hyperparameters_name_the_key(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    daino.Daino(tiny_config(**overrides), DIGITS)
+
+
+def test_one_view_is_refused():
+  config = tiny_config()
+  config.augment.num_global_crops, config.augment.num_local_crops = 1, 0
+  with pytest.raises(ValueError, match='num_global_crops=2'):
+    daino.Daino(config, DIGITS)
+
+
+def test_three_step_run_on_digits(tmp_path, monkeypatch):
+  monkeypatch.setitem(methods.REGISTRY, 'daino', daino.Daino)
+  logged = []
+  record = metric_writer.MetricWriter.scalars
+  def scalars(self, step, values):
+    logged.append((step, dict(values)))
+    record(self, step, values)
+  monkeypatch.setattr(metric_writer.MetricWriter, 'scalars', scalars)
+  results = train.train_and_evaluate(tiny_config(), str(tmp_path / 'run'))
+  assert results['method'] == 'daino' and results['steps'] == 3
+  assert 0.0 <= results['test_top1'] <= 1.0
+  losses = [float(v['loss']) for _, v in logged if 'loss' in v]
+  assert len(losses) == 3 and all(np.isfinite(losses))

@@ -1,0 +1,145 @@
+"""Suave: the loss against hand-computed values, target sources, options."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from semi_ssl import config_base, train
+from semi_ssl.data import augment, datasets, pipeline
+from semi_ssl.methods import base, suave
+from semi_ssl.ops import sinkhorn
+
+
+def test_labelled_loss_equals_hand_computed_value():
+  # Cosine scores (0.5, -0.5), temperature 0.1 -> logits (5, -5); smoothed target (0.995, 0.005):
+  # CE = 0.995 log(1 + e^-10) + 0.005 (10 + log(1 + e^-10)) = log(1 + e^-10) + 0.05.
+  scores = [jnp.array([[0.5, -0.5]]), jnp.array([[0.5, -0.5]])]
+  targets = suave.class_targets(jnp.array([0]), 2, 2, smoothing=0.01)
+  np.testing.assert_allclose(targets, [[0.995, 0.005]], rtol=1e-6)
+  loss = suave.labelled_loss(scores, targets, temperature=0.1)
+  np.testing.assert_allclose(loss, [np.log1p(np.exp(-10)) + 0.05], rtol=1e-5)
+
+
+def test_swapped_loss_pairs_each_view_with_the_other_global_views():
+  # Views 0, 1 global and 2 local; q0, q1 the global assignments. Pairs: (q0: v1, v2), (q1: v0, v2).
+  s = [jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 1.0]]), jnp.array([[0.0, 0.0]])]
+  q = [jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 1.0]])]
+  ce = lambda logits, t: -np.sum(np.asarray(t) * jax.nn.log_softmax(np.asarray(logits) / 0.5))
+  expected = np.mean([ce(s[1], q[0]), ce(s[2], q[0]), ce(s[0], q[1]), ce(s[2], q[1])])
+  np.testing.assert_allclose(suave.swapped_assignment_loss(s, q, 0.5), [expected], rtol=1e-6)
+  assert expected > ce(s[0], q[0])
+
+
+def test_combine_weights_terms_by_their_share_of_the_batch():
+  loss = suave.combine(jnp.array([1.0, 1.0]), jnp.array([4.0, 4.0, 4.0, 4.0, 4.0, 4.0]))
+  np.testing.assert_allclose(loss, (2 * 1.0 + 6 * 4.0) / 8)
+
+
+def test_class_targets_are_zero_on_extra_prototypes():
+  t = suave.class_targets(jnp.array([2, 0]), 3, 5, smoothing=0.0)
+  np.testing.assert_array_equal(t, [[0, 0, 1, 0, 0], [1, 0, 0, 0, 0]])
+
+
+def _config(**suave_overrides):
+  c = config_base.load_config_file('configs/suave/digits.py')
+  c.model.width = 0.25
+  c.labelled_batch_size, c.batch_size = 8, 16
+  c.optimizer.warmup_steps = 0  # The first step already updates.
+  c.augment.num_local_crops = 0  # Cheaper to compile; local-crop pairing is tested by hand above.
+  c.suave.update(suave_overrides)
+  return c
+
+
+@pytest.fixture(scope='module')
+def digits():
+  c = _config()
+  return datasets.load(c)
+
+
+def _setup(config, splits):
+  method = suave.Suave(config, base.DataInfo(splits.num_classes, splits.image_shape))
+  tx, schedule = train.create_optimizer(config, config.num_steps)
+  graphdef, state = train.init_state(method, tx, 0)
+  aug = augment.augment_config_from(config, splits.mean, splits.std, splits.image_shape)
+  raw = pipeline.host_batch(splits, 0, seed=0, labelled_batch_size=8, batch_size=16)
+  views = {'labelled': {'views': augment.multi_crop(jax.random.key(0), raw['labelled']['images'], aug),
+                        'labels': jnp.asarray(raw['labelled']['labels'])},
+           'unlabelled': {'views': augment.multi_crop(jax.random.key(1), raw['unlabelled']['images'], aug)}}
+  return method, graphdef, state, views, (tx, schedule, aug, raw)
+
+
+def _loss_metrics(method, graphdef, state, views):
+  @jax.jit
+  def metrics(state, views):
+    model = nnx.merge(graphdef, state.params, state.model_state, copy=True)
+    return method.loss(model, state.method_state, views, jax.random.key(2), state.step)[1][1]
+  return metrics(state, views)
+
+
+def test_unlabelled_term_never_sees_a_label(digits):
+  method, graphdef, state, views, _ = _setup(_config(), digits)
+  assert set(views['unlabelled']) == {'views'}
+  before = _loss_metrics(method, graphdef, state, views)
+  shuffled = {**views, 'labelled': {**views['labelled'],
+                                    'labels': (views['labelled']['labels'] + 1) % 10}}
+  after = _loss_metrics(method, graphdef, state, shuffled)
+  np.testing.assert_allclose(after['loss_unlabelled'], before['loss_unlabelled'], rtol=1e-6)
+  assert abs(float(after['loss_labelled']) - float(before['loss_labelled'])) > 1e-3
+
+
+def test_labelled_targets_are_the_labels(digits):
+  """With every prototype score equal to the label's one-hot, the labelled term is minimal."""
+  method, graphdef, state, views, _ = _setup(_config(label_smoothing=0.0), digits)
+  labels = views['labelled']['labels']
+  perfect = [jax.nn.one_hot(labels, 10)] * 2
+  wrong = [jax.nn.one_hot((labels + 1) % 10, 10)] * 2
+  targets = suave.class_targets(labels, 10, 10, 0.0)
+  assert jnp.all(suave.labelled_loss(perfect, targets, 0.1) < suave.labelled_loss(wrong, targets, 0.1))
+
+
+def test_assignments_are_sinkhorn_of_the_unlabelled_scores(digits):
+  method, graphdef, state, views, _ = _setup(_config(), digits)
+  @jax.jit
+  def assign(state, views):
+    model = nnx.merge(graphdef, state.params, state.model_state, copy=True)
+    embeds = method._teacher_embeddings(model, state.method_state, views)
+    scores = [model.prototypes(z) for z in embeds]
+    return scores, method._assign(model, state.method_state, embeds)[0]
+  scores, assignments = assign(state, views['unlabelled']['views'][:2])
+  for s, q in zip(scores, assignments):
+    np.testing.assert_allclose(q, sinkhorn.sinkhorn(s, epsilon=0.05, num_iters=3),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def _one_step(config, splits):
+  method, graphdef, state, _, (tx, schedule, aug, raw) = _setup(config, splits)
+  step = jax.jit(functools.partial(train.train_step, method=method, graphdef=graphdef, tx=tx,
+                                   augment_cfg=aug, schedule=schedule))
+  before = jax.device_get(state)
+  after, metrics = step(state, raw)
+  assert np.isfinite(metrics['loss'])
+  return before, jax.device_get(after)
+
+
+def test_frozen_prototypes_and_heads_only_warmup(digits):
+  before, after = _one_step(_config(freeze_prototypes_steps=5, heads_only_steps=5), digits)
+  changed = lambda name: not all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(before.params[name]), jax.tree.leaves(after.params[name])))
+  assert not changed('prototypes') and not changed('backbone') and changed('projector')
+
+
+def test_ema_teacher_and_queue_state(digits):
+  config = _config(ema_momentum=0.9, queue_size=24)
+  before, after = _one_step(config, digits)
+  for t0, p1, t1 in zip(jax.tree.leaves(before.method_state['teacher']),
+                        jax.tree.leaves(after.params), jax.tree.leaves(after.method_state['teacher'])):
+    np.testing.assert_allclose(t1, 0.9 * t0 + 0.1 * p1, rtol=1e-5, atol=1e-7)
+  # The 2 x 16 global unlabelled embeddings of the step enter the front of the queue (24 kept).
+  assert int(after.method_state['queue_count']) == 24
+  norms = np.linalg.norm(after.method_state['queue'], axis=1)
+  np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
