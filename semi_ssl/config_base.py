@@ -88,12 +88,14 @@ def closest_key(key: str, candidates) -> str:
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: str | None) -> None:
   """Raises ValueError naming the key and the fix for a config that cannot run."""
   from semi_ssl import methods  # Imported here: methods import models, which import jax.
-  from semi_ssl.data import datasets
+  from semi_ssl.data import augment, datasets
 
   _check(config.method in methods.REGISTRY,
          f"config.method='{config.method}' is unknown{closest_key(config.method, methods.REGISTRY)}; "
          f"valid methods: {', '.join(sorted(methods.REGISTRY))}.")
   datasets.check_config(config)
+  shape = datasets.image_shape(config)
+  augment.augment_config_from(config, (0.0,) * shape[-1], (1.0,) * shape[-1], shape)
   for key in ('batch_size', 'labelled_batch_size'):
     value = config[key]
     _check(isinstance(value, int) and value > 0, f'config.{key}={value!r} must be a positive integer.')

@@ -6,6 +6,7 @@ runs each stage in DIR/<stage name>, skipping the finished ones.
 """
 from __future__ import annotations
 
+import logging as python_logging
 import os
 import sys
 
@@ -69,12 +70,12 @@ class _OwnInfoOnly:
 
   @staticmethod
   def filter(record) -> bool:
-    return record.levelno >= logging.WARNING or f'{os.sep}semi_ssl{os.sep}' in record.pathname
+    return record.levelno >= python_logging.WARNING or f'{os.sep}semi_ssl{os.sep}' in record.pathname
 
 
 def main(argv):
   del argv
-  logging.get_absl_handler().python_handler.addFilter(_OwnInfoOnly())
+  logging.get_absl_handler().addFilter(_OwnInfoOnly())
   import jax  # After flag parsing, so --help is fast.
 
   from semi_ssl import config_base, train

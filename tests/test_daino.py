@@ -37,13 +37,6 @@ def tiny_config(**daino_overrides):
   return c
 
 
-def build(config, seed=0):
-  """(method, graphdef, params, rest) of a freshly initialised Daino model."""
-  method = daino.Daino(config, DIGITS)
-  graphdef, params, rest = nnx.split(method.create_model(nnx.Rngs(seed)), nnx.Param, ...)
-  return method, graphdef, params, rest
-
-
 def random_batch(seed, num_labelled=4, num_unlabelled=6):
   """Normalised views of random images: 2 global [N, 8, 8, 1], 1 local [N, 6, 6, 1]."""
   keys = jax.random.split(jax.random.PRNGKey(seed), 7)
@@ -53,49 +46,38 @@ def random_batch(seed, num_labelled=4, num_unlabelled=6):
           'unlabelled': {'views': views(keys[3:6], num_unlabelled)}}
 
 
-def run_loss(method, graphdef, params, rest, state, batch, step=0):
-  model = nnx.merge(graphdef, params, rest, copy=True)
-  return method.loss(model, state, batch, jax.random.PRNGKey(0), jnp.int32(step))
-
-
-def other_teacher(config):
-  """Parameters of a differently initialised model, so the teacher differs from the student."""
-  return build(config, seed=1)[2]
-
-
-def test_teacher_gets_no_gradient_but_is_used():
+@pytest.fixture(scope='module')
+def tiny():
+  """The tiny Daino on digits: method, student params, a different teacher, jitted loss."""
   config = tiny_config()
-  method, graphdef, params, rest = build(config)
-  teacher, batch = other_teacher(config), random_batch(0)
-  center = jnp.linspace(-0.1, 0.1, 10)
-  loss_of = lambda p, t: run_loss(method, graphdef, p, rest, {'teacher': t, 'center': center},
-                                  batch)[0]
-  student_grads, teacher_grads = jax.grad(loss_of, argnums=(0, 1))(params, teacher)
-  for leaf in jax.tree.leaves(teacher_grads):
-    np.testing.assert_array_equal(leaf, np.zeros_like(leaf))
-  assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(student_grads))
-  # The zero gradient is the stop-gradient, not an unused teacher: the loss depends on it.
-  assert abs(float(loss_of(params, teacher)) - float(loss_of(params, params))) > 1e-4
+  method = daino.Daino(config, DIGITS)
+  graphdef, params, rest = nnx.split(method.create_model(nnx.Rngs(0)), nnx.Param, ...)
+  teacher = nnx.split(method.create_model(nnx.Rngs(1)), nnx.Param, ...)[1]
+
+  @jax.jit
+  def loss(params, state, batch):
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    return method.loss(model, state, batch, jax.random.PRNGKey(0), jnp.int32(0))
+
+  return dict(config=config, method=method, params=params, teacher=teacher, loss=loss)
 
 
-def test_ema_update_matches_numpy():
-  config = tiny_config()
-  method, _, params, _ = build(config)
-  teacher, center = other_teacher(config), jnp.arange(10.0)
-  step = 1
-  new = method.update_state(params, {'teacher': teacher, 'center': center}, jnp.int32(step))
-  m = 1 - (1 - 0.99) * (math.cos(math.pi * step / config.num_steps) + 1) / 2
+def test_ema_update_matches_numpy(tiny):
+  method, params, teacher = tiny['method'], tiny['params'], tiny['teacher']
+  center, step = jnp.arange(10.0), 1
+  new = jax.jit(method.update_state)(params, {'teacher': teacher, 'center': center},
+                                     jnp.int32(step))
+  m = 1 - (1 - 0.99) * (math.cos(math.pi * step / tiny['config'].num_steps) + 1) / 2
   jax.tree.map(lambda got, t, p: np.testing.assert_allclose(
       got, m * np.asarray(t) + (1 - m) * np.asarray(p), rtol=1e-6, atol=1e-7),
       new['teacher'], teacher, params)
   np.testing.assert_array_equal(new['center'], center)
 
 
-def test_init_state_copies_the_params_and_zeroes_the_center():
-  method, _, params, _ = build(tiny_config(num_prototypes=12))
-  state = method.init_state(params)
-  jax.tree.map(np.testing.assert_array_equal, state['teacher'], params)
-  np.testing.assert_array_equal(state['center'], np.zeros(12))
+def test_init_state_copies_the_params_and_zeroes_the_center(tiny):
+  state = tiny['method'].init_state(tiny['params'])
+  jax.tree.map(np.testing.assert_array_equal, state['teacher'], tiny['params'])
+  np.testing.assert_array_equal(state['center'], np.zeros(10))
 
 
 def test_momentum_schedule_endpoints():
@@ -133,39 +115,23 @@ def test_center_update_matches_numpy():
   np.testing.assert_allclose(got, 0.9 * center + 0.1 * batch_mean, rtol=1e-6)
 
 
-def test_loss_updates_the_center_from_the_teacher_scores():
-  config = tiny_config()
-  method, graphdef, params, rest = build(config)
-  teacher, batch, center = other_teacher(config), random_batch(0), jnp.full((10,), 0.1)
-  _, (state, _) = run_loss(method, graphdef, params, rest,
-                           {'teacher': teacher, 'center': center}, batch)
-  model = nnx.merge(graphdef, params, rest, copy=True)
-  teacher_scores = np.concatenate(
-      method._teacher_scores(model, teacher, batch['unlabelled']['views'][:2]))
-  np.testing.assert_allclose(state['center'], 0.9 * 0.1 + 0.1 * teacher_scores.mean(0),
-                             rtol=1e-5, atol=1e-6)
-
-
-def test_labelled_targets_are_labels_and_unlabelled_targets_come_from_the_teacher():
-  config = tiny_config()
-  method, graphdef, params, rest = build(config)
-  state = {'teacher': other_teacher(config), 'center': jnp.zeros(10)}
+def test_labelled_targets_are_labels_and_unlabelled_targets_come_from_the_teacher(tiny):
+  loss, params = tiny['loss'], tiny['params']
+  state = {'teacher': tiny['teacher'], 'center': jnp.zeros(10)}
   batch = random_batch(0)
   relabelled = {**batch, 'labelled': {**batch['labelled'],
                                       'labels': (batch['labelled']['labels'] + 3) % 10}}
-  _, (state_a, metrics_a) = run_loss(method, graphdef, params, rest, state, batch)
-  _, (_, metrics_b) = run_loss(method, graphdef, params, rest, state, relabelled)
+  _, (state_a, metrics_a) = loss(params, state, batch)
+  _, (_, metrics_b) = loss(params, state, relabelled)
   assert float(metrics_a['loss_unlabelled']) == float(metrics_b['loss_unlabelled'])
   assert float(metrics_a['loss_labelled']) != pytest.approx(float(metrics_b['loss_labelled']))
-  # New labelled images and labels leave the teacher's view (its scores, hence the new
+  # New labelled images and labels leave what the teacher sees (its scores, hence the new
   # center) unchanged: the targets come from the unlabelled global views alone.
-  other = random_batch(1)
-  new_labelled = {**batch, 'labelled': other['labelled']}
-  _, (state_c, _) = run_loss(method, graphdef, params, rest, state, new_labelled)
+  new_labelled = {**batch, 'labelled': random_batch(1)['labelled']}
+  _, (state_c, _) = loss(params, state, new_labelled)
   np.testing.assert_array_equal(state_c['center'], state_a['center'])
-  # And a different teacher changes the unlabelled term.
-  _, (_, metrics_d) = run_loss(method, graphdef, params, rest,
-                               {**state, 'teacher': params}, batch)
+  # And another teacher changes the unlabelled term.
+  _, (_, metrics_d) = loss(params, {**state, 'teacher': params}, batch)
   assert float(metrics_d['loss_unlabelled']) != pytest.approx(float(metrics_a['loss_unlabelled']))
 
 
@@ -179,45 +145,69 @@ class LinearScores(nnx.Module):
     return x.reshape(x.shape[0], -1) @ self.kernel[...]
 
 
+# A hand-made example: 1 labelled + 2 unlabelled images, K = 3 prototypes (C = 2 classes),
+# 2 global + 1 local views, each view a row of 3 numbers that LinearScores maps to scores.
+STUDENT_W = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5], [0.5, 0.5, 0.0]])
+TEACHER_W = np.array([[0.8, 0.1, 0.0], [0.2, 0.9, 0.0], [0.0, 0.0, 1.0]])
+CENTER = np.array([0.1, -0.1, 0.0])
+LABELLED = [np.array([[1.0, 0.0, 0.0]]), np.array([[0.5, 0.5, 0.0]]), np.array([[0.0, 1.0, 1.0]])]
+UNLABELLED = [np.array([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0]]),
+              np.array([[0.2, 0.0, 1.0], [0.0, 0.3, 0.0]]),
+              np.array([[1.0, 0.0, 1.0], [0.5, 0.0, 0.5]])]
+
+
+def hand_made():
+  """(method, loss of (student params, teacher params)) on the hand-made example."""
+  config = tiny_config(num_prototypes=3, student_temperature=0.5, teacher_temperature=0.2,
+                       teacher_temperature_warmup_steps=0, label_smoothing=0.1)
+  method = daino.Daino(config, base.DataInfo(num_classes=2, image_shape=(8, 8, 1)))
+  graphdef, _ = nnx.split(LinearScores(STUDENT_W), nnx.Param)
+  as_images = lambda vs: [jnp.asarray(v, jnp.float32).reshape(len(v), 1, 1, 3) for v in vs]
+  batch = {'labelled': {'views': as_images(LABELLED), 'labels': jnp.array([1])},
+           'unlabelled': {'views': as_images(UNLABELLED)}}
+
+  def loss_of(params, teacher):
+    state = {'teacher': teacher, 'center': jnp.asarray(CENTER, jnp.float32)}
+    return method.loss(nnx.merge(graphdef, params), state, batch, jax.random.PRNGKey(0),
+                       jnp.int32(0))
+
+  return method, loss_of
+
+
+def linear_params(kernel):
+  return nnx.state(LinearScores(kernel), nnx.Param)
+
+
 def _log_softmax(z):
   z = z - z.max(-1, keepdims=True)
   return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
-def _softmax(z):
-  return np.exp(_log_softmax(z))
-
-
 def test_loss_on_a_hand_made_example_matches_numpy():
-  """1 labelled + 2 unlabelled images, K = 3 prototypes (C = 2 classes), 2 global + 1 local."""
-  config = tiny_config(num_prototypes=3, student_temperature=0.5, teacher_temperature=0.2,
-                       teacher_temperature_warmup_steps=0, label_smoothing=0.1)
-  method = daino.Daino(config, base.DataInfo(num_classes=2, image_shape=(8, 8, 1)))
-  student_w = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5], [0.5, 0.5, 0.0]])
-  teacher_w = np.array([[0.8, 0.1, 0.0], [0.2, 0.9, 0.0], [0.0, 0.0, 1.0]])
-  center = np.array([0.1, -0.1, 0.0])
-  lab = [np.array([[1.0, 0.0, 0.0]]), np.array([[0.5, 0.5, 0.0]]), np.array([[0.0, 1.0, 1.0]])]
-  unl = [np.array([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0]]), np.array([[0.2, 0.0, 1.0], [0.0, 0.3, 0.0]]),
-         np.array([[1.0, 0.0, 1.0], [0.5, 0.0, 0.5]])]
-  as_images = lambda vs: [jnp.asarray(v, jnp.float32).reshape(len(v), 1, 1, 3) for v in vs]
-  batch = {'labelled': {'views': as_images(lab), 'labels': jnp.array([1])},
-           'unlabelled': {'views': as_images(unl)}}
-  loss, (state, _) = method.loss(LinearScores(student_w),
-                                 {'teacher': nnx.state(LinearScores(teacher_w), nnx.Param),
-                                  'center': jnp.asarray(center, jnp.float32)},
-                                 batch, jax.random.PRNGKey(0), jnp.int32(0))
-
+  _, loss_of = hand_made()
+  loss, (state, _) = loss_of(linear_params(STUDENT_W), linear_params(TEACHER_W))
   # By hand: labelled target [0.05, 0.95, 0] (smoothing 0.1 over C=2, zero on prototype 3).
   target = np.array([0.05, 0.95, 0.0])
-  loss_l = np.mean([-(target * _log_softmax(v @ student_w / 0.5)).sum() for v in lab])
-  q = [_softmax((u @ teacher_w - center) / 0.2) for u in unl[:2]]
-  log_p = [_log_softmax(u @ student_w / 0.5) for u in unl]
+  loss_l = np.mean([-(target * _log_softmax(v @ STUDENT_W / 0.5)).sum() for v in LABELLED])
+  q = [np.exp(_log_softmax((u @ TEACHER_W - CENTER) / 0.2)) for u in UNLABELLED[:2]]
+  log_p = [_log_softmax(u @ STUDENT_W / 0.5) for u in UNLABELLED]
   pairs = [-(q[g] * log_p[v]).sum(-1) for g in range(2) for v in range(3) if v != g]
   loss_u = np.mean(pairs, axis=0)  # Per unlabelled image: [2].
   expected = (1 * loss_l + 2 * loss_u.mean()) / 3  # Weighted by share of the batch.
   np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
-  teacher_mean = np.concatenate([u @ teacher_w for u in unl[:2]]).mean(0)
-  np.testing.assert_allclose(state['center'], 0.9 * center + 0.1 * teacher_mean, rtol=1e-5)
+  teacher_mean = np.concatenate([u @ TEACHER_W for u in UNLABELLED[:2]]).mean(0)
+  np.testing.assert_allclose(state['center'], 0.9 * CENTER + 0.1 * teacher_mean, rtol=1e-5)
+
+
+def test_teacher_gets_no_gradient_but_is_used():
+  _, loss_of = hand_made()
+  total = lambda params, teacher: loss_of(params, teacher)[0]
+  student, teacher = linear_params(STUDENT_W), linear_params(TEACHER_W)
+  student_grads, teacher_grads = jax.grad(total, argnums=(0, 1))(student, teacher)
+  np.testing.assert_array_equal(teacher_grads['kernel'][...], np.zeros((3, 3)))
+  assert np.abs(student_grads['kernel'][...]).min() > 0
+  # The zero gradient is the stop-gradient, not an unused teacher: the loss depends on it.
+  assert abs(float(total(student, teacher)) - float(total(student, student))) > 1e-3
 
 
 @pytest.mark.parametrize('overrides, message', [

@@ -152,6 +152,7 @@ def _cpu_env():
     (dict(labelled_batch_size=12), 'config.labelled_batch_size=12 is not divisible by the 8 devices'),
     (dict(labels_per_class=1000), 'labels_per_class'),
     (dict(dataset='mnist'), 'mnist'),
+    (dict(augment=dict(global_size=16)), 'global_size'),
 ])
 def test_bad_config_names_the_key(override, message):
   with pytest.raises(ValueError, match=message):

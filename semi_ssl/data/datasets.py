@@ -361,6 +361,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _DATASETS[config.dataset][0](config)
 
 
+def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(H, W, C) of the stored images of `config.dataset`, known without loading them."""
+  return {'digits': (8, 8, 1), 'cifar10': (32, 32, 3), 'cifar100': (32, 32, 3),
+          'imagenet2012': (config.decode_size, config.decode_size, 3)}[config.dataset]
+
+
 def load(config: ml_collections.ConfigDict) -> DatasetSplits:
   """Checks `config` (see `check_config`), then loads and splits `config.dataset`."""
   check_config(config)
