@@ -181,3 +181,21 @@ def test_main_command_end_to_end(tmp_path):
   assert results['steps'] == 6 and 0.0 <= results['test_top1'] <= 1.0
   assert 'test_top1' in out.stdout and 'supervised' in out.stdout
   assert (workdir / 'split.json').exists() and list((workdir / 'tensorboard').iterdir())
+
+
+@pytest.mark.parametrize('name', ['sgd', 'lars', 'adamw'])
+def test_optimizers_warm_up_and_skip_decay_on_biases(name):
+  config = tiny_config()
+  config.optimizer.update(name=name, learning_rate=0.1, warmup_steps=10, weight_decay=0.1)
+  tx, schedule = train.create_optimizer(config, num_steps=100)
+  np.testing.assert_allclose([schedule(0), schedule(5), schedule(10)], [0.0, 0.05, 0.1], rtol=1e-6)
+  assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
+  params = {'kernel': jax.numpy.ones((2, 2)), 'bias': jax.numpy.ones((2,))}
+  zero_grads = jax.tree.map(jax.numpy.zeros_like, params)
+  opt_state = tx.init(params)
+  for _ in range(6):  # Past step 0, whose learning rate is 0.
+    updates, opt_state = tx.update(zero_grads, opt_state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+  # With zero gradients only weight decay moves parameters: kernels shrink, biases stay.
+  assert float(params['kernel'][0, 0]) < 1.0
+  np.testing.assert_array_equal(params['bias'], np.ones(2))
