@@ -157,7 +157,7 @@ UNLABELLED = [np.array([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0]]),
 
 
 def hand_made():
-  """(method, loss of (student params, teacher params)) on the hand-made example."""
+  """Daino's loss of (student params, teacher params) on the hand-made example."""
   config = tiny_config(num_prototypes=3, student_temperature=0.5, teacher_temperature=0.2,
                        teacher_temperature_warmup_steps=0, label_smoothing=0.1)
   method = daino.Daino(config, base.DataInfo(num_classes=2, image_shape=(8, 8, 1)))
@@ -171,7 +171,7 @@ def hand_made():
     return method.loss(nnx.merge(graphdef, params), state, batch, jax.random.PRNGKey(0),
                        jnp.int32(0))
 
-  return method, loss_of
+  return loss_of
 
 
 def linear_params(kernel):
@@ -184,7 +184,7 @@ def _log_softmax(z):
 
 
 def test_loss_on_a_hand_made_example_matches_numpy():
-  _, loss_of = hand_made()
+  loss_of = hand_made()
   loss, (state, _) = loss_of(linear_params(STUDENT_W), linear_params(TEACHER_W))
   # By hand: labelled target [0.05, 0.95, 0] (smoothing 0.1 over C=2, zero on prototype 3).
   target = np.array([0.05, 0.95, 0.0])
@@ -200,7 +200,7 @@ def test_loss_on_a_hand_made_example_matches_numpy():
 
 
 def test_teacher_gets_no_gradient_but_is_used():
-  _, loss_of = hand_made()
+  loss_of = hand_made()
   total = lambda params, teacher: loss_of(params, teacher)[0]
   student, teacher = linear_params(STUDENT_W), linear_params(TEACHER_W)
   student_grads, teacher_grads = jax.grad(total, argnums=(0, 1))(student, teacher)
@@ -232,6 +232,7 @@ def test_three_step_run_on_digits(tmp_path, monkeypatch):
   monkeypatch.setitem(methods.REGISTRY, 'daino', daino.Daino)
   logged = []
   record = metric_writer.MetricWriter.scalars
+
   def scalars(self, step, values):
     logged.append((step, dict(values)))
     record(self, step, values)

@@ -40,13 +40,16 @@ def _if_set(ref: config_dict.FieldReference, value) -> config_dict.FieldReferenc
   return ref._apply_op(lambda _: value)  # pylint: disable=protected-access
 
 
-def _stage(c: ml_collections.ConfigDict, name: str, **own) -> ml_collections.ConfigDict:
-  """The stage `name`: `own` keys, and every other key of `c` by reference."""
-  stage = ml_collections.ConfigDict({'name': name, **own})
-  for key in c.keys():
-    if key not in stage and key not in ('stages', 'finetune'):
-      stage[key] = c[key] if isinstance(c[key], ml_collections.ConfigDict) else c.get_ref(key)
-  return stage
+def _linked(parent: ml_collections.ConfigDict, *, skip: tuple[str, ...] = (),
+            **own) -> ml_collections.ConfigDict:
+  """A ConfigDict of the `own` values and, by reference, every other key of `parent` but
+  `skip`: overrides of `parent`'s keys on the command line reach it."""
+  linked = ml_collections.ConfigDict(own)
+  for key in parent.keys():
+    if key not in own and key not in skip:
+      value = parent[key]
+      linked[key] = value if isinstance(value, ml_collections.ConfigDict) else parent.get_ref(key)
+  return linked
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -114,33 +117,27 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_from = ml_collections.ConfigDict(dict(
       workdir=swav, stage=config_dict.placeholder(str), paths=_if_set(swav, ('backbone',))))
 
+  # The fine-tune changes what finetune_10perc.sh changes and reads the rest from stage 1.
   c.finetune = ml_collections.ConfigDict(dict(
-      num_steps=5 * _STEPS_PER_EPOCH,  # finetune_10perc.sh: --epochs 5.
-      optimizer=c.optimizer.copy_and_resolve_references(),
-      augment=c.augment.copy_and_resolve_references(),
-      suave=c.suave.copy_and_resolve_references()))
-  # finetune_10perc.sh: --base_lr 0.03 --final_lr 0.0003 --warmup_epochs 0.
-  c.finetune.optimizer.learning_rate = 0.03
-  c.finetune.optimizer.end_learning_rate_factor = 0.0003 / 0.03
-  c.finetune.optimizer.warmup_steps = 0
-  # finetune_10perc.sh: --nmb_crops 2 --size_crops 224 --min_scale_crops 0.08
-  # --max_scale_crops 1.0 --color_jit_unlab false (no colour jitter, grayscale or blur).
-  c.finetune.augment.global_scale = (0.08, 1.0)
-  c.finetune.augment.num_local_crops = 0
-  c.finetune.augment.color_jitter = 0.0
-  c.finetune.augment.grayscale_prob = 0.0
-  c.finetune.augment.blur_prob = (0.0,)
-  c.finetune.augment.local_blur_prob = 0.0
-  c.finetune.suave.label_smoothing = 0.001  # finetune_10perc.sh: --label_smoothing 0.001.
+      num_steps=5 * _STEPS_PER_EPOCH,  # --epochs 5.
+      # --base_lr 0.03 --final_lr 0.0003 --warmup_epochs 0.
+      optimizer=_linked(c.optimizer, learning_rate=0.03, end_learning_rate_factor=0.0003 / 0.03,
+                        warmup_steps=0),
+      # --nmb_crops 2 --size_crops 224 --min_scale_crops 0.08 --max_scale_crops 1.0
+      # --color_jit_unlab false (no colour jitter, grayscale or blur).
+      augment=_linked(c.augment, global_scale=(0.08, 1.0), num_local_crops=0, color_jitter=0.0,
+                      grayscale_prob=0.0, blur_prob=(0.0,), local_blur_prob=0.0),
+      suave=_linked(c.suave, label_smoothing=0.001)))  # --label_smoothing 0.001.
 
+  skip = ('stages', 'finetune')
   c.stages = (
-      _stage(c, 'suave'),
+      _linked(c, skip=skip, name='suave'),
       # finetune_10perc.sh: --init_proj true, from the first stage's checkpoint; main_suave.py
       # drops the checkpoint's prototypes in every case.
-      _stage(c, 'finetune', num_steps=c.finetune.get_ref('num_steps'),
-             optimizer=c.finetune.optimizer, augment=c.finetune.augment, suave=c.finetune.suave,
-             init_from=ml_collections.ConfigDict(dict(
-                 workdir=config_dict.placeholder(str), stage='suave',
-                 paths=('backbone', 'projector')))),
+      _linked(c, skip=skip, name='finetune', num_steps=c.finetune.get_ref('num_steps'),
+              optimizer=c.finetune.optimizer, augment=c.finetune.augment, suave=c.finetune.suave,
+              init_from=ml_collections.ConfigDict(dict(
+                  workdir=config_dict.placeholder(str), stage='suave',
+                  paths=('backbone', 'projector')))),
   )
   return c

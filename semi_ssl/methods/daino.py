@@ -57,7 +57,7 @@ def teacher_targets(scores: list[jax.Array], center: jax.Array,
 
 def update_center(center: jax.Array, scores: list[jax.Array], momentum: float) -> jax.Array:
   """EMA [K] of the teacher scores' mean over every global view and example."""
-  return momentum * center + (1.0 - momentum) * jnp.mean(jnp.concatenate(scores), axis=0)
+  return ema(center, jnp.mean(jnp.concatenate(scores), axis=0), momentum)
 
 
 def entropy(probs: jax.Array) -> jax.Array:
@@ -128,8 +128,10 @@ class Daino(base.Method):
     state = {**state, 'center': update_center(state['center'], teacher_scores,
                                               hp.center_momentum)}
     metrics = {'loss_labelled': jnp.mean(loss_l), 'loss_unlabelled': jnp.mean(loss_u),
+               # Against the dominant class of the targets: the label, or with mixup the
+               # label of the larger share.
                'train_top1': losses.accuracy(scores[0][:num_labelled, :self.data.num_classes],
-                                             labels),
+                                             jnp.argmax(targets, axis=-1)),
                'teacher_temperature': temperature,
                # Near 0: one-hot targets; near log K: uniform (collapse).
                'target_entropy': jnp.mean(jnp.stack([entropy(q) for q in assignments]))}

@@ -1,0 +1,230 @@
+"""Every config in configs/: loads, has what the trainer reads, validates, gives the views it
+says. The CIFAR configs train end to end on mock TFDS data (ImageNet too, in the slow runs);
+command-line overrides reach the stages of the staged ImageNet configs."""
+import functools
+import glob
+import math
+import os
+
+from absl import flags
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import pytest
+
+from semi_ssl import config_base, main, methods, train
+from semi_ssl.data import augment
+from semi_ssl.methods import base
+import tfds_mock
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.relpath(path, REPO)
+                 for path in glob.glob(os.path.join(REPO, 'configs', '**', '*.py'), recursive=True))
+TFDS_CONFIGS = [path for path in CONFIGS if not path.endswith('digits.py')]
+STAGED_CONFIGS = ['configs/suave/imagenet_10pct.py', 'configs/suave/imagenet_1pct.py']
+REQUIRED_KEYS = ('method', 'seed', 'dataset', 'data_dir', 'batch_size', 'labelled_batch_size',
+                 'num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
+                 'model', 'augment', 'optimizer', 'eval', 'init_from', 'name')
+# Side of the stored images of each dataset (ImageNet: config.decode_size).
+IMAGE_SIDE = {'digits': 8, 'cifar10': 32, 'cifar100': 32}
+
+
+def load(path: str, *overrides: str) -> ml_collections.ConfigDict:
+  """The config as `semi_ssl.main` builds it: config_flags, locked, with `overrides`."""
+  argv = ['main', f'--config={os.path.join(REPO, path)}', *overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+def stages(config: ml_collections.ConfigDict, workdir: str = '/workdir'):
+  """The configs that run: the stages, with `init_from.stage` resolved, or the config."""
+  return [stage for stage, _ in main.stage_plan(config, workdir)]
+
+
+def channels(config: ml_collections.ConfigDict) -> int:
+  return 1 if config.dataset == 'digits' else 3
+
+
+def test_suave_and_its_baseline_have_a_config_for_every_benchmark():
+  benchmarks = ('digits', 'cifar10', 'cifar100', 'imagenet_1pct', 'imagenet_10pct')
+  expected = {f'configs/{method}/{benchmark}.py'
+              for method in ('suave', 'supervised') for benchmark in benchmarks}
+  assert expected <= set(CONFIGS)
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_config_and_its_stages_have_the_keys_the_trainer_reads(path):
+  config = load(path)
+  assert isinstance(config, ml_collections.ConfigDict)
+  for stage in [config, *stages(config)]:
+    missing = [key for key in REQUIRED_KEYS if key not in stage]
+    assert not missing, f'{path} stage {stage.name!r} lacks {missing}'
+    assert (stage.labels_per_class is None) != (stage.label_fraction is None)
+    assert stage.method in stage, f'{path}: no config.{stage.method} section'
+    for key in ('blur_prob', 'solarize_prob'):
+      assert isinstance(stage.augment[key], tuple) and stage.augment[key]
+    augment.augment_config_from(stage, (0.5,) * channels(stage), (0.25,) * channels(stage))
+    assert stage.eval.batch_size % 8 == 0 and stage.eval.batch_size <= 1024
+
+
+@pytest.mark.parametrize('path', TFDS_CONFIGS)
+def test_benchmark_configs_flip_and_distort_colour(path):
+  config = load(path)
+  main_stage = stages(config)[0]
+  assert main_stage.augment.flip and main_stage.augment.color_jitter > 0
+  assert main_stage.augment.grayscale_prob > 0
+
+
+@pytest.mark.parametrize('path', [p for p in CONFIGS if p not in TFDS_CONFIGS])
+def test_digits_configs_validate(path):
+  config = load(path)
+  for stage in [config, *stages(config)]:
+    config_base.validate(stage, num_devices=8, workdir=None)
+
+
+@pytest.mark.parametrize('path', TFDS_CONFIGS)
+def test_tfds_configs_validate_once_their_data_is_prepared(path, tmp_path):
+  empty, prepared = tmp_path / 'empty', tmp_path / 'prepared'
+  config = load(path, f'--config.data_dir={empty}')
+  with pytest.raises(ValueError, match=f"dataset '{config.dataset}' is not prepared in {empty}"):
+    config_base.validate(config, num_devices=8, workdir=None)
+  tfds_mock.prepare_for(prepared, config.dataset, config.label_fraction, num_examples=4)
+  config = load(path, f'--config.data_dir={prepared}')
+  for stage in [config, *stages(config)]:
+    assert stage.data_dir == str(prepared)  # The override reaches every stage.
+    config_base.validate(stage, num_devices=8, workdir=str(tmp_path / 'workdir'))
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_views_have_the_configured_shapes(path):
+  """multi_crop of the unchanged config on a batch of 2 stored images (shapes only)."""
+  for stage in stages(load(path)):
+    side = IMAGE_SIDE.get(stage.dataset, stage.decode_size)
+    c = channels(stage)
+    cfg = augment.augment_config_from(stage, (0.5,) * c, (0.25,) * c, (side, side, c))
+    images = jnp.zeros((2, side, side, c), jnp.uint8)
+    views = jax.eval_shape(functools.partial(augment.multi_crop, cfg=cfg),
+                           jax.random.PRNGKey(0), images)
+    aug = stage.augment
+    expected = ([(2, aug.global_size, aug.global_size, c)] * aug.num_global_crops
+                + [(2, aug.local_size, aug.local_size, c)] * aug.num_local_crops)
+    assert [v.shape for v in views] == expected
+    assert all(v.dtype == jnp.float32 for v in views)
+
+
+def test_imagenet_suave_views():
+  """The paper's multi-crop, then two 224-pixel crops for the fine-tune."""
+  suave, finetune = stages(load('configs/suave/imagenet_10pct.py'))
+  assert (suave.decode_size, suave.model.backbone, suave.model.stem) == (256, 'resnet50',
+                                                                          'imagenet')
+  assert (suave.augment.num_global_crops, suave.augment.global_size) == (2, 224)
+  assert (suave.augment.num_local_crops, suave.augment.local_size) == (8, 96)
+  assert (finetune.augment.num_global_crops, finetune.augment.global_size) == (2, 224)
+  assert finetune.augment.num_local_crops == 0
+
+
+@pytest.mark.parametrize('swav, first_paths', [('/swav/run', ('backbone',)), (None, None)])
+@pytest.mark.parametrize('path', STAGED_CONFIGS)
+def test_swav_checkpoint_decides_how_the_first_stage_starts(path, swav, first_paths, tmp_path):
+  """Set, the first stage copies the SwAV backbone; unset, it starts from scratch (no paths).
+  Either way every stage validates."""
+  swav_flag = [f'--config.swav_checkpoint={swav}'] if swav else []
+  config = load(path, f'--config.data_dir={tmp_path}', *swav_flag)
+  tfds_mock.prepare_for(tmp_path, config.dataset, config.label_fraction, num_examples=4)
+  suave, finetune = stages(config, '/work')
+  assert (suave.name, suave.init_from.workdir, suave.init_from.paths) == (
+      'suave', swav, first_paths)
+  assert (finetune.name, finetune.init_from.workdir, finetune.init_from.paths) == (
+      'finetune', '/work/suave', ('backbone', 'projector'))
+  for stage in (suave, finetune):
+    config_base.validate(stage, num_devices=8, workdir=None)
+
+
+@pytest.mark.parametrize('path', STAGED_CONFIGS)
+def test_overrides_reach_the_stages(path):
+  suave, finetune = stages(load(
+      path, '--config.seed=3', '--config.augment.global_size=192',
+      '--config.suave.temperature=0.2', '--config.finetune.optimizer.learning_rate=0.5',
+      '--config.finetune.num_steps=7'))
+  for stage in (suave, finetune):
+    assert (stage.seed, stage.augment.global_size, stage.suave.temperature) == (3, 192, 0.2)
+  assert suave.optimizer.learning_rate == 0.4 and suave.num_steps == 100 * 5004
+  assert finetune.optimizer.learning_rate == 0.5 and finetune.num_steps == 7
+  # The fine-tune keeps its own values of what it changes.
+  default_finetune = stages(load(path))[1]
+  assert finetune.augment.num_local_crops == 0 and finetune.optimizer.warmup_steps == 0
+  assert finetune.suave.label_smoothing == default_finetune.suave.label_smoothing
+
+
+def _param_shapes(stage: ml_collections.ConfigDict) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """{parameter path: shape} of the stage's model on ImageNet, built abstractly (no compile)."""
+  data = base.DataInfo(num_classes=1000, image_shape=(stage.decode_size, stage.decode_size, 3))
+  method = methods.REGISTRY[stage.method](stage, data)
+  params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0))),
+                                      nnx.Param))
+  return {tuple(str(k.key) for k in path): leaf.shape
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
+@pytest.mark.parametrize('path', STAGED_CONFIGS)
+def test_stages_hand_over_parameters_both_models_have(path):
+  suave, finetune = stages(load(path, '--config.swav_checkpoint=/swav/run'))
+  before, after = _param_shapes(suave), _param_shapes(finetune)
+  assert set(suave.init_from.paths) < {p[0] for p in before}  # Not everything: no prototypes.
+  for prefix in finetune.init_from.paths:
+    copied = {p: shape for p, shape in before.items() if p[0] == prefix}
+    assert copied and copied == {p: shape for p, shape in after.items() if p[0] == prefix}
+
+
+def _tiny_overrides(config: ml_collections.ConfigDict, backbone: str) -> list[str]:
+  """Two steps of 8 + 8 images, evaluated at the end, with a narrow backbone."""
+  overrides = ['--config.batch_size=8', '--config.labelled_batch_size=8', '--config.num_steps=2',
+               '--config.log_every=1', '--config.eval_every=2', '--config.checkpoint_every=1',
+               '--config.eval.batch_size=8']
+  if backbone == 'configured':
+    overrides.append('--config.model.width=0.0625')
+  else:
+    # Compiling a ResNet-18/50 step takes minutes on 2 CPU cores (their shapes are tested in
+    # test_models.py): the fast run swaps in resnet_tiny and keeps the config's stem.
+    overrides += ['--config.model.backbone=resnet_tiny', '--config.model.width=0.25']
+  if config.dataset == 'imagenet2012':
+    # 224/96-pixel crops of 256-pixel images take seconds per step on CPU: the same crops,
+    # scaled down 8x.
+    overrides += ['--config.decode_size=32', '--config.augment.global_size=28',
+                  '--config.augment.local_size=12', '--config.finetune.num_steps=2']
+  else:
+    overrides.append('--config.labels_per_class=1')  # Every class has one among 40 mock images.
+  return overrides
+
+
+def _assert_finite(row: dict) -> None:
+  numbers = {k: v for k, v in row.items() if isinstance(v, float)}
+  assert {'test_top1', 'knn_top1'} <= set(numbers)
+  assert all(math.isfinite(v) for v in numbers.values()), row
+  assert all(0 <= row[k] <= 1 for k in ('test_top1', 'test_top5', 'knn_top1') if k in row)
+
+
+# The ImageNet run (two stages of a 10-view step) compiles for minutes on CPU.
+@pytest.mark.parametrize('backbone', ['tiny', pytest.param('configured', marks=pytest.mark.slow)])
+@pytest.mark.parametrize('path', [
+    'configs/supervised/cifar10.py', 'configs/suave/cifar10.py',
+    pytest.param('configs/suave/imagenet_10pct.py', marks=pytest.mark.slow)])
+def test_config_trains_on_mock_data(path, backbone, tmp_path):
+  num_examples = 40
+  base = load(path)
+  tfds_mock.prepare_for(tmp_path / 'data', base.dataset, base.label_fraction, num_examples)
+  config = load(path, f'--config.data_dir={tmp_path / "data"}', *_tiny_overrides(base, backbone))
+  plan = main.stage_plan(config, str(tmp_path / 'run'))
+  # Threefry initialisation compiles for ~20 s per model on CPU; rbg keys are as good here.
+  with jax.default_prng_impl('unsafe_rbg'), tfds_mock.mock_data(tmp_path / 'data', num_examples):
+    rows = main.run_plan(plan)
+  assert [row['stage'] for row in rows] == [stage.name or '-' for stage, _ in plan]
+  for row, (stage, workdir) in zip(rows, plan):
+    assert (row['method'], row['dataset'], row['steps']) == (stage.method, stage.dataset, 2)
+    _assert_finite(row)
+    assert os.path.exists(os.path.join(workdir, train.RESULTS_FILE))
