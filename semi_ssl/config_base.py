@@ -61,7 +61,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # Evaluation: test top-1/top-5 of the method's classifier and a weighted kNN probe on
   # backbone features with the labelled subset as the memory bank.
-  c.eval = ml_collections.ConfigDict(dict(batch_size=512, knn_k=20, knn_temperature=0.07))
+  c.eval = ml_collections.ConfigDict(dict(batch_size=512, knn_k=20, knn_temperature=0.07,
+                                          crop_fraction=1.0))  # ImageNet: 0.875 (256 -> 224)
 
   # Initialise parameter subtrees (e.g. 'backbone') from another run's latest checkpoint:
   # `workdir` is a path, or `stage` names an earlier stage of this run.

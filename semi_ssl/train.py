@@ -172,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return evaluate.evaluate(
         apply_fn, (state.params, state.model_state), splits, mesh,
         preprocess=lambda x: augment.eval_view(x, config.augment.global_size, splits.mean,
-                                               splits.std),
+                                               splits.std, config.eval.crop_fraction),
         batch_size=config.eval.batch_size, knn_k=config.eval.knn_k,
         knn_temperature=config.eval.knn_temperature)
 

@@ -31,6 +31,7 @@ def get_config():
   c.num_steps = 60 * _STEPS_PER_EPOCH  # [D] --epochs 60.
   c.log_every = 100
   c.eval_every = 5 * _STEPS_PER_EPOCH
+  c.eval.crop_fraction = 0.875  # Resize 256, centre crop 224.
   c.checkpoint_every = _STEPS_PER_EPOCH
   c.model.backbone = 'resnet50'
   c.model.stem = 'imagenet'

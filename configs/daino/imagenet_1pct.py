@@ -1,75 +1,20 @@
 """Daino on ImageNet with 1% of the labels (the SimCLR subset), ResNet-50.
 
 python -m semi_ssl.main --config=configs/daino/imagenet_1pct.py --workdir=DIR \
-    --config.data_dir=TFDS_DIR
+    [--config.data_dir=DIR]
 
-Sources (github.com/pietroastolfi/suave-daino, the paper's code):
-  [D] daino/scripts/train_1perc.sh and daino/main_daino.py: Daino's own recipe. The paper runs
-      Daino on a ViT-S/16 started from the self-supervised DINO checkpoint, with AdamW; this
-      codebase has no ViT, so the backbone is a ResNet-50 instead.
-  [S] suave/scripts/train_1perc.sh and suave/main_suave.py: the paper's ResNet-50 recipe
-      (Suave), for what a ResNet-50 with LARS needs and [D] does not give.
-Values marked "ours" are not in the paper's code. The paper starts from a self-supervised
-checkpoint ([D]: DINO, [S]: SwAV); set `init_from` to a pretrained run to do the same.
+configs/daino/imagenet_10pct.py on TFDS imagenet2012_subset/1pct; everything else, and the
+sources (daino/scripts/train_1perc.sh differs from train_10perc.sh only in --labels_perc),
+is described there.
 """
-from ml_collections import config_dict
+import os
+import runpy
 
-from semi_ssl import config_base
-
-_STEPS_PER_EPOCH = 1251  # 1,281,167 unlabelled images / 1024 per step.
+import ml_collections
 
 
-def get_config():
-  c = config_base.get_base_config()
-  c.method = 'daino'
-  c.dataset = 'imagenet2012'
+def get_config() -> ml_collections.ConfigDict:
+  imagenet_10pct = runpy.run_path(os.path.join(os.path.dirname(__file__), 'imagenet_10pct.py'))
+  c = imagenet_10pct['get_config']()
   c.label_fraction = 0.01
-  c.decode_size = 256
-  # [D] README: 2 nodes x 8 GPUs x (64 unlabelled + 32 labelled) = 1024 + 512 images a step.
-  c.batch_size = 1024
-  c.labelled_batch_size = 512
-  c.num_steps = 60 * _STEPS_PER_EPOCH  # [D] --epochs 60.
-  c.log_every = 100
-  c.eval_every = 5 * _STEPS_PER_EPOCH
-  c.checkpoint_every = _STEPS_PER_EPOCH
-  c.model.backbone = 'resnet50'
-  c.model.stem = 'imagenet'
-  c.model.dtype = 'bfloat16'  # [S] --use_fp16 true (mixed precision).
-  # [D] 2 x 224 global crops of (0.25, 1) of the area, 8 x 96 local crops of (0.05, 0.25);
-  # DINO's augmentations (DataAugmentationDINO in [D]).
-  c.augment.num_global_crops = 2
-  c.augment.global_size = 224
-  c.augment.global_scale = (0.25, 1.0)
-  c.augment.num_local_crops = 8
-  c.augment.local_size = 96
-  c.augment.local_scale = (0.05, 0.25)
-  c.augment.flip = True
-  c.augment.color_jitter = 0.5  # [D] jitter (0.4, 0.4, 0.2, 0.1) ~ SimCLR strength 0.5.
-  c.augment.grayscale_prob = 0.2
-  c.augment.blur_prob = (1.0, 0.1)
-  c.augment.local_blur_prob = 0.5
-  c.augment.solarize_prob = (0.0, 0.2)
-  # [S] LARS: base lr 0.4 at 256 unlabelled images, final lr 0.001, 5 warm-up epochs,
-  # momentum 0.9, eta 0.001, weight decay 1e-6 (main_suave.py default). The lr is scaled
-  # linearly to the 1024 unlabelled images of [D] (ours).
-  c.optimizer.name = 'lars'
-  c.optimizer.learning_rate = 0.4 * 1024 / 256
-  c.optimizer.end_learning_rate_factor = 0.001 / c.optimizer.learning_rate
-  c.optimizer.warmup_steps = 5 * _STEPS_PER_EPOCH
-  c.optimizer.momentum = 0.9
-  c.optimizer.trust_coefficient = 0.001
-  c.optimizer.weight_decay = 1e-6
-  c.daino = config_dict.ConfigDict(dict(
-      # DINOHead's defaults in [D] src/vision_transformer.py: 3 layers, 2048 hidden, 256 out.
-      projector_hidden_dim=2048, embed_dim=256, projector_layers=3,
-      num_prototypes=0,  # 0: one per class; [D] --out_dim 1000.
-      student_temperature=0.1,  # [D] --temperature 0.1.
-      label_smoothing=0.01,  # [D] --label_smoothing default 0.01.
-      # [D] --warmup_teacher_temp 0.04 --teacher_temp 0.07 --warmup_teacher_temp_epochs 10.
-      teacher_temperature=0.07, teacher_temperature_warmup_start=0.04,
-      teacher_temperature_warmup_steps=10 * _STEPS_PER_EPOCH,
-      teacher_momentum=0.99,  # [D] --momentum_teacher 0.990, cosine to 1.
-      center_momentum=0.9,  # [D] DINOLoss default.
-      # [D] --mixup_lab true; [D] mixes with mixup and CutMix (alpha 1); here mixup only.
-      mixup_alpha=1.0))
   return c

@@ -97,6 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 1e-6
 
   c.eval.batch_size = 512
+  c.eval.crop_fraction = 0.875  # Resize 256, centre crop 224.
 
   c.suave = ml_collections.ConfigDict(dict(
       # main_suave.py: --hidden_mlp 2048 --feat_dim 128 (SwAV's 2-layer projection head);

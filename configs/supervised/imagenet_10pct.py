@@ -57,5 +57,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 1e-3
 
   c.eval.batch_size = 512
+  c.eval.crop_fraction = 0.875  # Resize 256, centre crop 224.
   c.supervised = ml_collections.ConfigDict(dict(label_smoothing=0.0))
   return c
