@@ -1,17 +1,24 @@
 """Orbax checkpoints: save every N steps, keep K, resume from the latest, copy subtrees.
 
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so an
-interrupted save never leaves a checkpoint that `latest_step` would pick up.
+interrupted save never leaves a checkpoint that `all_steps` would list. A checkpoint that is
+listed but cannot be read (a damaged disk, a file removed by hand) is named in a warning and
+the one before it is restored; a checkpoint of another model stops the run before anything
+compiles; a failed write (full or read-only disk) stops it with the last complete step.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
+
+from semi_ssl.errors import UserError
 
 CHECKPOINT_DIR = 'checkpoints'
 
@@ -20,28 +27,101 @@ class Checkpointer:
   """The train state (a pytree of jax.Arrays) plus a small JSON record per step."""
 
   def __init__(self, workdir: str, *, keep: int):
+    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
     self.manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'record': ocp.JsonCheckpointHandler()})
+    self.last_complete_step = self.manager.latest_step()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, record: dict) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
-
-  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    """Restores into the shapes, dtypes and shardings of `abstract_state`."""
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
-    return out['state'], out['record']
+    """Starts an asynchronous save; a failed write surfaces here or in `wait`."""
+    self.wait()  # The previous save, so that `last_complete_step` is exact.
+    with self._write_errors():
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._write_errors():
+      self.manager.wait_until_finished()
+    self.last_complete_step = self.manager.latest_step()
+
+  @contextlib.contextmanager
+  def _write_errors(self):
+    try:
+      yield
+    except Exception as error:  # Orbax wraps the OSError of a background write.
+      cause = _os_error_in(error)
+      if cause is None:
+        raise
+      raise UserError(
+          f'Could not write a checkpoint to {self.directory}: {cause.strerror or cause}. Free '
+          'space or make it writable (or choose another --workdir), then run the same command '
+          'again: it resumes from the last complete checkpoint '
+          f'({self.last_complete_step or "none yet"}).') from error
+
+  def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
+    """(state, record) of the newest readable checkpoint, or None when there is none.
+
+    Restores into the shapes, dtypes and shardings of `abstract_state` (jax.ShapeDtypeStruct
+    leaves). Raises UserError for a checkpoint of a different model, before reading any array.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for step in steps:
+      path = os.path.join(self.directory, str(step))
+      try:
+        saved = self.manager.item_metadata(step)['state']
+        if saved is None:
+          raise ValueError('no state metadata')
+      except Exception as error:  # pylint: disable=broad-except
+        logging.warning('Checkpoint %s is unreadable (%s); trying the one before it.', path, error)
+        continue
+      _check_same_structure(_flatten(saved), _flatten(abstract_state), path)
+      try:
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
+      except Exception as error:  # pylint: disable=broad-except
+        logging.warning('Checkpoint %s is unreadable (%s); trying the one before it.', path, error)
+        continue
+      self.last_complete_step = step
+      return out['state'], out['record']
+    if steps:
+      raise UserError(f'No checkpoint in {self.directory} can be read (steps {steps}): move that '
+                      'directory away to start over, or point --workdir elsewhere.')
+    return None
 
   def close(self) -> None:
-    self.manager.close()
+    with self._write_errors():
+      self.manager.close()
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+  """The OSError among `error`'s causes and contexts, if any."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, OSError):
+      return error
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _check_same_structure(saved: dict[str, Any], expected: dict[str, Any], path: str) -> None:
+  """Raises UserError naming the first leaf whose path or shape differs."""
+  for name in sorted(set(saved) | set(expected)):
+    if name not in saved or name not in expected:
+      raise UserError(
+          f"{path} was written by a different model or method: '{name}' exists only in "
+          f"{'the checkpoint' if name in saved else 'this config'}. Use a new --workdir for "
+          'this config, or run the config that wrote it.')
+    if tuple(saved[name].shape) != tuple(expected[name].shape):
+      raise UserError(
+          f"{path} was written by a different model or method: '{name}' has shape "
+          f'{tuple(saved[name].shape)} there but {tuple(expected[name].shape)} in this config. '
+          'Use a new --workdir for this config, or run the config that wrote it.')
 
 
 def _flatten(tree: Any) -> dict[str, Any]:
@@ -54,13 +134,21 @@ def _flatten(tree: Any) -> dict[str, Any]:
 
 
 def load_params(workdir: str) -> dict[str, np.ndarray]:
-  """Flat {path: array} of the parameters in `workdir`'s latest checkpoint."""
+  """Flat {path: array} of the parameters in `workdir`'s latest checkpoint (for init_from)."""
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   step = ocp.CheckpointManager(directory).latest_step() if os.path.isdir(directory) else None
   if step is None:
-    raise ValueError(f'init_from: no checkpoint in {directory}: train that run first, '
-                     'or point config.init_from.workdir at a workdir that has one.')
-  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), 'state'))
+    raise UserError(f'init_from: no checkpoint in {directory}: train that run first, '
+                    'or point config.init_from.workdir at a workdir that has one.')
+  path = os.path.join(directory, str(step), 'state')
+  try:
+    restored = ocp.StandardCheckpointer().restore(path)
+  except Exception as error:  # pylint: disable=broad-except
+    raise UserError(f'init_from: cannot read {path} ({type(error).__name__}: {error}); re-run '
+                    'the source run or point config.init_from.workdir elsewhere.') from error
+  if not isinstance(restored, dict) or 'params' not in restored:
+    raise UserError(f'init_from: {path} is not a semi_ssl train state (no params): point '
+                    'config.init_from.workdir at a semi_ssl workdir.')
   return _flatten(restored['params'])
 
 
@@ -68,21 +156,21 @@ def copy_subtrees(params: nnx.State, source: dict[str, np.ndarray],
                   prefixes: tuple[str, ...]) -> nnx.State:
   """`params` with every leaf under one of `prefixes` replaced by the same path of `source`.
 
-  Raises ValueError naming the first path that is missing from `source` or differs in shape.
+  Raises UserError naming the first path that is missing from `source` or differs in shape.
   """
   pure = nnx.to_pure_dict(params)
   flat = _flatten(pure)
   selected = [p for p in flat if any(p == q or p.startswith(q + '/') for q in prefixes)]
   for prefix in prefixes:
     if not any(p == prefix or p.startswith(prefix + '/') for p in selected):
-      raise ValueError(f"init_from.paths: '{prefix}' matches no parameter of this model; "
+      raise UserError(f"init_from.paths: '{prefix}' matches no parameter of this model; "
                        f"top-level names are {sorted({p.split('/')[0] for p in flat})}.")
   for path in selected:
     if path not in source:
-      raise ValueError(f"init_from: parameter '{path}' {tuple(flat[path].shape)} is missing from "
+      raise UserError(f"init_from: parameter '{path}' {tuple(flat[path].shape)} is missing from "
                        'the source checkpoint: check init_from.paths and the source model config.')
     if tuple(source[path].shape) != tuple(flat[path].shape):
-      raise ValueError(f"init_from: parameter '{path}' has shape {tuple(source[path].shape)} in the "
+      raise UserError(f"init_from: parameter '{path}' has shape {tuple(source[path].shape)} in the "
                        f'source checkpoint but {tuple(flat[path].shape)} here: the model configs differ.')
     flat[path] = jax.numpy.asarray(source[path], dtype=flat[path].dtype)
 

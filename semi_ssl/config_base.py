@@ -37,6 +37,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval_every = 500
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
+  # A step whose loss or gradients are not finite is never applied; then the run stops
+  # naming the step ('stop') or goes on and counts it ('skip').
+  c.nonfinite = 'stop'
 
   c.model = ml_collections.ConfigDict(dict(
       backbone='resnet_tiny', width=1.0, stem='tiny', dtype='float32'))
@@ -107,6 +110,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
     _check(config[key] > 0, f'config.{key}={config[key]} must be positive.')
   _check(config.optimizer.name in ('sgd', 'lars', 'adamw'),
          f"config.optimizer.name='{config.optimizer.name}' is unknown; use sgd, lars or adamw.")
+  _check(config.nonfinite in ('stop', 'skip'),
+         f"config.nonfinite='{config.nonfinite}' is unknown; use stop or skip.")
   _check(config.model.dtype in ('float32', 'bfloat16'),
          f"config.model.dtype='{config.model.dtype}' is unknown; use float32 or bfloat16.")
   init = config.init_from

@@ -3,6 +3,9 @@
 Any config value can be overridden, e.g. `--config.seed=3 --config.num_steps=500`. The same
 command resumes an interrupted run from DIR's latest checkpoint. A config with `stages`
 runs each stage in DIR/<stage name>, skipping the finished ones.
+
+Exit status: 0 when finished or preempted (SIGTERM: saved, resumable), 1 with a one-line
+message for bad input (config, checkpoint, data, disk) or a diverged run.
 """
 from __future__ import annotations
 
@@ -65,6 +68,40 @@ def format_table(rows: list[dict]) -> str:
   return '\n'.join([fmt(table[0]), fmt(['-' * w for w in widths])] + [fmt(l) for l in table[1:]])
 
 
+def config_key_error(argv: list[str], config_arg: str) -> str | None:
+  """One line naming the first `--config.a.b=` override whose key does not exist, or None."""
+  from ml_collections import config_dict
+  from semi_ssl import config_base
+  path, _, arg = config_arg.partition(':')
+  config = config_base.load_config_file(path, arg or None)
+  for flag in argv:
+    if not flag.startswith('--config.'):
+      continue
+    name = flag[len('--config.'):].split('=')[0]
+    node = config
+    for depth, key in enumerate(name.split('.')):
+      if not isinstance(node, config_dict.ConfigDict) or key not in node:
+        keys = node.keys() if isinstance(node, config_dict.ConfigDict) else ()
+        known = '.'.join(name.split('.')[:depth]) or 'the config'
+        return (f"--config.{name}: '{key}' is not a key of {known}"
+                f"{config_base.closest_key(key, keys)}.")
+      node = node[key]
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with one line instead of a stack trace for a bad config override."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    sys.exit(f'FATAL Flags parsing error: {error}')
+  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    config_arg = next((a.split('=', 1)[1] if '=' in a else b for a, b in zip(argv, argv[1:] + [''])
+                       if a.split('=')[0] == '--config'), None)
+    line = config_key_error(argv, config_arg) if config_arg else None
+    sys.exit(f'Config error: {line or f"{type(error).__name__}: {error}"}')
+
+
 class _OwnInfoOnly:
   """Drops libraries' INFO lines (Orbax logs every save in detail); keeps their warnings."""
 
@@ -78,7 +115,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   import jax  # After flag parsing, so --help is fast.
 
-  from semi_ssl import config_base, train
+  from semi_ssl import config_base, errors, train
 
   config, workdir = _CONFIG.value, _WORKDIR.value
   plan = stage_plan(config, workdir)
@@ -88,11 +125,18 @@ def main(argv):
   except ValueError as error:
     sys.exit(f'Config error: {error}')
 
-  rows = run_plan(plan)
+  try:
+    rows = run_plan(plan)
+  except errors.Preempted as notice:
+    logging.warning('%s', notice)
+    print(notice, flush=True)
+    sys.exit(0)
+  except errors.UserError as error:
+    sys.exit(f'Error: {error}')
   if jax.process_index() == 0:
     print(format_table(rows), flush=True)
     print(f'Results: {os.path.join(plan[-1][1], train.RESULTS_FILE)}', flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

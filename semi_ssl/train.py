@@ -5,12 +5,17 @@
 The step is `(TrainState, batch) -> (TrainState, metrics)`, jitted once with the batch split
 over the mesh's data axis and the state replicated; augmentation runs inside it, on device,
 from a key derived from (seed, step), so a resumed run sees exactly the batches it would have.
+
+A step whose loss or gradients are not finite changes nothing but the step counter; the run
+then stops naming that step (`config.nonfinite='stop'`) or goes on (`'skip'`). On SIGTERM
+the run saves at the next step boundary and raises `errors.Preempted`.
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
+import signal
 import time
 from typing import Any
 
@@ -21,8 +26,10 @@ import ml_collections
 import optax
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from semi_ssl import checkpoint, evaluate, methods, metric_writer, parallel
+from semi_ssl.errors import Preempted, UserError
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
 
@@ -38,6 +45,8 @@ class TrainState:
   opt_state: optax.OptState
   method_state: Any          # EMA teachers, queues, ... (see Method.init_state)
   key: jax.Array             # uint32 [2] base PRNG key; the key of step s is fold_in(key, s)
+  skipped_steps: jax.Array   # int32 scalar: steps not applied because of a non-finite value
+  first_skipped: jax.Array   # int32 scalar: the first of them (1-based like the logs), or 0
 
 
 def create_optimizer(config: ml_collections.ConfigDict, num_steps: int):
@@ -68,17 +77,24 @@ def create_method(config: ml_collections.ConfigDict, splits: datasets.DatasetSpl
       config, base.DataInfo(num_classes=splits.num_classes, image_shape=splits.image_shape))
 
 
-def init_state(method: base.Method, tx, seed: int, sharding=None):
-  """(graphdef, TrainState) with freshly initialised parameters, built by one jitted call."""
+def state_initializer(method: base.Method, tx, seed: int):
+  """(graphdef, init) where `init()` builds a fresh TrainState (jit it, or eval_shape it)."""
   create = lambda: method.create_model(nnx.Rngs(seed))
   graphdef = nnx.graphdef(nnx.eval_shape(create))
 
   def init():
     params, model_state = nnx.split(create(), nnx.Param, ...)[1:]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, model_state=model_state,
                       opt_state=tx.init(params), method_state=method.init_state(params),
-                      key=jax.random.PRNGKey(seed))
+                      key=jax.random.PRNGKey(seed), skipped_steps=zero, first_skipped=zero)
 
+  return graphdef, init
+
+
+def init_state(method: base.Method, tx, seed: int, sharding=None):
+  """(graphdef, TrainState) with freshly initialised parameters, built by one jitted call."""
+  graphdef, init = state_initializer(method, tx, seed)
   return graphdef, jax.jit(init, out_shardings=sharding)()
 
 
@@ -110,10 +126,20 @@ def train_step(state: TrainState, batch: dict, *, method: base.Method, graphdef,
     updates = _masked(updates, trainable)
   params = optax.apply_updates(state.params, updates)
   method_state = method.update_state(params, method_state, state.step)
+  grad_norm = optax.global_norm(grads)
   metrics = {**metrics, 'loss': loss, 'learning_rate': schedule(state.step),
-             'grad_norm': optax.global_norm(grads)}
-  return state.replace(step=state.step + 1, params=params, model_state=model_state,
-                       opt_state=opt_state, method_state=method_state), metrics
+             'grad_norm': grad_norm}
+  # A non-finite loss or gradient leaves everything but the step counter as it was.
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updated = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                         (params, model_state, opt_state, method_state),
+                         (state.params, state.model_state, state.opt_state, state.method_state))
+  first_skipped = jnp.where(finite | (state.first_skipped > 0), state.first_skipped,
+                            state.step + 1)
+  return state.replace(step=state.step + 1, params=updated[0], model_state=updated[1],
+                       opt_state=updated[2], method_state=updated[3],
+                       skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+                       first_skipped=first_skipped), metrics
 
 
 def _masked(tree, mask):
@@ -128,8 +154,56 @@ def _write_json(path: str, data: dict) -> None:
   os.replace(tmp, path)
 
 
+class _PreemptionNotice:
+  """Whether a preemption notice (SIGTERM) has arrived, agreed on by every process.
+
+  One process: a SIGTERM handler sets a flag. Several: JAX's distributed runtime receives the
+  notice and `reached_preemption_sync_point` names the same step on every process.
+  """
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+    if jax.process_count() == 1:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # Not the main thread: leave signals to the caller.
+        pass
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.received
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(state: TrainState, nonfinite: str, last_checkpoint: int | None,
+                  reported: int) -> int:
+  """Stops the run (nonfinite='stop') or warns ('skip') on new non-finite steps; their count."""
+  skipped = int(state.skipped_steps)
+  if skipped and nonfinite == 'stop':
+    raise UserError(
+        f'The loss or the gradients were not finite at step {int(state.first_skipped)}; no '
+        f'parameter was updated from it. Last good checkpoint: step {last_checkpoint}. Lower '
+        "the learning rate, or set --config.nonfinite=skip to skip such steps.")
+  if skipped > reported:
+    logging.warning('Skipped %d steps with a non-finite loss or gradients so far (first: step '
+                    '%d).', skipped, int(state.first_skipped))
+  return skipped
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the results."""
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the results.
+
+  Raises errors.Preempted after saving, when a preemption notice arrives.
+  """
   start_time = time.time()
   os.makedirs(workdir, exist_ok=True)
   is_writer = jax.process_index() == 0
@@ -144,21 +218,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   method = create_method(config, splits)
   tx, schedule = create_optimizer(config, config.num_steps)
   replicated = parallel.replicated(mesh)
-  graphdef, state = init_state(method, tx, config.seed, replicated)
+  graphdef, init = state_initializer(method, tx, config.seed)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                          jax.eval_shape(init))
 
+  # Everything that can fail on bad input (checkpoints, init_from) before anything compiles.
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-  latest = ckpt.latest_step()
+  restored = ckpt.restore_latest(abstract)
   previous_seconds = 0.0
-  if latest is not None:
-    state, record = ckpt.restore(latest, state)
+  if restored is not None:
+    state, record = restored
     previous_seconds = record['wall_seconds']
-    logging.info('Resumed from %s at step %d.', ckpt.manager.directory, latest)
-  elif config.init_from.paths:
-    source = checkpoint.load_params(config.init_from.workdir)
-    state = state.replace(params=checkpoint.copy_subtrees(
-        state.params, source, tuple(config.init_from.paths)))
-    logging.info('Initialised %s from %s.', list(config.init_from.paths), config.init_from.workdir)
+    logging.info('Resumed from %s at step %d.', ckpt.directory, int(state.step))
+  else:
+    source = (checkpoint.load_params(config.init_from.workdir) if config.init_from.paths
+              else None)
+    state = jax.jit(init, out_shardings=replicated)()
+    if source is not None:
+      state = state.replace(params=checkpoint.copy_subtrees(
+          state.params, source, tuple(config.init_from.paths)))
+      logging.info('Initialised %s from %s.', list(config.init_from.paths),
+                   config.init_from.workdir)
   start_step = int(state.step)
+  reported_skips = int(state.skipped_steps)
 
   step_fn = jax.jit(
       functools.partial(train_step, method=method, graphdef=graphdef, tx=tx,
@@ -187,32 +269,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       splits, mesh, start_step=start_step, num_steps=config.num_steps, seed=config.seed,
       labelled_batch_size=config.labelled_batch_size,
       batch_size=config.batch_size if method.uses_unlabelled else None)
-  for step, batch in zip(range(start_step + 1, config.num_steps + 1), batches):
-    state, metrics = step_fn(state, batch)
-    if step % config.log_every == 0 or step == config.num_steps:
-      metrics = jax.device_get(metrics)
-      speed = progress.update(step)
-      writer.scalars(step, {**metrics, 'steps_per_second': speed,
-                            'images_per_second': speed * images_per_step})
-      logging.info('%s | loss %.4f', progress.line(step), float(metrics['loss']))
-    if step % config.eval_every == 0 and step != config.num_steps:
-      eval_metrics = run_eval(state)
-      writer.scalars(step, eval_metrics)
-      logging.info('step %d eval | %s', step,
-                   ' | '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
-    if step % config.checkpoint_every == 0 or step == config.num_steps:
-      save(state)
+  preemption = _PreemptionNotice()
+  try:
+    for step, batch in zip(range(start_step + 1, config.num_steps + 1), batches):
+      state, metrics = step_fn(state, batch)
+      preempted = preemption.reached(step)
+      checkpoint_due = step % config.checkpoint_every == 0 or step == config.num_steps
+      if step % config.log_every == 0 or checkpoint_due or preempted:
+        reported_skips = _check_finite(state, config.nonfinite, ckpt.last_complete_step,
+                                       reported_skips)
+      if step % config.log_every == 0 or step == config.num_steps:
+        metrics = jax.device_get(metrics)
+        speed = progress.update(step)
+        writer.scalars(step, {**metrics, 'steps_per_second': speed,
+                              'images_per_second': speed * images_per_step})
+        logging.info('%s | loss %.4f', progress.line(step), float(metrics['loss']))
+      if step % config.eval_every == 0 and step != config.num_steps and not preempted:
+        eval_metrics = run_eval(state)
+        writer.scalars(step, eval_metrics)
+        logging.info('step %d eval | %s', step,
+                     ' | '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
+      if checkpoint_due or preempted:
+        save(state)
+      if preempted:
+        ckpt.wait()
+        raise Preempted(f'Preempted: stopped at step {step} of {config.num_steps} and saved '
+                        f'{ckpt.directory}/{step}; run the same command to resume.')
 
-  # The reported figures are the final model's, never the best periodic evaluation.
-  final = run_eval(state)
-  writer.scalars(config.num_steps, final)
-  writer.close()
-  ckpt.wait()
-  ckpt.close()
+    # The reported figures are the final model's, never the best periodic evaluation.
+    final = run_eval(state)
+    writer.scalars(config.num_steps, final)
+    ckpt.wait()
+  finally:
+    preemption.close()
+    writer.close()
+    ckpt.close()
   results = {
       'method': config.method, 'dataset': config.dataset,
       'labels_per_class': config.labels_per_class, 'label_fraction': config.label_fraction,
       'seed': config.seed, 'steps': int(state.step), **final,
+      'skipped_steps': int(state.skipped_steps),
       'wall_seconds': round(previous_seconds + time.time() - start_time, 1),
   }
   if is_writer:

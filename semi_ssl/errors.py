@@ -1,0 +1,9 @@
+"""Ways a run stops that are not bugs: main prints their one-line message, not a stack trace."""
+
+
+class UserError(ValueError):
+  """Bad input or environment (checkpoint, disk, data, divergence); the message names the fix."""
+
+
+class Preempted(Exception):
+  """Not a failure: a preemption notice arrived, a checkpoint was saved and the run stopped."""
