@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import time
 from typing import Any
 
 import jax
@@ -53,12 +55,12 @@ class Checkpointer:
   def _write_errors(self):
     try:
       yield
-    except Exception as error:  # Orbax wraps the OSError of a background write.
-      cause = _os_error_in(error)
-      if cause is None:
+    except Exception as error:  # Orbax and TensorStore wrap the OS error of a background write.
+      reason = _os_error_reason(error)
+      if reason is None:
         raise
       raise UserError(
-          f'Could not write a checkpoint to {self.directory}: {cause.strerror or cause}. Free '
+          f'Could not write a checkpoint to {self.directory}: {reason}. Free '
           'space or make it writable (or choose another --workdir), then run the same command '
           'again: it resumes from the last complete checkpoint '
           f'({self.last_complete_step or "none yet"}).') from error
@@ -77,15 +79,16 @@ class Checkpointer:
         if saved is None:
           raise ValueError('no state metadata')
       except Exception as error:  # pylint: disable=broad-except
-        logging.warning('Checkpoint %s is unreadable (%s); trying the one before it.', path, error)
+        self._set_aside(path, error)
         continue
       _check_same_structure(_flatten(saved), _flatten(abstract_state), path)
       try:
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
       except Exception as error:  # pylint: disable=broad-except
-        logging.warning('Checkpoint %s is unreadable (%s); trying the one before it.', path, error)
+        self._set_aside(path, error)
         continue
+      self.manager.reload()
       self.last_complete_step = step
       return out['state'], out['record']
     if steps:
@@ -93,17 +96,28 @@ class Checkpointer:
                       'directory away to start over, or point --workdir elsewhere.')
     return None
 
+  def _set_aside(self, path: str, error: Exception) -> None:
+    """Renames an unreadable checkpoint so that the run can write that step again."""
+    aside = f'{path}.unreadable-{int(time.time())}'
+    if jax.process_index() == 0:
+      os.rename(path, aside)
+    logging.warning('Checkpoint %s is unreadable (%s: %s); moved it to %s and trying the one '
+                    'before it.', path, type(error).__name__, error, aside)
+
   def close(self) -> None:
     with self._write_errors():
       self.manager.close()
 
 
-def _os_error_in(error: BaseException) -> OSError | None:
-  """The OSError among `error`'s causes and contexts, if any."""
+def _os_error_reason(error: BaseException) -> str | None:
+  """The OS's words for the failed write behind `error` ('No space left on device'), if any."""
   seen = set()
   while error is not None and id(error) not in seen:
     if isinstance(error, OSError):
-      return error
+      return error.strerror or str(error)
+    code = re.search(r"os_error_code='(\d+)'", str(error))  # TensorStore's wording.
+    if code:
+      return os.strerror(int(code.group(1)))
     seen.add(id(error))
     error = error.__cause__ or error.__context__
   return None

@@ -23,6 +23,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # `label_fraction` of the train split), chosen by `seed`; the test split never changes.
   c.dataset = 'digits'
   c.data_dir = config_dict.placeholder(str)
+  c.data_file = config_dict.placeholder(str)  # dataset='npz': the .npz file of your data.
   c.decode_size = 256  # ImageNet: side of the stored square that crops are taken from.
   c.labels_per_class = config_dict.placeholder(int)
   c.label_fraction = config_dict.placeholder(float)

@@ -91,13 +91,17 @@ def config_key_error(argv: list[str], config_arg: str) -> str | None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with one line instead of a stack trace for a bad config override."""
+  config_arg = next((a.split('=', 1)[1] if '=' in a else b for a, b in zip(argv, argv[1:] + [''])
+                     if a.split('=')[0] == '--config'), '')
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:
-    sys.exit(f'FATAL Flags parsing error: {error}')
+    lines = str(error).strip().splitlines()
+    if 'Error whilst parsing config file' in lines[0]:  # Its message holds the traceback.
+      where = [l.strip() for l in lines if l.strip().startswith(f'File "{config_arg.split(":")[0]}')]
+      sys.exit(f'Config error: {where[-1] + ": " if where else ""}{lines[-1].strip()}')
+    sys.exit(f'FATAL Flags parsing error: {" ".join(lines)}')
   except (AttributeError, KeyError, TypeError, ValueError) as error:
-    config_arg = next((a.split('=', 1)[1] if '=' in a else b for a, b in zip(argv, argv[1:] + [''])
-                       if a.split('=')[0] == '--config'), None)
     line = config_key_error(argv, config_arg) if config_arg else None
     sys.exit(f'Config error: {line or f"{type(error).__name__}: {error}"}')
 

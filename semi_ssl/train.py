@@ -184,15 +184,17 @@ class _PreemptionNotice:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_finite(state: TrainState, nonfinite: str, last_checkpoint: int | None,
+def _check_finite(state: TrainState, nonfinite: str, ckpt: checkpoint.Checkpointer,
                   reported: int) -> int:
   """Stops the run (nonfinite='stop') or warns ('skip') on new non-finite steps; their count."""
   skipped = int(state.skipped_steps)
   if skipped and nonfinite == 'stop':
+    ckpt.wait()
     raise UserError(
         f'The loss or the gradients were not finite at step {int(state.first_skipped)}; no '
-        f'parameter was updated from it. Last good checkpoint: step {last_checkpoint}. Lower '
-        "the learning rate, or set --config.nonfinite=skip to skip such steps.")
+        f'parameter was updated from it. Last good checkpoint: step {ckpt.last_complete_step} '
+        f'in {ckpt.directory}. Lower the learning rate, or set --config.nonfinite=skip to skip '
+        'such steps.')
   if skipped > reported:
     logging.warning('Skipped %d steps with a non-finite loss or gradients so far (first: step '
                     '%d).', skipped, int(state.first_skipped))
@@ -276,8 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       preempted = preemption.reached(step)
       checkpoint_due = step % config.checkpoint_every == 0 or step == config.num_steps
       if step % config.log_every == 0 or checkpoint_due or preempted:
-        reported_skips = _check_finite(state, config.nonfinite, ckpt.last_complete_step,
-                                       reported_skips)
+        reported_skips = _check_finite(state, config.nonfinite, ckpt, reported_skips)
       if step % config.log_every == 0 or step == config.num_steps:
         metrics = jax.device_get(metrics)
         speed = progress.update(step)

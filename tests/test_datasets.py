@@ -271,3 +271,49 @@ def test_decode_center_square_of_large_jpeg_matches_full_decode():
   reference = np.asarray(
       Image.fromarray(image[:, 64:320]).resize((32, 32), Image.Resampling.BICUBIC))
   np.testing.assert_allclose(square, reference, atol=4)
+
+
+def _write_npz(path, **overrides):
+  rng = np.random.default_rng(0)
+  arrays = dict(train_images=rng.integers(0, 256, (60, 6, 6, 3), dtype=np.uint8),
+                train_labels=np.repeat(np.arange(3), 20),
+                test_images=rng.integers(0, 256, (9, 6, 6, 3), dtype=np.uint8),
+                test_labels=np.repeat(np.arange(3), 3))
+  arrays.update(overrides)
+  np.savez(path, **arrays)
+  return str(path)
+
+
+def test_npz_source_splits_your_own_data(tmp_path):
+  config = _config(dataset='npz', data_file=_write_npz(tmp_path / 'mine.npz'), labels_per_class=4)
+  datasets.check_config(config)
+  assert datasets.image_shape(config) == (6, 6, 3)
+  splits = datasets.load(config)
+  assert splits.num_classes == 3 and len(splits.mean) == 3
+  assert len(splits.labelled_labels) == 12 and len(splits.unlabelled_images) == 48
+  assert splits.test_images.shape == (9, 6, 6, 3)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(train_images=np.zeros((60, 6, 6, 3), np.float32)),
+     r'train images have dtype float32; expected uint8.*np.round\(images \* 255\)'),
+    (dict(train_images=np.zeros((60, 6, 6), np.uint8)),
+     r'train images have shape \(60, 6, 6\); expected \[N, H, W, C\].*images\[..., None\]'),
+    (dict(test_images=np.zeros((9, 5, 5, 3), np.uint8)), 'both splits need one image shape'),
+    (dict(test_labels=np.arange(4)), r'test labels have shape \(4,\).*expected integers \[9\]'),
+    (dict(train_labels=np.repeat(np.arange(3), 20) - 1), 'train labels include -1'),
+])
+def test_npz_source_with_wrong_images_or_labels_names_the_problem(tmp_path, overrides, message):
+  config = _config(dataset='npz', data_file=_write_npz(tmp_path / 'bad.npz', **overrides),
+                   labels_per_class=4)
+  with pytest.raises(ValueError, match=message):
+    datasets.check_config(config)
+
+
+def test_npz_source_without_a_file_says_how_to_give_one(tmp_path):
+  with pytest.raises(ValueError, match="config.data_file=None is not a file"):
+    datasets.check_config(_config(dataset='npz', data_file=None, labels_per_class=4))
+  np.savez(tmp_path / 'partial.npz', train_images=np.zeros((2, 6, 6, 3), np.uint8))
+  with pytest.raises(ValueError, match=r"lacks \['train_labels', 'test_images', 'test_labels'\]"):
+    datasets.check_config(_config(dataset='npz', data_file=str(tmp_path / 'partial.npz'),
+                                  labels_per_class=1))

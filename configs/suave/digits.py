@@ -19,9 +19,9 @@ def get_config(arg: str = ''):
   c.method = 'suave'
   c.dataset = 'digits'
   c.labels_per_class = 5
-  c.batch_size = 256
-  c.labelled_batch_size = 64
-  c.num_steps = 1500
+  c.batch_size = 128
+  c.labelled_batch_size = 32
+  c.num_steps = 1000
   c.log_every = 100
   c.eval_every = 500
   c.checkpoint_every = 250
@@ -40,7 +40,7 @@ def get_config(arg: str = ''):
       temperature=0.1, label_smoothing=0.01,
       sinkhorn_epsilon=0.05, sinkhorn_iters=3,
       queue_size=0, freeze_prototypes_steps=0, heads_only_steps=0,
-      ema_momentum=0.0, mixup_alpha=0.0))
+      ema_momentum=0.0, mixup_alpha=1.0))
   if arg == 'with_baseline':
     baseline = os.path.join(os.path.dirname(__file__), '..', 'supervised', 'digits.py')
     c = config_base.with_baseline(c, config_base.load_config_file(baseline))

@@ -8,6 +8,9 @@ Sources (`config.dataset`):
   digits        scikit-learn's 8x8 digits, embedded: runs anywhere, offline.
   cifar10/100   TFDS, held in host memory.
   imagenet2012  TFDS in array_record format, read and decoded on access (`DecodedImages`).
+  npz           your own data: `config.data_file` is an .npz with uint8 `train_images`,
+                `test_images` [N, H, W, C] (C = 1 or 3) and integer `train_labels`,
+                `test_labels` [N] in 0..num_classes-1; checked before anything compiles.
 
 The test split is fixed. The labelled subset of the train split is `config.labels_per_class`
 images of every class, or a stratified `config.label_fraction` of it, chosen by `config.seed`
@@ -270,6 +273,64 @@ def _load_digits(config: ml_collections.ConfigDict) -> DatasetSplits:
                           train, test)
 
 
+@functools.lru_cache(maxsize=2)
+def _read_npz(path: str, mtime: float) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                tuple[np.ndarray, np.ndarray]]:
+  """Checked (images, labels) of train and test from an .npz (see the module docstring)."""
+  del mtime  # Part of the cache key: a rewritten file is read again.
+  keys = ('train_images', 'train_labels', 'test_images', 'test_labels')
+  with np.load(path, allow_pickle=False) as data:
+    missing = [k for k in keys if k not in data]
+    if missing:
+      raise ValueError(f'config.data_file={path} lacks {missing}: save it with '
+                       f'np.savez(path, {", ".join(f"{k}=..." for k in keys)}).')
+    arrays = {k: data[k] for k in keys}
+  for split in ('train', 'test'):
+    check_images(arrays[f'{split}_images'], arrays[f'{split}_labels'], f'{path}: {split}')
+  if arrays['test_images'].shape[1:] != arrays['train_images'].shape[1:]:
+    raise ValueError(f"{path}: test images are {arrays['test_images'].shape[1:]} but train images "
+                     f"{arrays['train_images'].shape[1:]}: both splits need one image shape.")
+  return ((arrays['train_images'], arrays['train_labels'].astype(np.int32)),
+          (arrays['test_images'], arrays['test_labels'].astype(np.int32)))
+
+
+def check_images(images: np.ndarray, labels: np.ndarray, where: str) -> None:
+  """Raises ValueError unless images are uint8 [N, H, W, 1 or 3] and labels int [N] >= 0."""
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f'{where} images have shape {images.shape}; expected [N, H, W, C] with C = '
+                     '1 or 3 (add a channel axis to grayscale images with images[..., None]).')
+  if images.dtype != np.uint8:
+    raise ValueError(f'{where} images have dtype {images.dtype}; expected uint8 in 0..255 '
+                     '(from floats in [0, 1]: np.round(images * 255).astype(np.uint8)).')
+  if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f'{where} labels have shape {labels.shape} and dtype {labels.dtype}; '
+                     f'expected integers [{len(images)}], one class index per image.')
+  if len(labels) and labels.min() < 0:
+    raise ValueError(f'{where} labels include {labels.min()}; classes are 0..num_classes-1.')
+
+
+def _npz(config: ml_collections.ConfigDict):
+  path = config.data_file
+  if not path or not epath.Path(path).exists():
+    raise ValueError(f"config.data_file={path!r} is not a file: dataset='npz' reads your data "
+                     'from an .npz, e.g. --config.data_file=/data/mine.npz.')
+  return _read_npz(str(path), epath.Path(path).stat().mtime)
+
+
+def _check_npz(config: ml_collections.ConfigDict) -> None:
+  (_, train_labels), _ = _npz(config)
+  num_classes = int(train_labels.max()) + 1
+  _check_labels_per_class(config, int(np.bincount(train_labels, minlength=num_classes).min()))
+
+
+def _load_npz(config: ml_collections.ConfigDict) -> DatasetSplits:
+  train, test = _npz(config)
+  pixels = train[0].reshape(-1, train[0].shape[-1]) / 255
+  num_classes = int(max(train[1].max(), test[1].max())) + 1
+  return _split_in_memory(config, num_classes, tuple(map(float, pixels.mean(0))),
+                          tuple(map(float, pixels.std(0))), train, test)
+
+
 def _check_cifar(cifar: _Cifar, config: ml_collections.ConfigDict) -> None:
   _check_labels_per_class(config, cifar.train_per_class)
   _require_prepared(cifar.name, _data_dir(config))
@@ -337,6 +398,7 @@ _DATASETS: dict[str, tuple[_Check, _Load]] = {
     'cifar100': (functools.partial(_check_cifar, _CIFAR100),
                  functools.partial(_load_cifar, _CIFAR100)),
     'imagenet2012': (_check_imagenet, _load_imagenet),
+    'npz': (_check_npz, _load_npz),
 }
 
 
@@ -363,6 +425,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """(H, W, C) of the stored images of `config.dataset`, known without loading them."""
+  if config.dataset == 'npz':
+    return tuple(_npz(config)[0][0].shape[1:])
   return {'digits': (8, 8, 1), 'cifar10': (32, 32, 3), 'cifar100': (32, 32, 3),
           'imagenet2012': (config.decode_size, config.decode_size, 3)}[config.dataset]
 
