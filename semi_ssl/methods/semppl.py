@@ -1,0 +1,249 @@
+"""SemPPL (Bošnjak et al., ICLR 2023, "SemPPL: Predicting pseudo-labels for better contrastive
+representations"): contrastive learning whose positives include queue entries of the same
+(pseudo-)label.
+
+Networks. The online network is backbone -> projector -> predictor, giving unit-norm
+predictions h of every view. The target network, an EMA of the online parameters whose
+momentum rises from `target_momentum` to 1 on a cosine schedule (BYOL), gives unit-norm
+projections t of the global views, without gradient.
+
+Queue. A FIFO ring buffer of the target projections of the labelled images' global views and
+their labels, in the method state (so checkpointed with the train state). Each step writes its
+labelled projections over the oldest entries, then reads the queue.
+
+Pseudo-labels. An unlabelled image's pseudo-label is the majority vote of the `knn_k` queue
+entries nearest (by cosine) to the mean of its global views' online predictions
+(`ops/knn.py`). The queue is split over the mesh's data axis for the vote, so the scores take
+O(batch x queue / devices) memory per device.
+
+Loss. For every online view v and every other global view g, InfoNCE with temperature
+`temperature`, anchor h_i^v and the target projections t_j^g of the other images j of the
+global batch as negatives, against two kinds of positive:
+  augmentation  t_i^g, the same image's other view;
+  semantic      each of `num_semantic_positives` queue entries drawn uniformly among those of
+                image i's label (labelled images) or pseudo-label (unlabelled images).
+The loss is L_augm + `semantic_weight` * L_sempos (the paper's alpha), plus the cross-entropy
+of a linear classifier on stop-gradient backbone features of the labelled global views; the
+labels reach the representation only through the semantic positives, as in the paper.
+`predict` is that classifier.
+
+Left out from the paper: ReLICv2's invariance penalty (the KL terms weighted by lambda) and its
+subsampling of 10 negatives per anchor; all images of the global batch are negatives here.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from semi_ssl import parallel
+from semi_ssl.methods import base
+from semi_ssl.methods.daino import ema, teacher_momentum
+from semi_ssl.models import heads
+from semi_ssl.ops import knn, losses
+
+_DATA = P(parallel.DATA_AXIS)  # Split over the mesh's data axis.
+
+
+class SemPPLModel(nnx.Module):
+  """backbone -> projector -> predictor, and a linear classifier on the backbone features."""
+
+  def __init__(self, backbone: nnx.Module, *, num_classes: int, hidden_dim: int, embed_dim: int,
+               num_layers: int, rngs: nnx.Rngs):
+    self.backbone = backbone
+    self.projector = heads.MLP(backbone.feature_dim, hidden_dim, embed_dim, num_layers=num_layers,
+                               batch_norm=True, rngs=rngs)
+    self.predictor = heads.MLP(embed_dim, hidden_dim, embed_dim, num_layers=num_layers,
+                               batch_norm=True, rngs=rngs)
+    self.classifier = nnx.Linear(backbone.feature_dim, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    """[B, H, W, C] -> (backbone features [B, F], unit-norm predictions [B, embed_dim])."""
+    features = self.backbone(x, train=train)
+    projections = self.projector(features, train=train)
+    return features, heads.l2_normalize(self.predictor(projections, train=train))
+
+  def project(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """[B, H, W, C] -> unit-norm projections [B, embed_dim] (the target network's output)."""
+    return heads.l2_normalize(self.projector(self.backbone(x, train=train), train=train))
+
+  def classify(self, features: jax.Array) -> jax.Array:
+    """Backbone features [B, F] -> class logits [B, C] float32."""
+    return self.classifier(features).astype(jnp.float32)
+
+
+def init_queue(size: int, dim: int) -> dict[str, jax.Array]:
+  """An empty queue: zero embeddings [Q, D], `knn.EMPTY` labels [Q], write position 0."""
+  return {'embeddings': jnp.zeros((size, dim), jnp.float32),
+          'labels': jnp.full((size,), knn.EMPTY, jnp.int32),
+          'position': jnp.zeros((), jnp.int32)}
+
+
+def enqueue(queue: dict[str, jax.Array], embeddings: jax.Array,
+            labels: jax.Array) -> dict[str, jax.Array]:
+  """Writes embeddings [n, D] and labels [n] over the n oldest entries (n <= Q), in order,
+  wrapping around the end of the buffer."""
+  size = queue['labels'].shape[0]
+  index = (queue['position'] + jnp.arange(labels.shape[0])) % size
+  return {'embeddings': queue['embeddings'].at[index].set(embeddings),
+          'labels': queue['labels'].at[index].set(labels),
+          'position': (queue['position'] + labels.shape[0]) % size}
+
+
+def contrastive_losses(anchors: jax.Array, targets: jax.Array, positives: jax.Array,
+                       valid: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+  """InfoNCE of each anchor against its augmentation positive and its semantic positives,
+  all sharing the anchor's negatives.
+
+  Args:
+    anchors: [B, D] unit-norm online predictions.
+    targets: [B, D] unit-norm target projections: row i is anchor i's augmentation positive,
+      the other rows its negatives.
+    positives: [B, S, D] unit-norm semantic positives.
+    valid: bool [B, S]; invalid semantic positives are left out.
+    temperature: of the cosine similarities.
+
+  Returns:
+    Per-anchor losses (augmentation [B], semantic [B]: mean over the valid positives, 0 where
+    there are none), each -log(e^p / (e^p + sum over negatives e^n)).
+  """
+  logits = anchors @ targets.T / temperature  # [B, B]
+  diagonal = jnp.eye(logits.shape[0], dtype=bool)
+  negatives = jax.nn.logsumexp(jnp.where(diagonal, -jnp.inf, logits), axis=1)  # [B]
+  augmentation = jax.nn.softplus(negatives - jnp.diagonal(logits))
+  semantic_logits = jnp.einsum('bd,bsd->bs', anchors, positives) / temperature
+  semantic = jnp.where(valid, jax.nn.softplus(negatives[:, None] - semantic_logits), 0.0)
+  return augmentation, jnp.sum(semantic, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ValueError(message)
+
+
+class SemPPL(base.Method):
+  """See the module docstring; hyperparameters live in `config.semppl`."""
+
+  def __init__(self, config, data):
+    super().__init__(config, data)
+    self.hp = hp = config.semppl
+    self.mesh = parallel.create_mesh()  # The trainer's mesh: every device on the data axis.
+    num_devices = self.mesh.size
+    aug = config.augment
+    _require(aug.num_global_crops + aug.num_local_crops >= 2,
+             'SemPPL contrasts views of one image: set config.augment.num_global_crops=2 '
+             'or add local crops.')
+    _require(hp.temperature > 0, f'config.semppl.temperature={hp.temperature} must be positive, '
+             'e.g. 0.1.')
+    _require(0.0 <= hp.target_momentum <= 1.0,
+             f'config.semppl.target_momentum={hp.target_momentum} must be in [0, 1].')
+    _require(hp.queue_size % num_devices == 0,
+             f'config.semppl.queue_size={hp.queue_size} is not divisible by the {num_devices} '
+             'devices it is split over: use a multiple of them.')
+    per_device = hp.queue_size // num_devices
+    for key in ('knn_k', 'num_semantic_positives'):
+      _require(1 <= hp[key] <= per_device,
+               f'config.semppl.{key}={hp[key]} must be in [1, {per_device}] (the queue entries per '
+               f'device: queue_size {hp.queue_size} / {num_devices} devices).')
+    enqueued = aug.num_global_crops * config.labelled_batch_size
+    _require(enqueued <= hp.queue_size,
+             f'config.semppl.queue_size={hp.queue_size} is below the {enqueued} labelled '
+             'projections enqueued per step (global crops x labelled_batch_size): enlarge it.')
+
+  def create_model(self, rngs):
+    return SemPPLModel(base.create_backbone(self.config, self.data, rngs),
+                       num_classes=self.data.num_classes, hidden_dim=self.hp.mlp_hidden_dim,
+                       embed_dim=self.hp.embed_dim, num_layers=self.hp.mlp_layers, rngs=rngs)
+
+  def init_state(self, params):
+    return {'target': jax.tree.map(jnp.copy, params),
+            'queue': init_queue(self.hp.queue_size, self.hp.embed_dim)}
+
+  def loss(self, model, state, batch, key, step):
+    hp = self.hp
+    labels = batch['labelled']['labels']
+    num_labelled, num_global = labels.shape[0], self.config.augment.num_global_crops
+    # Labelled and unlabelled crops of one view go through the network together, so
+    # BatchNorm sees the whole batch.
+    views = [jnp.concatenate([l, u])
+             for l, u in zip(batch['labelled']['views'], batch['unlabelled']['views'])]
+    features, predictions = zip(*[model(v, train=True) for v in views])
+    targets = self._target_projections(model, state['target'], views[:num_global])
+
+    queue = enqueue(state['queue'], jnp.concatenate([t[:num_labelled] for t in targets]),
+                    jnp.tile(labels, num_global))
+    queries = heads.l2_normalize(sum(p[num_labelled:] for p in predictions[:num_global]))
+    positives, valid, votes = self._semantic_positives(key, labels, queries, queue)
+
+    pairs = [contrastive_losses(h, targets[g], positives, valid, hp.temperature)
+             for g in range(num_global) for v, h in enumerate(predictions) if v != g]
+    loss_augm, loss_sempos = (jnp.mean(jnp.stack(terms)) for terms in zip(*pairs))
+    classifier_input = (lambda f: f) if hp.classifier_trains_backbone else jax.lax.stop_gradient
+    logits = [model.classify(classifier_input(f[:num_labelled])) for f in features[:num_global]]
+    loss_classifier = jnp.mean(jnp.stack([
+        losses.cross_entropy(l, losses.one_hot_targets(labels, self.data.num_classes))
+        for l in logits]))
+    metrics = {'loss_augmentation': loss_augm, 'loss_semantic': loss_sempos,
+               'loss_classifier': loss_classifier,
+               'train_top1': losses.accuracy(logits[0], labels),
+               # Share of the k neighbours that voted for the pseudo-label.
+               'pseudo_label_agreement': jnp.mean(jnp.max(votes, axis=-1)) / hp.knn_k,
+               'semantic_positives_found': jnp.mean(valid),
+               'queue_fill': jnp.mean(queue['labels'] != knn.EMPTY)}
+    loss = loss_augm + hp.semantic_weight * loss_sempos + loss_classifier
+    return loss, ({**state, 'queue': queue}, metrics)
+
+  def _target_projections(self, model, target, views):
+    """Unit-norm target projections (no gradient) G x [B, D] of the global views."""
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    target_model = nnx.merge(graphdef, target, rest, copy=True)
+    return [jax.lax.stop_gradient(target_model.project(v, train=True)) for v in views]
+
+  def _semantic_positives(self, key, labels, queries, queue):
+    """Queue entries of the labelled images' labels [B_l] and of the unlabelled images'
+    pseudo-labels, the kNN votes of their queries [B_u, D].
+
+    Returns (positives [B_l + B_u, S, D], valid bool [B_l + B_u, S], votes int32 [B_u, C]).
+    """
+    pseudo_labels, votes = self._knn(queries, queue)
+    positives, valid = self._sample(key, jnp.concatenate([labels, pseudo_labels]), queue)
+    return positives, valid, votes
+
+  def _knn(self, queries, queue):
+    """(labels int32 [N], votes int32 [N, C]) of queries [N, D] from the queue, split over
+    the data axis."""
+    vote = functools.partial(knn.knn_pseudo_labels, k=self.hp.knn_k,
+                             num_classes=self.data.num_classes, axis_name=parallel.DATA_AXIS,
+                             approximate=self.hp.knn_approximate)
+    return self._per_device(vote, (_DATA,) * 3)(queries, queue['embeddings'], queue['labels'])
+
+  def _sample(self, key, labels, queue):
+    """Semantic positives [N, S, D] of each label [N] from the queue, and their validity."""
+    sample = functools.partial(knn.sample_same_label, num_samples=self.hp.num_semantic_positives,
+                               axis_name=parallel.DATA_AXIS)
+    return self._per_device(sample, (P(), _DATA, _DATA, _DATA))(
+        key, labels, queue['embeddings'], queue['labels'])
+
+  def _per_device(self, fn, in_specs):
+    """`fn` run per device over the mesh, its outputs split on the data axis."""
+    return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=_DATA)
+
+  def update_state(self, params, state, step):
+    m = teacher_momentum(step, self.config.num_steps, self.hp.target_momentum)
+    return {**state, 'target': ema(state['target'], params, m)}
+
+  def pseudo_labels(self, model, state, images):
+    """kNN pseudo-labels int32 [B] of normalised eval images [B, H, W, C] from the queue.
+
+    Hook for the trainer's evaluation, to follow the pseudo-labels' test accuracy.
+    """
+    return self._knn(model(images, train=False)[1], state['queue'])[0]
+
+  def predict(self, model, images):
+    return model.classify(model.backbone(images, train=False))
+
+  def features(self, model, images):
+    return model.backbone(images, train=False)
