@@ -147,6 +147,16 @@ def _flatten(tree: Any) -> dict[str, Any]:
   return flat
 
 
+def read_state(path: str) -> Any:
+  """The saved train state at `path` (.../<step>/state) on one local device, whatever the
+  devices and processes that wrote it."""
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata)
+  return checkpointer.restore(path, target)
+
+
 def load_params(workdir: str) -> dict[str, np.ndarray]:
   """Flat {path: array} of the parameters in `workdir`'s latest checkpoint (for init_from)."""
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
@@ -156,7 +166,7 @@ def load_params(workdir: str) -> dict[str, np.ndarray]:
                     'or point config.init_from.workdir at a workdir that has one.')
   path = os.path.join(directory, str(step), 'state')
   try:
-    restored = ocp.StandardCheckpointer().restore(path)
+    restored = read_state(path)
   except Exception as error:  # pylint: disable=broad-except
     raise UserError(f'init_from: cannot read {path} ({type(error).__name__}: {error}); re-run '
                     'the source run or point config.init_from.workdir elsewhere.') from error

@@ -42,6 +42,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # naming the step ('stop') or goes on and counts it ('skip').
   c.nonfinite = 'stop'
 
+  # Devices along the mesh's model axis: 1 replicates the train state on every device;
+  # more splits its large arrays over that many devices (FSDP), for models too big for one.
+  c.mesh = ml_collections.ConfigDict(dict(model=1))
+
   c.model = ml_collections.ConfigDict(dict(
       backbone='resnet_tiny', width=1.0, stem='tiny', dtype='float32'))
 
@@ -107,6 +111,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
     _check(value % num_devices == 0,
            f'config.{key}={value} is not divisible by the {num_devices} devices: '
            f'set it to a multiple of {num_devices}, e.g. --config.{key}={value - value % num_devices or num_devices}.')
+  _check(isinstance(config.mesh.model, int) and config.mesh.model > 0
+         and num_devices % config.mesh.model == 0,
+         f'config.mesh.model={config.mesh.model} does not divide the {num_devices} devices: use '
+         'a divisor of the device count (1: no parameter sharding).')
   for key in ('num_steps', 'eval_every', 'checkpoint_every', 'log_every', 'keep_checkpoints'):
     _check(config[key] > 0, f'config.{key}={config[key]} must be positive.')
   _check(config.optimizer.name in ('sgd', 'lars', 'adamw'),

@@ -19,6 +19,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard events, results.json.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'Multi-process runs without SLURM or Cloud TPU: HOST:PORT '
+    'of process 0, with --num_processes and --process_id.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -119,8 +124,14 @@ def main(argv):
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   import jax  # After flag parsing, so --help is fast.
 
-  from semi_ssl import config_base, errors, train
+  from semi_ssl import config_base, errors, parallel, train
 
+  try:
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as error:
+    sys.exit(f'Error: {error}')
+  if jax.process_index() != 0:  # Process 0 speaks for the run; the others only warn.
+    logging.set_verbosity(logging.WARNING)
   config, workdir = _CONFIG.value, _WORKDIR.value
   plan = stage_plan(config, workdir)
   try:

@@ -209,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_time = time.time()
   os.makedirs(workdir, exist_ok=True)
   is_writer = jax.process_index() == 0
-  mesh = parallel.create_mesh()
+  mesh = parallel.create_mesh(config.mesh.model)
   splits = datasets.load(config)
   augment_cfg = augment.augment_config_from(config, splits.mean, splits.std, splits.image_shape)
   if is_writer:
@@ -221,8 +221,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tx, schedule = create_optimizer(config, config.num_steps)
   replicated = parallel.replicated(mesh)
   graphdef, init = state_initializer(method, tx, config.seed)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          jax.eval_shape(init))
+  abstract = jax.eval_shape(init)
+  sharding = parallel.state_sharding(abstract, mesh)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, sharding)
 
   # Everything that can fail on bad input (checkpoints, init_from) before anything compiles.
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -235,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     source = (checkpoint.load_params(config.init_from.workdir) if config.init_from.paths
               else None)
-    state = jax.jit(init, out_shardings=replicated)()
+    state = jax.jit(init, out_shardings=sharding)()
     if source is not None:
       state = state.replace(params=checkpoint.copy_subtrees(
           state.params, source, tuple(config.init_from.paths)))
@@ -247,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step_fn = jax.jit(
       functools.partial(train_step, method=method, graphdef=graphdef, tx=tx,
                         augment_cfg=augment_cfg, schedule=schedule),
-      out_shardings=(replicated, replicated), donate_argnums=0)
+      out_shardings=(sharding, replicated), donate_argnums=0)
 
   def run_eval(state):
     def apply_fn(variables, images):

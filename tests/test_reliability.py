@@ -2,7 +2,6 @@
 bad config keys. Each test provokes the fault for real and checks what the program does."""
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -11,7 +10,6 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from semi_ssl import checkpoint, errors, main, methods, train
@@ -27,10 +25,13 @@ SUAVE_FLAGS = ['--config=configs/suave/digits.py', '--config.num_steps=40',
                '--config.suave.queue_size=64', '--config.suave.ema_momentum=0.9']
 
 
-def _main(workdir, flags, **popen):
-  return subprocess.Popen(
-      [sys.executable, '-m', 'semi_ssl.main', f'--workdir={workdir}', *flags], cwd=REPO,
-      env=_cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+def _main(workdir, flags, shell_prefix=''):
+  """The main command in a subprocess; `shell_prefix` (e.g. 'ulimit -f 20;') runs before it."""
+  command = [sys.executable, '-m', 'semi_ssl.main', f'--workdir={workdir}', *flags]
+  if shell_prefix:
+    command = ['bash', '-c', f'{shell_prefix} exec "$@"', 'bash', *command]
+  return subprocess.Popen(command, cwd=REPO, env=_cpu_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
 
 
 def _finish(process, timeout=300):
@@ -46,7 +47,7 @@ def _steps(workdir):
 def _saved_state(workdir, step):
   """Every array of the train state saved at `step`: {path: np.ndarray}."""
   path = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(step), 'state')
-  return checkpoint._flatten(ocp.StandardCheckpointer().restore(path))
+  return checkpoint._flatten(checkpoint.read_state(path))
 
 
 def _wait_for(condition, process, timeout=240):
@@ -174,12 +175,11 @@ def test_unreadable_init_from_checkpoint_is_named(tmp_path):
 
 
 def test_a_full_disk_while_saving_stops_with_the_last_complete_checkpoint(tmp_path):
-  """Files may not grow past 20 kB (as on a full disk): the first checkpoint cannot be written."""
-  limit = 20_000
+  """Files may not grow past 20 KiB (as on a full disk): the first checkpoint cannot be written."""
   workdir = str(tmp_path / 'run')
   process = _main(workdir, ['--config=configs/supervised/digits.py', '--config.num_steps=4',
                             '--config.checkpoint_every=2', '--config.model.width=0.25'],
-                  preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+                  shell_prefix='ulimit -f 20;')
   rc, _, err = _finish(process)
   assert rc == 1
   last_line = err.strip().splitlines()[-1]

@@ -199,3 +199,22 @@ def test_optimizers_warm_up_and_skip_decay_on_biases(name):
   # With zero gradients only weight decay moves parameters: kernels shrink, biases stay.
   assert float(params['kernel'][0, 0]) < 1.0
   np.testing.assert_array_equal(params['bias'], np.ones(2))
+
+
+def test_fsdp_splits_large_arrays_and_trains_like_data_parallelism(tmp_path):
+  mesh = parallel.create_mesh(4)
+  assert dict(mesh.shape) == {'data': 2, 'model': 4}
+  shardings = parallel.state_sharding(
+      {'kernel': jax.ShapeDtypeStruct((3, 3, 64, 128), np.float32),
+       'bias': jax.ShapeDtypeStruct((128,), np.float32)}, mesh)
+  assert shardings['kernel'].spec == jax.sharding.PartitionSpec(None, None, None, 'model')
+  assert shardings['bias'].spec == jax.sharding.PartitionSpec(None)
+  config = tiny_config(num_steps=2, checkpoint_every=2, eval_every=100)
+  config.model.width = 1.0  # Convolutions of 64 x 64 x 3 x 3: large enough to be split.
+  fsdp = config.copy_and_resolve_references()
+  fsdp.mesh.model = 4
+  train.train_and_evaluate(config, str(tmp_path / 'dp'))
+  train.train_and_evaluate(fsdp, str(tmp_path / 'fsdp'))
+  expected, got = _params(str(tmp_path / 'dp'), 2), _params(str(tmp_path / 'fsdp'), 2)
+  for path in expected:
+    np.testing.assert_allclose(got[path], expected[path], rtol=1e-4, atol=1e-5, err_msg=path)
