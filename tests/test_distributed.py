@@ -1,5 +1,5 @@
 """Several processes through jax.distributed on 127.0.0.1 (CPU collectives) give the results
-of one process: input shards, Sinkhorn, and a few train steps of Suave."""
+of one process: input shards, Sinkhorn, kNN, and a few train steps of Suave."""
 import os
 import socket
 import subprocess
@@ -11,8 +11,9 @@ import pytest
 
 from semi_ssl import parallel
 from semi_ssl.data import datasets, pipeline
-from semi_ssl.ops import sinkhorn
+from semi_ssl.ops import knn, sinkhorn
 from test_reliability import _saved_state
+from distributed_worker import knn_inputs
 from test_train import REPO, tiny_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,10 +64,13 @@ def test_ops_across_two_processes_equal_one_process(tmp_path):
                coordinator, '2', str(i)] for i in range(2)])
   scores = np.random.default_rng(0).normal(size=(32, 10)).astype(np.float32) * 5
   expected = np.asarray(sinkhorn.sinkhorn(scores))
+  labels, votes = knn.knn_pseudo_labels(*knn_inputs(), k=5, num_classes=4)
   for i in range(2):
     out = np.load(tmp_path / f'process_{i}.npz')
     np.testing.assert_allclose(out['sinkhorn_jit'], expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(out['sinkhorn_shard_map'], expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(out['knn_labels'], labels)
+    np.testing.assert_allclose(out['knn_votes'], votes, rtol=1e-6)
 
 
 def test_training_in_two_processes_equals_one_process(tmp_path):
