@@ -134,6 +134,21 @@ def test_semantic_positives_share_the_label_or_the_pseudo_label(tiny):
         assert np.sum(queue_labels == expected[row]) < 2
 
 
+def test_eval_predictions_are_the_knn_pseudo_labels_of_the_predictions(tiny):
+  method = tiny['method']
+  model = nnx.merge(tiny['graphdef'], tiny['params'], tiny['rest'])
+  rng = np.random.default_rng(4)
+  queue = {'embeddings': jnp.asarray(rng.normal(size=(48, 8)), jnp.float32),
+           'labels': jnp.asarray(rng.integers(0, 10, 48), jnp.int32), 'position': jnp.int32(0)}
+  images = tiny['batch']['labelled']['views'][0]
+  got = jax.jit(method.eval_predictions)(model, {'queue': queue}, images)
+  predictions = model(images, train=False)[1]
+  want = knn.knn_pseudo_labels(predictions, queue['embeddings'], queue['labels'], k=3,
+                               num_classes=10)[0]
+  assert set(got) == {'pseudo_label'}
+  np.testing.assert_array_equal(got['pseudo_label'], want)
+
+
 def test_update_state_follows_the_cosine_momentum(tiny):
   method, params = tiny['method'], tiny['params']
   target = jax.tree.map(jnp.zeros_like, params)

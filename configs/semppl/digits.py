@@ -29,10 +29,10 @@ def get_config():
   c.optimizer.weight_decay = 5e-4
   c.semppl = config_dict.ConfigDict(dict(
       mlp_hidden_dim=256, embed_dim=64, mlp_layers=2,
-      temperature=0.1,
+      temperature=0.2,
       queue_size=512,             # 8 steps of 2 x 32 labelled projections.
       knn_k=10, knn_approximate=False,
-      num_semantic_positives=3, semantic_weight=1.0,
-      classifier_trains_backbone=False,
-      target_momentum=0.99))      # cosine schedule to 1.0 over num_steps
+      num_semantic_positives=8, semantic_weight=5.0,
+      classifier_trains_backbone=True,
+      target_momentum=0.95))      # cosine schedule to 1.0 over num_steps
   return c

@@ -23,9 +23,11 @@ global batch as negatives, against two kinds of positive:
   semantic      each of `num_semantic_positives` queue entries drawn uniformly among those of
                 image i's label (labelled images) or pseudo-label (unlabelled images).
 The loss is L_augm + `semantic_weight` * L_sempos (the paper's alpha), plus the cross-entropy
-of a linear classifier on stop-gradient backbone features of the labelled global views; the
-labels reach the representation only through the semantic positives, as in the paper.
-`predict` is that classifier.
+of a linear classifier on the backbone features of the labelled global views. `predict` is that
+classifier. Its features are stop-gradient, so the labels reach the representation only
+through the semantic positives, as in the paper (which evaluates by linear evaluation or
+fine-tuning), unless `classifier_trains_backbone` lets its gradient into the backbone too.
+`eval_predictions` gives the kNN pseudo-labels of eval images, to follow their test accuracy.
 
 Left out from the paper: ReLICv2's invariance penalty (the KL terms weighted by lambda) and its
 subsampling of 10 negatives per anchor; all images of the global batch are negatives here.
@@ -235,12 +237,10 @@ class SemPPL(base.Method):
     m = teacher_momentum(step, self.config.num_steps, self.hp.target_momentum)
     return {**state, 'target': ema(state['target'], params, m)}
 
-  def pseudo_labels(self, model, state, images):
-    """kNN pseudo-labels int32 [B] of normalised eval images [B, H, W, C] from the queue.
-
-    Hook for the trainer's evaluation, to follow the pseudo-labels' test accuracy.
-    """
-    return self._knn(model(images, train=False)[1], state['queue'])[0]
+  def eval_predictions(self, model, state, images):
+    """{'pseudo_label': int32 [B]}: the kNN pseudo-labels of normalised eval images
+    [B, H, W, C] from the queue, so that evaluation can report their test accuracy."""
+    return {'pseudo_label': self._knn(model(images, train=False)[1], state['queue'])[0]}
 
   def predict(self, model, images):
     return model.classify(model.backbone(images, train=False))

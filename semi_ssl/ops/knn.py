@@ -24,10 +24,15 @@ from semi_ssl.ops.sinkhorn import AxisName
 EMPTY = -1  # Label of an unused queue slot.
 
 
-def _top_k(scores: jax.Array, k: int, approximate: bool, recall_target: float):
-  """Largest k of each row of [N, m]: (values [N, k], indices [N, k]), descending."""
+def _top_k(scores: jax.Array, k: int, *, approximate: bool, recall_target: float,
+           total_keys: int):
+  """Largest k of each row of [N, m]: (values [N, k], indices [N, k]), descending.
+
+  `total_keys` (over all devices) sets the approximate search's recall for the whole queue.
+  """
   if approximate:
-    return jax.lax.approx_max_k(scores, k, recall_target=recall_target)
+    return jax.lax.approx_max_k(scores, k, recall_target=recall_target,
+                                reduction_input_size_override=total_keys)
   return jax.lax.top_k(scores, k)
 
 
@@ -41,8 +46,8 @@ def global_top_k(scores: jax.Array, payload, *, k: int, axis_name: AxisName | No
     payload: pytree of per-key arrays [m, ...] (labels, embeddings) to return with the keys.
     k: keys per query; at most m.
     axis_name: mesh axis the keys (and queries) are split over, inside `jax.shard_map`.
-    approximate: `jax.lax.approx_max_k` for the per-device top-k (fast on TPU, exact on CPU
-      and GPU); the merge of the devices' candidates is always exact.
+    approximate: `jax.lax.approx_max_k` for the per-device top-k (optimised on TPU only; on
+      CPU it returns the exact top-k); the merge of the devices' candidates is always exact.
     recall_target: of `approx_max_k`.
 
   Returns:
@@ -52,11 +57,12 @@ def global_top_k(scores: jax.Array, payload, *, k: int, axis_name: AxisName | No
   if k > scores.shape[1]:
     raise ValueError(f'global_top_k: k={k} is larger than the {scores.shape[1]} keys per '
                      'device; lower k or enlarge the queue.')
-  top, index = _top_k(scores, k, approximate, recall_target)
+  num_devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+  top, index = _top_k(scores, k, approximate=approximate, recall_target=recall_target,
+                      total_keys=num_devices * scores.shape[1])
   picked = jax.tree.map(lambda p: p[index], payload)  # [N, k, ...]
   if axis_name is None:
     return top, picked
-  num_devices = jax.lax.axis_size(axis_name)
 
   def to_owner(x):
     """[N, k, ...] candidates of this device -> [n, devices * k, ...] of every device."""

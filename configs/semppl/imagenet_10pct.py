@@ -1,0 +1,76 @@
+"""SemPPL on ImageNet with 10% of the labels (the SimCLR subset), ResNet-50, from scratch.
+
+python -m semi_ssl.main --config=configs/semppl/imagenet_10pct.py --workdir=DIR \
+    --config.data_dir=TFDS_DIR
+
+The SemPPL paper's text was not available to me here, so no value below is cited from its
+tables. Sources:
+  [B] BYOL's ImageNet config (github.com/deepmind/deepmind-research, byol/configs/byol.py, the
+      300-epoch presets), the code SemPPL's release (github.com/deepmind/semppl) builds on:
+      networks, optimiser, target EMA, length.
+  [R] the SemPPL hyperparameters of a public re-implementation
+      (github.com/JuergenThann/MAE-CT_SemPPL, contrastive_heads/semppl_head.py and
+      yamls/*/stage2_semppl/base16_imagenet10.yaml): 4 large 224-pixel + 2 small 96-pixel
+      views, k = 1, 3 semantic positives, alpha 0.2.
+Values marked "ours" are neither. The paper evaluates by linear evaluation and fine-tuning of
+the pretrained encoder; here `test_top1` is the online linear classifier on frozen features.
+"""
+from ml_collections import config_dict
+
+from semi_ssl import config_base
+
+_STEPS_PER_EPOCH = 1_281_167 // 4096
+
+
+def get_config():
+  c = config_base.get_base_config()
+  c.method = 'semppl'
+  c.dataset = 'imagenet2012'
+  c.label_fraction = 0.1
+  c.decode_size = 256
+  c.batch_size = 4096            # [B] batch 4096.
+  c.labelled_batch_size = 1024   # Ours.
+  c.num_steps = 300 * _STEPS_PER_EPOCH  # [B] 300 epochs.
+  c.log_every = 100
+  c.eval_every = 10 * _STEPS_PER_EPOCH
+  c.eval.batch_size = 1024
+  c.eval.crop_fraction = 0.875  # Resize 256, centre crop 224.
+  c.checkpoint_every = _STEPS_PER_EPOCH
+  c.model.backbone = 'resnet50'  # [B] ResNet50, width 1.
+  c.model.stem = 'imagenet'
+  c.model.dtype = 'bfloat16'
+  # [R] 4 x 224 and 2 x 96 crops of (0.08, 1) of the area. BYOL's augmentation: flip, jitter
+  # (0.4, 0.4, 0.2, 0.1) with p=0.8 (~ SimCLR strength 0.5), grayscale p=0.2, blur p=1.0 /
+  # 0.1 and solarize p=0 / 0.2 on the first / other large views.
+  c.augment.num_global_crops = 4
+  c.augment.global_size = 224
+  c.augment.global_scale = (0.08, 1.0)
+  c.augment.num_local_crops = 2
+  c.augment.local_size = 96
+  c.augment.local_scale = (0.08, 1.0)
+  c.augment.flip = True
+  c.augment.color_jitter = 0.5
+  c.augment.grayscale_prob = 0.2
+  c.augment.blur_prob = (1.0, 0.1)
+  c.augment.local_blur_prob = 0.5  # Ours.
+  c.augment.solarize_prob = (0.0, 0.2)
+  # [B] LARS (eta 1e-3, momentum 0.9), lr 0.3 x batch / 256 after 10 warm-up epochs, cosine
+  # to 0, weight decay 1e-6; biases and norms excluded.
+  c.optimizer.name = 'lars'
+  c.optimizer.learning_rate = 0.3 * c.batch_size / 256
+  c.optimizer.warmup_steps = 10 * _STEPS_PER_EPOCH
+  c.optimizer.momentum = 0.9
+  c.optimizer.trust_coefficient = 1e-3
+  c.optimizer.weight_decay = 1e-6
+  c.semppl = config_dict.ConfigDict(dict(
+      # [B] projector 4096 -> 256, predictor 4096 -> 256, each Linear-BN-ReLU-Linear.
+      mlp_hidden_dim=4096, embed_dim=256, mlp_layers=2,
+      temperature=0.2,  # Ours.
+      queue_size=65_536,  # Ours: 16 steps of 4 x 1024 labelled projections.
+      knn_k=1,  # [R] topk 1.
+      knn_approximate=False,  # True on TPU: approx_max_k per device (ours).
+      num_semantic_positives=3, semantic_weight=0.2,  # [R] num_semantic_positives 3, alpha 0.2.
+      # The paper trains its classifier on frozen features (linear evaluation).
+      classifier_trains_backbone=False,
+      target_momentum=0.99))  # [B] base_target_ema 0.99 (300 epochs), cosine to 1.
+  return c
