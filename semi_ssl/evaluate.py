@@ -41,10 +41,11 @@ def _padded_batches(num: int, batch_size: int):
 
 def evaluate(apply_fn: Callable, variables, splits, mesh: Mesh, *, preprocess: Callable,
              batch_size: int, knn_k: int, knn_temperature: float) -> dict[str, float]:
-  """test_top1, test_top5 (when there are more than 5 classes) and knn_top1, in [0, 1].
+  """test_top1, test_top5 (when there are more than 5 classes), knn_top1 and <name>_top1 for
+  every further prediction, in [0, 1].
 
-  `apply_fn(variables, images) -> (logits [B, C], features [B, D])` on preprocessed images;
-  `preprocess(uint8 images) -> float images`.
+  `apply_fn(variables, images) -> (logits [B, C], features [B, D], {name: int32 [B]})` on
+  preprocessed images; `preprocess(uint8 images) -> float images`.
   """
   num_classes = splits.num_classes
 
@@ -68,14 +69,16 @@ def evaluate(apply_fn: Callable, variables, splits, mesh: Mesh, *, preprocess: C
 
   @jax.jit
   def counts(variables, batch, bank_features, bank_labels, bank_valid):
-    logits, feats = embed(variables, batch['images'])
+    logits, feats, further = embed(variables, batch['images'])
     labels, valid = batch['labels'], batch['valid']
     top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
     knn = weighted_knn_predict(feats, bank_features, bank_labels, bank_valid, k=k,
                                temperature=knn_temperature, num_classes=num_classes)
     return {'test_top1': jnp.sum(valid & (top5[:, 0] == labels)),
             'test_top5': jnp.sum(valid & jnp.any(top5 == labels[:, None], axis=-1)),
-            'knn_top1': jnp.sum(valid & (knn == labels))}
+            'knn_top1': jnp.sum(valid & (knn == labels)),
+            **{f'{name}_top1': jnp.sum(valid & (predictions == labels))
+               for name, predictions in further.items()}}
 
   totals = run(splits.test_images, splits.test_labels,
                lambda b: counts(variables, b, bank_features, bank_labels, bank_valid))

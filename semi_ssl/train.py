@@ -253,10 +253,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def run_eval(state):
     def apply_fn(variables, images):
-      model = nnx.merge(graphdef, *variables)
-      return method.predict(model, images), method.features(model, images)
+      params, model_state, method_state = variables
+      model = nnx.merge(graphdef, params, model_state)
+      return (method.predict(model, images), method.features(model, images),
+              method.eval_predictions(model, method_state, images))
     return evaluate.evaluate(
-        apply_fn, (state.params, state.model_state), splits, mesh,
+        apply_fn, (state.params, state.model_state, state.method_state), splits, mesh,
         preprocess=lambda x: augment.eval_view(x, config.augment.global_size, splits.mean,
                                                splits.std, config.eval.crop_fraction),
         batch_size=config.eval.batch_size, knn_k=config.eval.knn_k,

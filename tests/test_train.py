@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from semi_ssl import checkpoint, config_base, main, parallel, train
+from semi_ssl import checkpoint, config_base, main, methods, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -218,3 +218,18 @@ def test_fsdp_splits_large_arrays_and_trains_like_data_parallelism(tmp_path):
   expected, got = _params(str(tmp_path / 'dp'), 2), _params(str(tmp_path / 'fsdp'), 2)
   for path in expected:
     np.testing.assert_allclose(got[path], expected[path], rtol=1e-4, atol=1e-5, err_msg=path)
+
+
+class _GuessesZero(methods.supervised.Supervised):
+  """The baseline with one further prediction: class 0 for every image."""
+
+  def eval_predictions(self, model, state, images):
+    return {'always_zero': jax.numpy.zeros(images.shape[0], jax.numpy.int32)}
+
+
+def test_further_eval_predictions_are_reported_as_top1(tmp_path, monkeypatch):
+  monkeypatch.setitem(methods.REGISTRY, 'guesses_zero', _GuessesZero)
+  results = train.train_and_evaluate(tiny_config(method='guesses_zero', num_steps=2),
+                                     str(tmp_path / 'run'))
+  test_labels = datasets.load(tiny_config()).test_labels
+  assert results['always_zero_top1'] == pytest.approx(np.mean(test_labels == 0))

@@ -77,6 +77,13 @@ class Method(abc.ABC):
   def features(self, model: nnx.Module, images: jax.Array) -> jax.Array:
     """Backbone features [B, D] of normalised eval images, for the kNN probe."""
 
+  def eval_predictions(self, model: nnx.Module, state: PyTree,
+                       images: jax.Array) -> dict[str, jax.Array]:
+    """Further class predictions {name: int32 [B]} of normalised eval images, each reported
+    as `<name>_top1` on the test set (e.g. SemPPL's kNN pseudo-labels)."""
+    del model, state, images
+    return {}
+
 
 def create_backbone(config: ml_collections.ConfigDict, data: DataInfo, rngs: nnx.Rngs) -> nnx.Module:
   """The ResNet named by `config.model`, for images of `data.image_shape`."""
