@@ -196,7 +196,9 @@ def copy_subtrees(params: nnx.State, source: dict[str, np.ndarray],
     if tuple(source[path].shape) != tuple(flat[path].shape):
       raise UserError(f"init_from: parameter '{path}' has shape {tuple(source[path].shape)} in the "
                        f'source checkpoint but {tuple(flat[path].shape)} here: the model configs differ.')
-    flat[path] = jax.numpy.asarray(source[path], dtype=flat[path].dtype)
+    target = flat[path]  # Copied in this run's dtype and sharding.
+    flat[path] = jax.device_put(np.asarray(source[path], dtype=target.dtype),
+                                getattr(target, 'sharding', None))
 
   def rebuild(tree, prefix=''):
     if isinstance(tree, dict):
