@@ -50,10 +50,10 @@ def channels(config: ml_collections.ConfigDict) -> int:
   return 1 if config.dataset == 'digits' else 3
 
 
-def test_suave_and_its_baseline_have_a_config_for_every_benchmark():
+def test_suave_semppl_and_the_baseline_have_a_config_for_every_benchmark():
   benchmarks = ('digits', 'cifar10', 'cifar100', 'imagenet_1pct', 'imagenet_10pct')
   expected = {f'configs/{method}/{benchmark}.py'
-              for method in ('suave', 'supervised') for benchmark in benchmarks}
+              for method in ('suave', 'semppl', 'supervised') for benchmark in benchmarks}
   assert expected <= set(CONFIGS)
 
 

@@ -39,6 +39,7 @@ def tiny_config(**semppl_overrides):
       mlp_hidden_dim=16, embed_dim=8, mlp_layers=2, temperature=0.1,
       queue_size=48,  # 6 entries per device; 16 enqueued per step, so it wraps at step 3.
       knn_k=3, knn_approximate=False, num_semantic_positives=2, semantic_weight=1.0,
+      semantic_warmup_steps=2,
       classifier_trains_backbone=False, target_momentum=0.9))
   c.semppl.update(semppl_overrides)
   return c
@@ -102,6 +103,20 @@ def test_target_gets_no_gradient_but_is_used(tiny):
   assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(target_grads))
   assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(online_grads['backbone']))
   assert abs(float(total(online, target)) - float(total(online, online))) > 1e-3
+
+
+def test_semantic_weight_warms_up_linearly(tiny):
+  method, graphdef, rest, batch = tiny['method'], tiny['graphdef'], tiny['rest'], tiny['batch']
+  state = {'target': tiny['params'], 'queue': semppl.init_queue(48, 8)}
+
+  @jax.jit
+  def weight(step):
+    model = nnx.merge(graphdef, tiny['params'], rest, copy=True)
+    return method.loss(model, state, batch, jax.random.PRNGKey(0), step)[1][1]['semantic_weight']
+
+  # semantic_weight 1.0 over semantic_warmup_steps 2: 1/3, 2/3, then 1.
+  np.testing.assert_allclose([weight(jnp.int32(s)) for s in range(4)], [1 / 3, 2 / 3, 1, 1],
+                             rtol=1e-6)
 
 
 def test_semantic_positives_share_the_label_or_the_pseudo_label(tiny):
@@ -180,10 +195,13 @@ def _saved_method_state(workdir, step):
   return ocp.StandardCheckpointer().restore(path)['method_state']
 
 
-def test_queue_across_steps_and_a_checkpoint_restore(tmp_path):
-  """4 steps of 16 labelled projections into 48 slots, the queue split over 8 devices; the
-  run resumed from its step-2 checkpoint ends with the same queue."""
+@pytest.mark.parametrize('model_axis', [1, 2])
+def test_queue_across_steps_and_a_checkpoint_restore(tmp_path, model_axis):
+  """4 steps of 16 labelled projections into 48 slots, the queue split over 8 devices (of a
+  (data, model) mesh of 8 x 1 or 4 x 2); the run resumed from its step-2 checkpoint ends with
+  the same queue."""
   config = tiny_config()
+  config.mesh.model = model_axis
   workdir = str(tmp_path / 'run')
   results = train.train_and_evaluate(config, workdir)
   assert results['method'] == 'semppl' and results['steps'] == 4

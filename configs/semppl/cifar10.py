@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
       queue_size=16_384,  # Ours: 32 steps of 4 x 128 labelled projections.
       knn_k=1, knn_approximate=False,  # [R] topk 1.
       num_semantic_positives=3, semantic_weight=0.2,  # [R] num_semantic_positives 3, alpha 0.2.
+      semantic_warmup_steps=0,  # Ours: alpha from the first step.
       # The paper trains its classifier on frozen features (linear evaluation).
       classifier_trains_backbone=False,
       target_momentum=0.99))  # [S] base_tau 0.99, final_tau 1.0 (cosine).

@@ -32,7 +32,7 @@ def get_config():
       temperature=0.2,
       queue_size=512,             # 8 steps of 2 x 32 labelled projections.
       knn_k=10, knn_approximate=False,
-      num_semantic_positives=8, semantic_weight=5.0,
+      num_semantic_positives=8, semantic_weight=5.0, semantic_warmup_steps=300,
       classifier_trains_backbone=True,
       target_momentum=0.95))      # cosine schedule to 1.0 over num_steps
   return c

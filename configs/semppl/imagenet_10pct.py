@@ -70,6 +70,7 @@ def get_config():
       knn_k=1,  # [R] topk 1.
       knn_approximate=False,  # True on TPU: approx_max_k per device (ours).
       num_semantic_positives=3, semantic_weight=0.2,  # [R] num_semantic_positives 3, alpha 0.2.
+      semantic_warmup_steps=0,  # Ours: alpha from the first step.
       # The paper trains its classifier on frozen features (linear evaluation).
       classifier_trains_backbone=False,
       target_momentum=0.99))  # [B] base_target_ema 0.99 (300 epochs), cosine to 1.

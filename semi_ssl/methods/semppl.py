@@ -13,8 +13,8 @@ labelled projections over the oldest entries, then reads the queue.
 
 Pseudo-labels. An unlabelled image's pseudo-label is the majority vote of the `knn_k` queue
 entries nearest (by cosine) to the mean of its global views' online predictions
-(`ops/knn.py`). The queue is split over the mesh's data axis for the vote, so the scores take
-O(batch x queue / devices) memory per device.
+(`ops/knn.py`). The queue is split over all devices of the mesh for the vote, so the scores
+take O(batch x queue / devices) memory per device.
 
 Loss. For every online view v and every other global view g, InfoNCE with temperature
 `temperature`, anchor h_i^v and the target projections t_j^g of the other images j of the
@@ -22,7 +22,9 @@ global batch as negatives, against two kinds of positive:
   augmentation  t_i^g, the same image's other view;
   semantic      each of `num_semantic_positives` queue entries drawn uniformly among those of
                 image i's label (labelled images) or pseudo-label (unlabelled images).
-The loss is L_augm + `semantic_weight` * L_sempos (the paper's alpha), plus the cross-entropy
+The loss is L_augm + `semantic_weight` * L_sempos (the paper's alpha; optionally ramped up
+linearly over the first `semantic_warmup_steps`, while the pseudo-labels are poor), plus the
+cross-entropy
 of a linear classifier on the backbone features of the labelled global views. `predict` is that
 classifier. Its features are stop-gradient, so the labels reach the representation only
 through the semantic positives, as in the paper (which evaluates by linear evaluation or
@@ -46,8 +48,6 @@ from semi_ssl.methods import base
 from semi_ssl.methods.daino import ema, teacher_momentum
 from semi_ssl.models import heads
 from semi_ssl.ops import knn, losses
-
-_DATA = P(parallel.DATA_AXIS)  # Split over the mesh's data axis.
 
 
 class SemPPLModel(nnx.Module):
@@ -121,39 +121,40 @@ def contrastive_losses(anchors: jax.Array, targets: jax.Array, positives: jax.Ar
   return augmentation, jnp.sum(semantic, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
 
 
-def _require(ok: bool, message: str) -> None:
-  if not ok:
-    raise ValueError(message)
-
-
 class SemPPL(base.Method):
   """See the module docstring; hyperparameters live in `config.semppl`."""
 
   def __init__(self, config, data):
     super().__init__(config, data)
     self.hp = hp = config.semppl
-    self.mesh = parallel.create_mesh()  # The trainer's mesh: every device on the data axis.
-    num_devices = self.mesh.size
+    # The trainer's mesh; the queue is split over all of its devices, as the batch is.
+    self.mesh = parallel.create_mesh(config.mesh.model)
+    self.split = parallel.batch_sharding(self.mesh).spec
+    num_devices, per_device = self.mesh.size, hp.queue_size // self.mesh.size
     aug = config.augment
-    _require(aug.num_global_crops + aug.num_local_crops >= 2,
-             'SemPPL contrasts views of one image: set config.augment.num_global_crops=2 '
-             'or add local crops.')
-    _require(hp.temperature > 0, f'config.semppl.temperature={hp.temperature} must be positive, '
-             'e.g. 0.1.')
-    _require(0.0 <= hp.target_momentum <= 1.0,
-             f'config.semppl.target_momentum={hp.target_momentum} must be in [0, 1].')
-    _require(hp.queue_size % num_devices == 0,
-             f'config.semppl.queue_size={hp.queue_size} is not divisible by the {num_devices} '
-             'devices it is split over: use a multiple of them.')
-    per_device = hp.queue_size // num_devices
-    for key in ('knn_k', 'num_semantic_positives'):
-      _require(1 <= hp[key] <= per_device,
-               f'config.semppl.{key}={hp[key]} must be in [1, {per_device}] (the queue entries per '
-               f'device: queue_size {hp.queue_size} / {num_devices} devices).')
     enqueued = aug.num_global_crops * config.labelled_batch_size
-    _require(enqueued <= hp.queue_size,
-             f'config.semppl.queue_size={hp.queue_size} is below the {enqueued} labelled '
-             'projections enqueued per step (global crops x labelled_batch_size): enlarge it.')
+    checks = [
+        (aug.num_global_crops + aug.num_local_crops >= 2,
+         'SemPPL contrasts views of one image: set config.augment.num_global_crops=2 or add '
+         'local crops.'),
+        (hp.temperature > 0,
+         f'config.semppl.temperature={hp.temperature} must be positive, e.g. 0.1.'),
+        (0.0 <= hp.target_momentum <= 1.0,
+         f'config.semppl.target_momentum={hp.target_momentum} must be in [0, 1].'),
+        (hp.queue_size % num_devices == 0,
+         f'config.semppl.queue_size={hp.queue_size} is not divisible by the {num_devices} '
+         'devices it is split over: use a multiple of them.'),
+        *[(1 <= hp[key] <= per_device,
+           f'config.semppl.{key}={hp[key]} must be in [1, {per_device}] (the queue entries per '
+           f'device: queue_size {hp.queue_size} / {num_devices} devices).')
+          for key in ('knn_k', 'num_semantic_positives')],
+        (enqueued <= hp.queue_size,
+         f'config.semppl.queue_size={hp.queue_size} is below the {enqueued} labelled '
+         'projections enqueued per step (global crops x labelled_batch_size): enlarge it.'),
+    ]
+    for ok, message in checks:
+      if not ok:
+        raise ValueError(message)
 
   def create_model(self, rngs):
     return SemPPLModel(base.create_backbone(self.config, self.data, rngs),
@@ -188,14 +189,18 @@ class SemPPL(base.Method):
     loss_classifier = jnp.mean(jnp.stack([
         losses.cross_entropy(l, losses.one_hot_targets(labels, self.data.num_classes))
         for l in logits]))
+    # Linear from ~0 to `semantic_weight` over the first `semantic_warmup_steps` steps.
+    semantic_weight = hp.semantic_weight * jnp.minimum(
+        1.0, (step + 1) / (hp.semantic_warmup_steps + 1))
     metrics = {'loss_augmentation': loss_augm, 'loss_semantic': loss_sempos,
                'loss_classifier': loss_classifier,
                'train_top1': losses.accuracy(logits[0], labels),
                # Share of the k neighbours that voted for the pseudo-label.
                'pseudo_label_agreement': jnp.mean(jnp.max(votes, axis=-1)) / hp.knn_k,
                'semantic_positives_found': jnp.mean(valid),
-               'queue_fill': jnp.mean(queue['labels'] != knn.EMPTY)}
-    loss = loss_augm + hp.semantic_weight * loss_sempos + loss_classifier
+               'queue_fill': jnp.mean(queue['labels'] != knn.EMPTY),
+               'semantic_weight': semantic_weight}
+    loss = loss_augm + semantic_weight * loss_sempos + loss_classifier
     return loss, ({**state, 'queue': queue}, metrics)
 
   def _target_projections(self, model, target, views):
@@ -216,22 +221,23 @@ class SemPPL(base.Method):
 
   def _knn(self, queries, queue):
     """(labels int32 [N], votes int32 [N, C]) of queries [N, D] from the queue, split over
-    the data axis."""
+    the devices."""
     vote = functools.partial(knn.knn_pseudo_labels, k=self.hp.knn_k,
-                             num_classes=self.data.num_classes, axis_name=parallel.DATA_AXIS,
+                             num_classes=self.data.num_classes, axis_name=self.mesh.axis_names,
                              approximate=self.hp.knn_approximate)
-    return self._per_device(vote, (_DATA,) * 3)(queries, queue['embeddings'], queue['labels'])
+    return self._per_device(vote, (self.split,) * 3)(queries, queue['embeddings'],
+                                                      queue['labels'])
 
   def _sample(self, key, labels, queue):
     """Semantic positives [N, S, D] of each label [N] from the queue, and their validity."""
     sample = functools.partial(knn.sample_same_label, num_samples=self.hp.num_semantic_positives,
-                               axis_name=parallel.DATA_AXIS)
-    return self._per_device(sample, (P(), _DATA, _DATA, _DATA))(
+                               axis_name=self.mesh.axis_names)
+    return self._per_device(sample, (P(),) + (self.split,) * 3)(
         key, labels, queue['embeddings'], queue['labels'])
 
   def _per_device(self, fn, in_specs):
-    """`fn` run per device over the mesh, its outputs split on the data axis."""
-    return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=_DATA)
+    """`fn` run per device over the mesh, its outputs split over all devices."""
+    return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=self.split)
 
   def update_state(self, params, state, step):
     m = teacher_momentum(step, self.config.num_steps, self.hp.target_momentum)

@@ -45,14 +45,16 @@ def global_top_k(scores: jax.Array, payload, *, k: int, axis_name: AxisName | No
       device order) against this device's m keys; -inf marks a key that must not be chosen.
     payload: pytree of per-key arrays [m, ...] (labels, embeddings) to return with the keys.
     k: keys per query; at most m.
-    axis_name: mesh axis the keys (and queries) are split over, inside `jax.shard_map`.
+    axis_name: mesh axis (or axes) the keys and queries are split over, inside
+      `jax.shard_map`.
     approximate: `jax.lax.approx_max_k` for the per-device top-k (optimised on TPU only; on
       CPU it returns the exact top-k); the merge of the devices' candidates is always exact.
     recall_target: of `approx_max_k`.
 
   Returns:
     (top scores [n, k] descending, payload pytree [n, k, ...]) for this device's queries:
-    rows N / devices * i ... of `scores` on device i; n = N without `axis_name`.
+    rows [i * n, (i + 1) * n) of `scores` on device i, n = N / devices (n = N without
+    `axis_name`).
   """
   if k > scores.shape[1]:
     raise ValueError(f'global_top_k: k={k} is larger than the {scores.shape[1]} keys per '
