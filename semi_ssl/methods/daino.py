@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from semi_ssl.methods import base
-from semi_ssl.methods.suave import (SuaveModel, class_targets, combine, labelled_loss, mixup,
+from semi_ssl.methods.suave import (SuaveModel, combine, labelled_loss, student_scores,
                                     swapped_assignment_loss)
 from semi_ssl.ops import losses
 
@@ -105,17 +105,12 @@ class Daino(base.Method):
   def loss(self, model, state, batch, key, step):
     hp = self.hp
     labels = batch['labelled']['labels']
-    targets = class_targets(labels, self.data.num_classes, self.num_prototypes,
-                            hp.label_smoothing)
-    labelled_views = batch['labelled']['views']
-    if hp.mixup_alpha:
-      labelled_views, targets = mixup(key, labelled_views, targets, hp.mixup_alpha)
+    targets, scores = student_scores(
+        model, batch, key, num_classes=self.data.num_classes,
+        num_prototypes=self.num_prototypes, label_smoothing=hp.label_smoothing,
+        mixup_alpha=hp.mixup_alpha)
     unlabelled_views = batch['unlabelled']['views']
     num_labelled = labels.shape[0]
-    # Labelled and unlabelled crops of one view go through the student together, so
-    # BatchNorm sees the whole batch.
-    scores = [model(jnp.concatenate([l, u]), train=True)
-              for l, u in zip(labelled_views, unlabelled_views)]
     teacher_scores = self._teacher_scores(
         model, state['teacher'], unlabelled_views[:self.config.augment.num_global_crops])
     temperature = teacher_temperature(

@@ -81,6 +81,24 @@ def mixup(key: jax.Array, views: list[jax.Array], targets: jax.Array, alpha: flo
   return [mix(v) for v in views], mix(targets)
 
 
+def student_scores(model, batch: dict, key: jax.Array, *, num_classes: int, num_prototypes: int,
+                   label_smoothing: float, mixup_alpha: float):
+  """(targets [B_l, K] of the labelled images, scores V x [B_l + B_u, K] of every view).
+
+  Targets are the smoothed one-hot labels, mixed up with the labelled views when
+  `mixup_alpha` > 0. The labelled and unlabelled crops of one view go through the network
+  together, so BatchNorm sees the whole batch; labelled rows come first.
+  """
+  targets = class_targets(batch['labelled']['labels'], num_classes, num_prototypes,
+                          label_smoothing)
+  labelled_views = batch['labelled']['views']
+  if mixup_alpha:
+    labelled_views, targets = mixup(key, labelled_views, targets, mixup_alpha)
+  scores = [model(jnp.concatenate([l, u]), train=True)
+            for l, u in zip(labelled_views, batch['unlabelled']['views'])]
+  return targets, scores
+
+
 class Suave(base.Method):
   """See the module docstring; hyperparameters live in `config.suave`."""
 
@@ -110,17 +128,12 @@ class Suave(base.Method):
   def loss(self, model, state, batch, key, step):
     hp = self.hp
     labels = batch['labelled']['labels']
-    targets = class_targets(labels, self.data.num_classes, self.num_prototypes,
-                            hp.label_smoothing)
-    labelled_views = batch['labelled']['views']
-    if hp.mixup_alpha:
-      labelled_views, targets = mixup(key, labelled_views, targets, hp.mixup_alpha)
+    targets, scores = student_scores(
+        model, batch, key, num_classes=self.data.num_classes,
+        num_prototypes=self.num_prototypes, label_smoothing=hp.label_smoothing,
+        mixup_alpha=hp.mixup_alpha)
     unlabelled_views = batch['unlabelled']['views']
     num_labelled = labels.shape[0]
-    # Labelled and unlabelled crops of one view go through the network together, so
-    # BatchNorm sees the whole batch.
-    scores = [model(jnp.concatenate([l, u]), train=True)
-              for l, u in zip(labelled_views, unlabelled_views)]
     num_global = self.config.augment.num_global_crops
     teacher_embeds = self._teacher_embeddings(model, state, unlabelled_views[:num_global])
     assignments, state = self._assign(model, state, teacher_embeds)
