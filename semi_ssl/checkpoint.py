@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from semi_ssl.errors import UserError
+from semi_ssl.errors import CheckpointWriteError, UserError
 
 CHECKPOINT_DIR = 'checkpoints'
 
@@ -59,7 +59,7 @@ class Checkpointer:
       reason = _os_error_reason(error)
       if reason is None:
         raise
-      raise UserError(
+      raise CheckpointWriteError(
           f'Could not write a checkpoint to {self.directory}: {reason}. Free '
           'space or make it writable (or choose another --workdir), then run the same command '
           'again: it resumes from the last complete checkpoint '

@@ -5,5 +5,9 @@ class UserError(ValueError):
   """Bad input or environment (checkpoint, disk, data, divergence); the message names the fix."""
 
 
+class CheckpointWriteError(UserError):
+  """A checkpoint could not be written (full or read-only disk); earlier checkpoints are intact."""
+
+
 class Preempted(Exception):
   """Not a failure: a preemption notice arrived, a checkpoint was saved and the run stopped."""

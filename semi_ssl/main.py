@@ -146,6 +146,11 @@ def main(argv):
     logging.warning('%s', notice)
     print(notice, flush=True)
     sys.exit(0)
+  except errors.CheckpointWriteError as error:
+    # The failed save's other background writes are still running and would print their own
+    # tracebacks during interpreter shutdown, after this line; everything else is closed.
+    print(f'Error: {error}', file=sys.stderr, flush=True)
+    os._exit(1)  # pylint: disable=protected-access
   except errors.UserError as error:
     sys.exit(f'Error: {error}')
   if jax.process_index() == 0:
