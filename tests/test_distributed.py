@@ -14,7 +14,7 @@ from semi_ssl.data import datasets, pipeline
 from semi_ssl.ops import knn, sinkhorn
 from test_reliability import _saved_state
 from distributed_worker import knn_inputs
-from test_train import REPO, tiny_config
+from test_train import REPO, _cpu_env, tiny_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -25,14 +25,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _env(devices_per_process: int) -> dict:
-  return dict(os.environ, JAX_PLATFORMS='cpu',
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
-
-
 def _run_group(commands, devices_per_process=1, timeout=400):
   """Runs one command per process, all at once; fails with the stderr of a failed one."""
-  processes = [subprocess.Popen(c, cwd=REPO, env=_env(devices_per_process), text=True,
+  processes = [subprocess.Popen(c, cwd=REPO, env=_cpu_env(devices_per_process), text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in commands]
   outputs = [p.communicate(timeout=timeout) for p in processes]
   for p, (_, err) in zip(processes, outputs):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
+import conftest
 from semi_ssl import checkpoint, config_base, main, methods, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 
@@ -142,9 +143,10 @@ def test_two_stage_config_with_init_from_and_skip_of_finished_stage(tmp_path):
   assert results.stat().st_mtime_ns == mtime
 
 
-def _cpu_env():
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
-  return env
+def _cpu_env(num_devices=1):
+  """The environment of a subprocess on `num_devices` CPU devices, compiling as the tests do."""
+  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
+      f'--xla_force_host_platform_device_count={num_devices} {conftest.FAST_COMPILE}'))
 
 
 @pytest.mark.parametrize('override, message', [
