@@ -3,8 +3,10 @@
 One code path serves 1 CPU, 8 GPUs and a TPU pod. The mesh is ('data', 'model'): the batch
 axis of every input is split over all of its devices; with a `model` axis of 1 (the default)
 the train state is replicated, with more (FSDP) each large array of the state is split along
-it, so a device holds 1/model of the parameters and optimiser state. Collectives come from
-jit (GSPMD). Several processes (TPU pod hosts, SLURM tasks) join through `jax.distributed`.
+it, so a device holds 1/model of the parameters and optimiser state. A method may place its
+own state otherwise (`Method.state_sharding`, e.g. SemPPL's queue split over all devices).
+Collectives come from jit (GSPMD). Several processes (TPU pod hosts, SLURM tasks) join
+through `jax.distributed`.
 """
 from __future__ import annotations
 

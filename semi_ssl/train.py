@@ -3,7 +3,8 @@
     train_and_evaluate(config, workdir) -> results dict (also WORKDIR/results.json)
 
 The step is `(TrainState, batch) -> (TrainState, metrics)`, jitted once with the batch split
-over the mesh's data axis and the state replicated; augmentation runs inside it, on device,
+over the mesh's data axis and the state as `state_sharding` places it (replicated unless FSDP
+or the method splits it); augmentation runs inside it, on device,
 from a key derived from (seed, step), so a resumed run sees exactly the batches it would have.
 
 A step whose loss or gradients are not finite changes nothing but the step counter; the run
@@ -27,6 +28,7 @@ import optax
 from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from semi_ssl import checkpoint, evaluate, methods, metric_writer, parallel
 from semi_ssl.errors import Preempted, UserError
@@ -72,9 +74,19 @@ def create_optimizer(config: ml_collections.ConfigDict, num_steps: int):
   return tx, schedule
 
 
-def create_method(config: ml_collections.ConfigDict, splits: datasets.DatasetSplits) -> base.Method:
+def create_method(config: ml_collections.ConfigDict, splits: datasets.DatasetSplits,
+                  mesh: Mesh) -> base.Method:
+  """The method of `config.method` on the run's mesh."""
   return methods.REGISTRY[config.method](
-      config, base.DataInfo(num_classes=splits.num_classes, image_shape=splits.image_shape))
+      config, base.DataInfo(num_classes=splits.num_classes, image_shape=splits.image_shape),
+      mesh)
+
+
+def state_sharding(method: base.Method, abstract_state: TrainState) -> TrainState:
+  """NamedShardings on the method's mesh shaped like `abstract_state`: the generic rule
+  (`parallel.state_sharding`), and the method's own for its method state."""
+  return parallel.state_sharding(abstract_state, method.mesh).replace(
+      method_state=method.state_sharding(abstract_state.method_state))
 
 
 def state_initializer(method: base.Method, tx, seed: int):
@@ -217,12 +229,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  method = create_method(config, splits)
+  method = create_method(config, splits, mesh)
   tx, schedule = create_optimizer(config, config.num_steps)
   replicated = parallel.replicated(mesh)
   graphdef, init = state_initializer(method, tx, config.seed)
   abstract = jax.eval_shape(init)
-  sharding = parallel.state_sharding(abstract, mesh)
+  sharding = state_sharding(method, abstract)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           abstract, sharding)
 

@@ -14,7 +14,7 @@ import ml_collections
 from ml_collections import config_flags
 import pytest
 
-from semi_ssl import config_base, main, methods, train
+from semi_ssl import config_base, main, methods, parallel, train
 from semi_ssl.data import augment
 from semi_ssl.methods import base
 import tfds_mock
@@ -164,7 +164,7 @@ def test_overrides_reach_the_stages(path):
 def _param_shapes(stage: ml_collections.ConfigDict) -> dict[tuple[str, ...], tuple[int, ...]]:
   """{parameter path: shape} of the stage's model on ImageNet, built abstractly (no compile)."""
   data = base.DataInfo(num_classes=1000, image_shape=(stage.decode_size, stage.decode_size, 3))
-  method = methods.REGISTRY[stage.method](stage, data)
+  method = methods.REGISTRY[stage.method](stage, data, parallel.create_mesh())
   params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0))),
                                       nnx.Param))
   return {tuple(str(k.key) for k in path): leaf.shape

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 from ml_collections import config_dict
 
-from semi_ssl import config_base, methods, metric_writer, train
+from semi_ssl import config_base, methods, metric_writer, parallel, train
 from semi_ssl.methods import base, daino
 
 DIGITS = base.DataInfo(num_classes=10, image_shape=(8, 8, 1))
@@ -50,7 +50,7 @@ def random_batch(seed, num_labelled=4, num_unlabelled=6):
 def tiny():
   """The tiny Daino on digits: method, student params, a different teacher, jitted loss."""
   config = tiny_config()
-  method = daino.Daino(config, DIGITS)
+  method = daino.Daino(config, DIGITS, parallel.create_mesh())
   graphdef, params, rest = nnx.split(method.create_model(nnx.Rngs(0)), nnx.Param, ...)
   teacher = nnx.split(method.create_model(nnx.Rngs(1)), nnx.Param, ...)[1]
 
@@ -160,7 +160,8 @@ def hand_made():
   """Daino's loss of (student params, teacher params) on the hand-made example."""
   config = tiny_config(num_prototypes=3, student_temperature=0.5, teacher_temperature=0.2,
                        teacher_temperature_warmup_steps=0, label_smoothing=0.1)
-  method = daino.Daino(config, base.DataInfo(num_classes=2, image_shape=(8, 8, 1)))
+  method = daino.Daino(config, base.DataInfo(num_classes=2, image_shape=(8, 8, 1)),
+                       parallel.create_mesh())
   graphdef, _ = nnx.split(LinearScores(STUDENT_W), nnx.Param)
   as_images = lambda vs: [jnp.asarray(v, jnp.float32).reshape(len(v), 1, 1, 3) for v in vs]
   batch = {'labelled': {'views': as_images(LABELLED), 'labels': jnp.array([1])},
@@ -218,14 +219,14 @@ def test_teacher_gets_no_gradient_but_is_used():
 ])
 def test_bad_hyperparameters_name_the_key(overrides, message):
   with pytest.raises(ValueError, match=message):
-    daino.Daino(tiny_config(**overrides), DIGITS)
+    daino.Daino(tiny_config(**overrides), DIGITS, parallel.create_mesh())
 
 
 def test_one_view_is_refused():
   config = tiny_config()
   config.augment.num_global_crops, config.augment.num_local_crops = 1, 0
   with pytest.raises(ValueError, match='num_global_crops=2'):
-    daino.Daino(config, DIGITS)
+    daino.Daino(config, DIGITS, parallel.create_mesh())
 
 
 def test_three_step_run_on_digits(tmp_path, monkeypatch):

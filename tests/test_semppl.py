@@ -1,6 +1,7 @@
-"""SemPPL: the queue (FIFO, wrap-around, across steps and a checkpoint restore), the InfoNCE
-terms against numpy, semantic positives share the (pseudo-)label, no gradient into the EMA
-target, config checks, and a short run on digits split over the 8 virtual devices."""
+"""SemPPL: the queue (FIFO, wrap-around, rows split over the devices in the train state,
+across steps and a checkpoint restore), the InfoNCE terms against numpy, semantic positives
+share the (pseudo-)label, no gradient into the EMA target, config checks, and a short run on
+digits split over the 8 virtual devices."""
 import math
 import os
 
@@ -12,7 +13,7 @@ import pytest
 from flax import nnx
 from ml_collections import config_dict
 
-from semi_ssl import checkpoint, config_base, train
+from semi_ssl import checkpoint, config_base, parallel, train
 from semi_ssl.data import datasets, pipeline
 from semi_ssl.methods import base, semppl
 from semi_ssl.ops import knn
@@ -77,7 +78,7 @@ def test_contrastive_losses_match_numpy():
 @pytest.fixture(scope='module')
 def tiny():
   """The tiny SemPPL on digits: method, graphdef, parameters, rest and a random batch."""
-  method = semppl.SemPPL(tiny_config(), DIGITS)
+  method = semppl.SemPPL(tiny_config(), DIGITS, parallel.create_mesh())
   graphdef, params, rest = nnx.split(method.create_model(nnx.Rngs(0)), nnx.Param, ...)
   keys = jax.random.split(jax.random.PRNGKey(1), 7)
   views = lambda ks: [jax.random.normal(k, (8, s, s, 1)) for k, s in zip(ks, (8, 8, 6))]
@@ -187,7 +188,23 @@ def test_update_state_follows_the_cosine_momentum(tiny):
 ])
 def test_bad_hyperparameters_name_the_key(overrides, message):
   with pytest.raises(ValueError, match=message):
-    semppl.SemPPL(tiny_config(**overrides), DIGITS)
+    semppl.SemPPL(tiny_config(**overrides), DIGITS, parallel.create_mesh())
+
+
+def test_queue_rows_are_split_over_the_devices_in_the_train_state():
+  """Where the trainer stores (and steps, saves and restores) the state: each of the 8
+  devices holds 48 / 8 = 6 queue rows, the rest of the state is replicated."""
+  config = tiny_config()
+  method = train.create_method(config, datasets.load(config), parallel.create_mesh())
+  init = train.state_initializer(method, train.create_optimizer(config, 1)[0], seed=0)[1]
+  sharding = train.state_sharding(method, jax.eval_shape(init))
+  state = jax.jit(init, out_shardings=sharding)()
+  queue = state.method_state['queue']
+  for rows in (queue['embeddings'], queue['labels']):
+    assert sorted(s.index[0].start for s in rows.addressable_shards) == list(range(0, 48, 6))
+    assert {s.data.shape[0] for s in rows.addressable_shards} == {6}
+  assert queue['position'].sharding.is_fully_replicated
+  assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(state.params))
 
 
 def _saved_method_state(workdir, step):

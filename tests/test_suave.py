@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from semi_ssl import config_base, train
+from semi_ssl import config_base, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base, suave
 from semi_ssl.ops import sinkhorn
@@ -61,7 +61,8 @@ def digits():
 
 
 def _setup(config, splits):
-  method = suave.Suave(config, base.DataInfo(splits.num_classes, splits.image_shape))
+  method = suave.Suave(config, base.DataInfo(splits.num_classes, splits.image_shape),
+                       parallel.create_mesh())
   tx, schedule = train.create_optimizer(config, config.num_steps)
   graphdef, state = train.init_state(method, tx, 0)
   aug = augment.augment_config_from(config, splits.mean, splits.std, splits.image_shape)

@@ -37,7 +37,7 @@ def step_on(devices, config, batch_np):
   """(loss, params) after one train step with the batch sharded over `devices`."""
   mesh = Mesh(np.asarray(devices), (parallel.DATA_AXIS,))
   splits = datasets.load(config)
-  method = train.create_method(config, splits)
+  method = train.create_method(config, splits, mesh)
   tx, schedule = train.create_optimizer(config, config.num_steps)
   graphdef, state = train.init_state(method, tx, config.seed)
   state = jax.device_put(state, parallel.replicated(mesh))
@@ -92,7 +92,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
 def test_copy_subtrees_replaces_only_the_named_paths():
   config = tiny_config()
   splits = datasets.load(config)
-  method = train.create_method(config, splits)
+  method = train.create_method(config, splits, parallel.create_mesh())
   tx, _ = train.create_optimizer(config, 4)
   _, target = train.init_state(method, tx, seed=0)
   _, source = train.init_state(method, tx, seed=1)
@@ -108,7 +108,7 @@ def test_copy_subtrees_replaces_only_the_named_paths():
 def test_copy_subtrees_names_the_first_mismatch():
   config = tiny_config()
   splits = datasets.load(config)
-  method = train.create_method(config, splits)
+  method = train.create_method(config, splits, parallel.create_mesh())
   tx, _ = train.create_optimizer(config, 4)
   _, state = train.init_state(method, tx, seed=0)
   source = checkpoint._flatten(jax.device_get(state.params))

@@ -2,7 +2,8 @@
 
 The trainer owns everything that is the same for all methods: data, multi-crop views, the
 mesh, the optimiser, checkpoints, evaluation and logging. A method owns its model, its loss
-and any state that is not trained by gradients (EMA teachers, queues).
+and any state that is not trained by gradients (EMA teachers, queues). The trainer creates
+the run's one mesh and hands it to the method's constructor; a method never creates one.
 
 `batch` as a method sees it (global arrays, batch axis sharded over the mesh's data axis):
 
@@ -21,6 +22,9 @@ from typing import Any
 import jax
 import ml_collections
 from flax import nnx
+from jax.sharding import Mesh
+
+from semi_ssl import parallel
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
@@ -38,9 +42,10 @@ class Method(abc.ABC):
 
   uses_unlabelled: bool = True
 
-  def __init__(self, config: ml_collections.ConfigDict, data: DataInfo):
+  def __init__(self, config: ml_collections.ConfigDict, data: DataInfo, mesh: Mesh):
     self.config = config
     self.data = data
+    self.mesh = mesh  # The trainer's: the batch is split over it, the train state stored on it.
 
   @abc.abstractmethod
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
@@ -50,6 +55,15 @@ class Method(abc.ABC):
     """State outside the gradient (EMA teachers, queues), from the initial parameters."""
     del params
     return {}
+
+  def state_sharding(self, abstract_state: PyTree) -> PyTree:
+    """NamedShardings on `self.mesh` shaped like `abstract_state` (the method state as
+    ShapeDtypeStructs), where the trainer stores, checkpoints and restores it.
+
+    Default: the trainer's rule for the whole train state (`parallel.state_sharding`).
+    Override to split e.g. a queue's rows over the devices.
+    """
+    return parallel.state_sharding(abstract_state, self.mesh)
 
   @abc.abstractmethod
   def loss(self, model: nnx.Module, state: PyTree, batch: dict, key: jax.Array,

@@ -73,8 +73,8 @@ def _require(ok: bool, message: str) -> None:
 class Daino(base.Method):
   """See the module docstring; hyperparameters live in `config.daino`."""
 
-  def __init__(self, config, data):
-    super().__init__(config, data)
+  def __init__(self, config, data, mesh):
+    super().__init__(config, data, mesh)
     self.hp = hp = config.daino
     self.num_prototypes = hp.num_prototypes or data.num_classes
     _require(self.num_prototypes >= data.num_classes,

@@ -13,8 +13,9 @@ labelled projections over the oldest entries, then reads the queue.
 
 Pseudo-labels. An unlabelled image's pseudo-label is the majority vote of the `knn_k` queue
 entries nearest (by cosine) to the mean of its global views' online predictions
-(`ops/knn.py`). The queue is split over all devices of the mesh for the vote, so the scores
-take O(batch x queue / devices) memory per device.
+(`ops/knn.py`). The queue's rows are stored split over all devices of the mesh (the data
+axis, and the model axis if any), so a device holds queue / devices of them and its scores
+take O(batch x queue / devices) memory.
 
 Loss. For every online view v and every other global view g, InfoNCE with temperature
 `temperature`, anchor h_i^v and the target projections t_j^g of the other images j of the
@@ -124,13 +125,12 @@ def contrastive_losses(anchors: jax.Array, targets: jax.Array, positives: jax.Ar
 class SemPPL(base.Method):
   """See the module docstring; hyperparameters live in `config.semppl`."""
 
-  def __init__(self, config, data):
-    super().__init__(config, data)
+  def __init__(self, config, data, mesh):
+    super().__init__(config, data, mesh)
     self.hp = hp = config.semppl
-    # The trainer's mesh; the queue is split over all of its devices, as the batch is.
-    self.mesh = parallel.create_mesh(config.mesh.model)
-    self.split = parallel.batch_sharding(self.mesh).spec
-    num_devices, per_device = self.mesh.size, hp.queue_size // self.mesh.size
+    # The queue's rows are split over all devices of the mesh, as the batch is.
+    self.split = parallel.batch_sharding(mesh).spec
+    num_devices, per_device = mesh.size, hp.queue_size // mesh.size
     aug = config.augment
     enqueued = aug.num_global_crops * config.labelled_batch_size
     checks = [
@@ -164,6 +164,13 @@ class SemPPL(base.Method):
   def init_state(self, params):
     return {'target': jax.tree.map(jnp.copy, params),
             'queue': init_queue(self.hp.queue_size, self.hp.embed_dim)}
+
+  def state_sharding(self, abstract_state):
+    """The trainer's rule, but the queue's rows [Q] are split over all devices, as the kNN
+    vote reads them: each device stores Q / devices embeddings and labels."""
+    sharding = super().state_sharding(abstract_state)
+    rows = parallel.batch_sharding(self.mesh)
+    return {**sharding, 'queue': {**sharding['queue'], 'embeddings': rows, 'labels': rows}}
 
   def loss(self, model, state, batch, key, step):
     hp = self.hp

@@ -102,8 +102,8 @@ def student_scores(model, batch: dict, key: jax.Array, *, num_classes: int, num_
 class Suave(base.Method):
   """See the module docstring; hyperparameters live in `config.suave`."""
 
-  def __init__(self, config, data):
-    super().__init__(config, data)
+  def __init__(self, config, data, mesh):
+    super().__init__(config, data, mesh)
     self.hp = config.suave
     self.num_prototypes = self.hp.num_prototypes or data.num_classes
     if self.num_prototypes < data.num_classes:
