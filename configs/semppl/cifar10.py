@@ -3,8 +3,9 @@
 python -m semi_ssl.main --config=configs/semppl/cifar10.py --workdir=/tmp/semppl_cifar10 \
     [--config.labels_per_class=4|25|400]
 
-The SemPPL paper reports ImageNet only, and its text was not available to me here, so no value
-below is cited from its tables. Sources:
+No value below is cited from SemPPL's own sources: the paper's semi-supervised results (its
+abstract) are ImageNet's, its text past the abstract could not be read here, and the official
+release (github.com/google-deepmind/semppl) is ImageNet linear-evaluation code only. Sources:
   [S] solo-learn's BYOL recipe for CIFAR (github.com/vturrisi/solo-learn,
       scripts/pretrain/cifar/byol.yaml and augmentations/asymmetric.yaml): SemPPL's networks
       (online projector + predictor, EMA target) are BYOL's.

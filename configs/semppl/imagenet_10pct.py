@@ -3,8 +3,13 @@
 python -m semi_ssl.main --config=configs/semppl/imagenet_10pct.py --workdir=DIR \
     --config.data_dir=TFDS_DIR
 
-The SemPPL paper's text was not available to me here, so no value below is cited from its
-tables. Sources:
+No value below is cited from the SemPPL paper's tables: of its text (ICLR 2023, arXiv
+2301.05158) only the abstract and a few quoted lines could be read here, which give ResNet-50
+and the 1% / 10% ImageNet splits of Chen et al. 2020a (SimCLR). Sources:
+  [O] the official release (github.com/google-deepmind/semppl, formerly deepmind/semppl):
+      linear-evaluation code only, built on BYOL's; no pretraining config. It gives the
+      augmentations (utils/augmentations.py), crops (utils/dataset.py), head shape
+      (utils/networks.py), LARS (utils/optimizers.py) and schedules (utils/schedules.py).
   [B] BYOL's ImageNet config (github.com/deepmind/deepmind-research, byol/configs/byol.py, the
       300-epoch presets), the code SemPPL's release (github.com/deepmind/semppl) builds on:
       networks, optimiser, target EMA, length.
@@ -12,8 +17,9 @@ tables. Sources:
       (github.com/JuergenThann/MAE-CT_SemPPL, contrastive_heads/semppl_head.py and
       yamls/*/stage2_semppl/base16_imagenet10.yaml): 4 large 224-pixel + 2 small 96-pixel
       views, k = 1, 3 semantic positives, alpha 0.2.
-Values marked "ours" are neither. The paper evaluates by linear evaluation and fine-tuning of
-the pretrained encoder; here `test_top1` is the online linear classifier on frozen features.
+Values marked "ours" are from none of these. The paper evaluates by linear evaluation and
+fine-tuning of the pretrained encoder; here `test_top1` is the online linear classifier on
+frozen features.
 """
 from ml_collections import config_dict
 
@@ -34,14 +40,15 @@ def get_config():
   c.log_every = 100
   c.eval_every = 10 * _STEPS_PER_EPOCH
   c.eval.batch_size = 1024
-  c.eval.crop_fraction = 0.875  # Resize 256, centre crop 224.
+  c.eval.crop_fraction = 0.875  # [O] dataset.py: centre crop 224 / (224 + 32) of the short side.
   c.checkpoint_every = _STEPS_PER_EPOCH
-  c.model.backbone = 'resnet50'  # [B] ResNet50, width 1.
+  c.model.backbone = 'resnet50'  # Paper (abstract); [O] configs/eval.py: ResNet50, width 1.
   c.model.stem = 'imagenet'
   c.model.dtype = 'bfloat16'
-  # [R] 4 x 224 and 2 x 96 crops of (0.08, 1) of the area. BYOL's augmentation: flip, jitter
-  # (0.4, 0.4, 0.2, 0.1) with p=0.8 (~ SimCLR strength 0.5), grayscale p=0.2, blur p=1.0 /
-  # 0.1 and solarize p=0 / 0.2 on the first / other large views.
+  # [R] 4 x 224 and 2 x 96 crops; [O] dataset.py: crops of (0.08, 1) of the area, resized to
+  # 224. [O] augmentations.py (BYOL's): flip, jitter (0.4, 0.4, 0.2, 0.1) with p=0.8 (~ SimCLR
+  # strength 0.5), grayscale p=0.2, blur p=1.0 / 0.1 and solarize p=0 / 0.2 on the first /
+  # other large views.
   c.augment.num_global_crops = 4
   c.augment.global_size = 224
   c.augment.global_scale = (0.08, 1.0)
@@ -55,7 +62,9 @@ def get_config():
   c.augment.local_blur_prob = 0.5  # Ours.
   c.augment.solarize_prob = (0.0, 0.2)
   # [B] LARS (eta 1e-3, momentum 0.9), lr 0.3 x batch / 256 after 10 warm-up epochs, cosine
-  # to 0, weight decay 1e-6; biases and norms excluded.
+  # to 0, weight decay 1e-6; biases and norms excluded. [O] optimizers.py and schedules.py
+  # have this LARS (defaults eta 1e-3, momentum 0.9) and schedule form (base x batch / 256,
+  # linear warm-up, cosine to 0), not the pretraining values.
   c.optimizer.name = 'lars'
   c.optimizer.learning_rate = 0.3 * c.batch_size / 256
   c.optimizer.warmup_steps = 10 * _STEPS_PER_EPOCH
@@ -63,7 +72,7 @@ def get_config():
   c.optimizer.trust_coefficient = 1e-3
   c.optimizer.weight_decay = 1e-6
   c.semppl = config_dict.ConfigDict(dict(
-      # [B] projector 4096 -> 256, predictor 4096 -> 256, each Linear-BN-ReLU-Linear.
+      # [B] projector 4096 -> 256, predictor 4096 -> 256; [O] networks.py: Linear-BN-ReLU-Linear.
       mlp_hidden_dim=4096, embed_dim=256, mlp_layers=2,
       temperature=0.2,  # Ours.
       queue_size=65_536,  # Ours: 16 steps of 4 x 1024 labelled projections.
@@ -73,5 +82,6 @@ def get_config():
       semantic_warmup_steps=0,  # Ours: alpha from the first step.
       # The paper trains its classifier on frozen features (linear evaluation).
       classifier_trains_backbone=False,
-      target_momentum=0.99))  # [B] base_target_ema 0.99 (300 epochs), cosine to 1.
+      # [B] base_target_ema 0.99 (300 epochs); [O] schedules.py: cosine to 1.
+      target_momentum=0.99))
   return c
