@@ -157,8 +157,9 @@ def read_state(path: str) -> Any:
   return checkpointer.restore(path, target)
 
 
-def load_params(workdir: str) -> dict[str, np.ndarray]:
-  """Flat {path: array} of the parameters in `workdir`'s latest checkpoint (for init_from)."""
+def load_variables(workdir: str) -> dict[str, dict[str, np.ndarray]]:
+  """{'params': {path: array}, 'model_state': {path: array}} of `workdir`'s latest checkpoint
+  (for init_from); the model state holds e.g. BatchNorm running statistics."""
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   step = ocp.CheckpointManager(directory).latest_step() if os.path.isdir(directory) else None
   if step is None:
@@ -173,19 +174,20 @@ def load_params(workdir: str) -> dict[str, np.ndarray]:
   if not isinstance(restored, dict) or 'params' not in restored:
     raise UserError(f'init_from: {path} is not a semi_ssl train state (no params): point '
                     'config.init_from.workdir at a semi_ssl workdir.')
-  return _flatten(restored['params'])
+  return {name: _flatten(restored.get(name) or {}) for name in ('params', 'model_state')}
 
 
 def copy_subtrees(params: nnx.State, source: dict[str, np.ndarray],
-                  prefixes: tuple[str, ...]) -> nnx.State:
+                  prefixes: tuple[str, ...], *, each_prefix_matches: bool = True) -> nnx.State:
   """`params` with every leaf under one of `prefixes` replaced by the same path of `source`.
 
-  Raises UserError naming the first path that is missing from `source` or differs in shape.
+  Raises UserError naming the first path that is missing from `source` or differs in shape,
+  or (with `each_prefix_matches`) a prefix under which `params` has no leaf.
   """
   pure = nnx.to_pure_dict(params)
   flat = _flatten(pure)
   selected = [p for p in flat if any(p == q or p.startswith(q + '/') for q in prefixes)]
-  for prefix in prefixes:
+  for prefix in prefixes if each_prefix_matches else ():
     if not any(p == prefix or p.startswith(prefix + '/') for p in selected):
       raise UserError(f"init_from.paths: '{prefix}' matches no parameter of this model; "
                        f"top-level names are {sorted({p.split('/')[0] for p in flat})}.")

@@ -110,6 +110,18 @@ def init_state(method: base.Method, tx, seed: int, sharding=None):
   return graphdef, jax.jit(init, out_shardings=sharding)()
 
 
+def initialise_from(state: TrainState, source: dict, paths: tuple[str, ...],
+                    method: base.Method, sharding: TrainState) -> TrainState:
+  """`state` with the parameters and model state (BatchNorm statistics) under `paths` taken
+  from `source` (`checkpoint.load_variables`), and the method state (EMA teachers, queues)
+  built anew from the new parameters, as a fresh run would build it."""
+  params = checkpoint.copy_subtrees(state.params, source['params'], paths)
+  model_state = checkpoint.copy_subtrees(state.model_state, source['model_state'], paths,
+                                         each_prefix_matches=False)
+  method_state = jax.jit(method.init_state, out_shardings=sharding.method_state)(params)
+  return state.replace(params=params, model_state=model_state, method_state=method_state)
+
+
 def train_step(state: TrainState, batch: dict, *, method: base.Method, graphdef, tx,
                augment_cfg: augment.AugmentConfig, schedule) -> tuple[TrainState, dict]:
   """One optimiser update on a global batch of uint8 images."""
@@ -247,12 +259,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     previous_seconds = record['wall_seconds']
     logging.info('Resumed from %s at step %d.', ckpt.directory, int(state.step))
   else:
-    source = (checkpoint.load_params(config.init_from.workdir) if config.init_from.paths
+    source = (checkpoint.load_variables(config.init_from.workdir) if config.init_from.paths
               else None)
     state = jax.jit(init, out_shardings=sharding)()
     if source is not None:
-      state = state.replace(params=checkpoint.copy_subtrees(
-          state.params, source, tuple(config.init_from.paths)))
+      state = initialise_from(state, source, tuple(config.init_from.paths), method, sharding)
       logging.info('Initialised %s from %s.', list(config.init_from.paths),
                    config.init_from.workdir)
   start_step = int(state.step)

@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 import conftest
 from semi_ssl import checkpoint, config_base, main, methods, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
+from semi_ssl.methods import base
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,6 +142,36 @@ def test_two_stage_config_with_init_from_and_skip_of_finished_stage(tmp_path):
   mtime = results.stat().st_mtime_ns
   assert main.run_plan(plan) == rows  # Both stages finished: nothing runs again.
   assert results.stat().st_mtime_ns == mtime
+
+
+class _WithTeacher(methods.REGISTRY['supervised']):
+  """The supervised baseline with an EMA-teacher-like copy of the parameters as its state."""
+
+  def init_state(self, params):
+    return {'teacher': jax.tree.map(jax.numpy.copy, params)}
+
+
+def test_init_from_copies_batchnorm_statistics_and_rebuilds_the_teacher(tmp_path):
+  source_dir = str(tmp_path / 'source')
+  train.train_and_evaluate(tiny_config(num_steps=2), source_dir)
+  source = checkpoint.load_variables(source_dir)
+  assert any('mean' in p for p in source['model_state'])  # BatchNorm running statistics.
+  config = tiny_config(seed=1)
+  method = _WithTeacher(config, base.DataInfo(num_classes=10, image_shape=(8, 8, 1)),
+                        parallel.create_mesh())
+  init = train.state_initializer(method, train.create_optimizer(config, 1)[0], seed=1)[1]
+  sharding = train.state_sharding(method, jax.eval_shape(init))
+  fresh = jax.device_get(jax.jit(init, out_shardings=sharding)())
+  state = train.initialise_from(jax.jit(init, out_shardings=sharding)(), source, ('backbone',),
+                                method, sharding)
+  teacher = checkpoint._flatten(state.method_state['teacher'])
+  for name, tree in (('params', state.params), ('model_state', state.model_state)):
+    before = checkpoint._flatten(getattr(fresh, name))
+    for path, value in checkpoint._flatten(tree).items():
+      copied = path.startswith('backbone/')
+      np.testing.assert_array_equal(value, source[name][path] if copied else before[path], path)
+      if name == 'params':
+        np.testing.assert_array_equal(teacher[path], value, path)
 
 
 def _cpu_env(num_devices=1):
