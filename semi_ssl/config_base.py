@@ -95,9 +95,19 @@ def closest_key(key: str, candidates) -> str:
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: str | None) -> None:
-  """Raises ValueError naming the key and the fix for a config that cannot run."""
-  from semi_ssl import methods  # Imported here: methods import models, which import jax.
+  """Raises ValueError naming the key and the fix for a config that cannot run.
+
+  Cheap (no images read, nothing compiled), so that every stage of a plan is checked before
+  the first one starts: data, shapes, batch sizes against `num_devices`, and the method's and
+  model's own hyperparameters (the method is built on an abstract mesh, its model abstractly).
+  """
+  # Imported here: they import jax, which the command line's --help does not need.
+  from flax import nnx
+  from jax.sharding import AbstractMesh
+
+  from semi_ssl import methods, parallel
   from semi_ssl.data import augment, datasets
+  from semi_ssl.methods import base
 
   _check(config.method in methods.REGISTRY,
          f"config.method='{config.method}' is unknown{closest_key(config.method, methods.REGISTRY)}; "
@@ -105,18 +115,23 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
   datasets.check_config(config)
   shape = datasets.image_shape(config)
   augment.augment_config_from(config, (0.0,) * shape[-1], (1.0,) * shape[-1], shape)
-  for key in ('batch_size', 'labelled_batch_size'):
-    value = config[key]
-    _check(isinstance(value, int) and value > 0, f'config.{key}={value!r} must be a positive integer.')
+  for name, value in (('batch_size', config.batch_size),
+                      ('labelled_batch_size', config.labelled_batch_size),
+                      ('eval.batch_size', config.eval.batch_size)):
+    _check(isinstance(value, int) and value > 0, f'config.{name}={value!r} must be a positive integer.')
     _check(value % num_devices == 0,
-           f'config.{key}={value} is not divisible by the {num_devices} devices: '
-           f'set it to a multiple of {num_devices}, e.g. --config.{key}={value - value % num_devices or num_devices}.')
+           f'config.{name}={value} is not divisible by the {num_devices} devices: '
+           f'set it to a multiple of {num_devices}, e.g. --config.{name}={value - value % num_devices or num_devices}.')
   _check(isinstance(config.mesh.model, int) and config.mesh.model > 0
          and num_devices % config.mesh.model == 0,
          f'config.mesh.model={config.mesh.model} does not divide the {num_devices} devices: use '
          'a divisor of the device count (1: no parameter sharding).')
   for key in ('num_steps', 'eval_every', 'checkpoint_every', 'log_every', 'keep_checkpoints'):
     _check(config[key] > 0, f'config.{key}={config[key]} must be positive.')
+  _check(0 < config.eval.crop_fraction <= 1,
+         f'config.eval.crop_fraction={config.eval.crop_fraction} must be in (0, 1] (1: no crop).')
+  _check(isinstance(config.eval.knn_k, int) and config.eval.knn_k > 0,
+         f'config.eval.knn_k={config.eval.knn_k!r} must be a positive integer.')
   _check(config.optimizer.name in ('sgd', 'lars', 'adamw'),
          f"config.optimizer.name='{config.optimizer.name}' is unknown; use sgd, lars or adamw.")
   _check(config.nonfinite in ('stop', 'skip'),
@@ -129,6 +144,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
   _check(bool(init.workdir or init.stage) == bool(init.paths),
          'config.init_from: name both a source (workdir or stage) and the parameter paths to copy, '
          "e.g. --config.init_from.paths=\"('backbone',)\".")
+  mesh = AbstractMesh((num_devices // config.mesh.model, config.mesh.model),
+                      (parallel.DATA_AXIS, parallel.MODEL_AXIS))
+  data = base.DataInfo(num_classes=datasets.num_classes(config), image_shape=shape)
+  method = methods.REGISTRY[config.method](config, data, mesh)
+  nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
   if workdir is not None:
     _check_writable(workdir)
 
@@ -152,13 +172,19 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
   return module.get_config(arg) if arg is not None else module.get_config()
 
 
+# The keys that choose the images, the split and the labelled subset.
+DATA_KEYS = ('seed', 'dataset', 'data_file', 'data_dir', 'decode_size', 'labels_per_class',
+             'label_fraction')
+
+
 def with_baseline(config: ml_collections.ConfigDict,
                   baseline: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` preceded by a `baseline` stage on the same labelled images, for one table.
 
   The method's stage follows every top-level key, so command-line overrides change it as
-  usual; the baseline takes `seed`, `labels_per_class`, `label_fraction` and `data_dir` from
-  the top level, so `--config.seed=3` changes both runs.
+  usual; the baseline takes the data keys (`seed`, `dataset`, `data_file`, `data_dir`,
+  `decode_size`, `labels_per_class`, `label_fraction`) from the top level, so
+  `--config.seed=3` or `--config.dataset=npz --config.data_file=F` changes both runs.
   """
   method_stage = ml_collections.ConfigDict()
   for key in config.keys():
@@ -166,7 +192,7 @@ def with_baseline(config: ml_collections.ConfigDict,
       method_stage[key] = config.get_ref(key)
   method_stage.name = config.method
   baseline.name = baseline.method
-  for key in ('seed', 'labels_per_class', 'label_fraction', 'data_dir'):
+  for key in DATA_KEYS:
     baseline[key] = config.get_ref(key)
   config.stages = (baseline, method_stage)
   return config

@@ -228,3 +228,12 @@ def test_config_trains_on_mock_data(path, backbone, tmp_path):
     assert (row['method'], row['dataset'], row['steps']) == (stage.method, stage.dataset, 2)
     _assert_finite(row)
     assert os.path.exists(os.path.join(workdir, train.RESULTS_FILE))
+
+
+def test_with_baseline_follows_the_top_level_data_keys():
+  config = config_base.load_config_file(os.path.join(REPO, 'configs/suave/digits.py'), 'with_baseline')
+  config.seed, config.dataset, config.data_file = 3, 'npz', '/data/mine.npz'
+  baseline, method_stage = config.stages
+  for key in config_base.DATA_KEYS:
+    assert baseline[key] == method_stage[key] == config[key], key
+  assert (baseline.method, method_stage.method) == ('supervised', 'suave')

@@ -186,10 +186,25 @@ def _cpu_env(num_devices=1):
     (dict(labels_per_class=1000), 'labels_per_class'),
     (dict(dataset='mnist'), 'mnist'),
     (dict(augment=dict(global_size=16)), 'global_size'),
+    (dict(eval=dict(batch_size=100)), 'config.eval.batch_size=100 is not divisible by the 8'),
+    (dict(eval=dict(crop_fraction=1.5)), 'config.eval.crop_fraction=1.5 must be in'),
+    (dict(model=dict(backbone='resnet7')), "Unknown backbone 'resnet7'"),
 ])
 def test_bad_config_names_the_key(override, message):
   with pytest.raises(ValueError, match=message):
     config_base.validate(tiny_config(**override), num_devices=8, workdir=None)
+
+
+@pytest.mark.parametrize('method, hyperparameter, value, message', [
+    ('suave', 'num_prototypes', 3, 'num_prototypes'),
+    ('semppl', 'queue_size', 100, 'queue_size'),
+])
+def test_bad_method_hyperparameters_are_caught_before_any_data_is_read(
+    method, hyperparameter, value, message):
+  config = config_base.load_config_file(f'{REPO}/configs/{method}/digits.py')
+  config[method][hyperparameter] = value
+  with pytest.raises(ValueError, match=message):
+    config_base.validate(config, num_devices=8, workdir=None)
 
 
 def test_unwritable_workdir_is_refused(tmp_path):

@@ -61,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 1e-5
   c.optimizer.trust_coefficient = 0.02
 
-  c.eval.batch_size = 1000
+  c.eval.batch_size = 1024  # Divisible by any power-of-two device count.
 
   c.semppl = ml_collections.ConfigDict(dict(
       mlp_hidden_dim=4096, embed_dim=256, mlp_layers=2,  # [S] proj/pred hidden 4096, out 256.

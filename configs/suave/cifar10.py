@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 1e-6
   c.optimizer.trust_coefficient = 0.02
 
-  c.eval.batch_size = 1000
+  c.eval.batch_size = 1024  # Divisible by any power-of-two device count.
 
   c.suave = ml_collections.ConfigDict(dict(
       # swav.sh: --proj_hidden_dim 2048 --proj_output_dim 128; SwAV's 2-layer projector.

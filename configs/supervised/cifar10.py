@@ -57,6 +57,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.momentum = 0.9
   c.optimizer.weight_decay = 5e-4
 
-  c.eval.batch_size = 1000
+  c.eval.batch_size = 1024  # Divisible by any power-of-two device count.
   c.supervised = ml_collections.ConfigDict(dict(label_smoothing=0.0))  # nn.CrossEntropyLoss().
   return c

@@ -326,8 +326,7 @@ def _check_npz(config: ml_collections.ConfigDict) -> None:
 def _load_npz(config: ml_collections.ConfigDict) -> DatasetSplits:
   train, test = _npz(config)
   pixels = train[0].reshape(-1, train[0].shape[-1]) / 255
-  num_classes = int(max(train[1].max(), test[1].max())) + 1
-  return _split_in_memory(config, num_classes, tuple(map(float, pixels.mean(0))),
+  return _split_in_memory(config, num_classes(config), tuple(map(float, pixels.mean(0))),
                           tuple(map(float, pixels.std(0))), train, test)
 
 
@@ -421,6 +420,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if label_fraction is not None and not 0 < label_fraction <= 1:
     raise ValueError(f'config.label_fraction={label_fraction} is outside (0, 1]: use e.g. 0.1.')
   _DATASETS[config.dataset][0](config)
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int:
+  """The number of classes of `config.dataset`, known without loading its images."""
+  if config.dataset == 'npz':
+    (_, train_labels), (_, test_labels) = _npz(config)
+    return int(max(train_labels.max(), test_labels.max())) + 1
+  return {'digits': 10, 'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000}[config.dataset]
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
