@@ -6,7 +6,7 @@ labelled subset is the memory bank, so no label outside the labelled subset is u
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,33 +39,21 @@ def _padded_batches(num: int, batch_size: int):
     yield np.minimum(idx, num - 1), idx < num
 
 
-def evaluate(apply_fn: Callable, variables, splits, mesh: Mesh, *, preprocess: Callable,
-             batch_size: int, knn_k: int, knn_temperature: float) -> dict[str, float]:
-  """test_top1, test_top5 (when there are more than 5 classes), knn_top1 and <name>_top1 for
-  every further prediction, in [0, 1].
+def make_evaluator(apply_fn: Callable, splits, mesh: Mesh, *, preprocess: Callable,
+                   batch_size: int, knn_k: int,
+                   knn_temperature: float) -> Callable[[Any], dict[str, float]]:
+  """`evaluate(variables)` -> test_top1, test_top5 (when there are more than 5 classes),
+  knn_top1 and <name>_top1 for every further prediction, in [0, 1]; it compiles once.
 
   `apply_fn(variables, images) -> (logits [B, C], features [B, D], {name: int32 [B]})` on
   preprocessed images; `preprocess(uint8 images) -> float images`.
   """
   num_classes = splits.num_classes
+  k = min(knn_k, len(splits.labelled_labels))
 
   @jax.jit
   def embed(variables, images):
     return apply_fn(variables, preprocess(images))
-
-  def run(images, labels, fn):
-    outputs = []
-    for idx, valid in _padded_batches(len(labels), batch_size):
-      rows = parallel.process_slice(batch_size)
-      local = {'images': np.asarray(images[idx[rows]]), 'labels': labels[idx[rows]],
-               'valid': valid[rows]}
-      outputs.append(fn(parallel.global_batch(local, mesh)))
-    return outputs
-
-  bank = run(splits.labelled_images, splits.labelled_labels,
-             lambda b: (embed(variables, b['images'])[1], b['labels'], b['valid']))
-  bank_features, bank_labels, bank_valid = (jnp.concatenate(x) for x in zip(*bank))
-  k = min(knn_k, len(splits.labelled_labels))
 
   @jax.jit
   def counts(variables, batch, bank_features, bank_labels, bank_valid):
@@ -80,10 +68,25 @@ def evaluate(apply_fn: Callable, variables, splits, mesh: Mesh, *, preprocess: C
             **{f'{name}_top1': jnp.sum(valid & (predictions == labels))
                for name, predictions in further.items()}}
 
-  totals = run(splits.test_images, splits.test_labels,
-               lambda b: counts(variables, b, bank_features, bank_labels, bank_valid))
-  results = {key: float(sum(int(t[key]) for t in totals)) / len(splits.test_labels)
-             for key in totals[0]}
-  if num_classes <= 5:
-    del results['test_top5']
-  return results
+  def run(images, labels, fn):
+    outputs = []
+    for idx, valid in _padded_batches(len(labels), batch_size):
+      rows = parallel.process_slice(batch_size)
+      local = {'images': np.asarray(images[idx[rows]]), 'labels': labels[idx[rows]],
+               'valid': valid[rows]}
+      outputs.append(fn(parallel.global_batch(local, mesh)))
+    return outputs
+
+  def evaluate(variables) -> dict[str, float]:
+    bank = run(splits.labelled_images, splits.labelled_labels,
+               lambda b: (embed(variables, b['images'])[1], b['labels'], b['valid']))
+    bank_features, bank_labels, bank_valid = (jnp.concatenate(x) for x in zip(*bank))
+    totals = run(splits.test_images, splits.test_labels,
+                 lambda b: counts(variables, b, bank_features, bank_labels, bank_valid))
+    results = {key: float(sum(int(t[key]) for t in totals)) / len(splits.test_labels)
+               for key in totals[0]}
+    if num_classes <= 5:
+      del results['test_top5']
+    return results
+
+  return evaluate

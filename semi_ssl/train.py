@@ -274,18 +274,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         augment_cfg=augment_cfg, schedule=schedule),
       out_shardings=(sharding, replicated), donate_argnums=0)
 
-  def run_eval(state):
-    def apply_fn(variables, images):
-      params, model_state, method_state = variables
-      model = nnx.merge(graphdef, params, model_state)
-      return (method.predict(model, images), method.features(model, images),
-              method.eval_predictions(model, method_state, images))
-    return evaluate.evaluate(
-        apply_fn, (state.params, state.model_state, state.method_state), splits, mesh,
-        preprocess=lambda x: augment.eval_view(x, config.augment.global_size, splits.mean,
-                                               splits.std, config.eval.crop_fraction),
-        batch_size=config.eval.batch_size, knn_k=config.eval.knn_k,
-        knn_temperature=config.eval.knn_temperature)
+  def apply_fn(variables, images):
+    params, model_state, method_state = variables
+    model = nnx.merge(graphdef, params, model_state)
+    return (method.predict(model, images), method.features(model, images),
+            method.eval_predictions(model, method_state, images))
+
+  evaluator = evaluate.make_evaluator(
+      apply_fn, splits, mesh,
+      preprocess=lambda x: augment.eval_view(x, config.augment.global_size, splits.mean,
+                                             splits.std, config.eval.crop_fraction),
+      batch_size=config.eval.batch_size, knn_k=config.eval.knn_k,
+      knn_temperature=config.eval.knn_temperature)
+  run_eval = lambda state: evaluator((state.params, state.model_state, state.method_state))
 
   def save(state):
     ckpt.save(int(state.step), state,
