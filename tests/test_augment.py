@@ -158,9 +158,11 @@ def test_grayscale_and_per_view_solarize_match_numpy():
     np.testing.assert_allclose(_denormalize(view), _np_solarize(gray), atol=1e-5)
 
 
-def test_blur_smooths_only_the_views_given_it():
-  images = _images(side=112)  # Blur sigma is relative to the view size: 112 gives [0.05, 1].
-  cfg = _plain_config(112, num=2, blur_prob=(1.0, 0.0))
+@pytest.mark.parametrize('side', [32, 112])
+def test_blur_smooths_only_the_views_given_it(side):
+  """Sigma is 0.1-2 pixels at any view size (as in SwAV and DINO), so small views blur too."""
+  images = _images(side=side)
+  cfg = _plain_config(side, num=2, blur_prob=(1.0, 0.0))
   blurred, plain = map(_denormalize, _multi_crop(jax.random.key(0), images, cfg=cfg))
   np.testing.assert_allclose(plain, _unit(images), atol=1e-5)
   assert (_roughness(blurred) <= _roughness(plain) + 1e-6).all()

@@ -25,7 +25,10 @@ import numpy as np
 # ITU-R 601 luma weights, as tf.image.rgb_to_grayscale (SimCLR).
 _LUMA = (0.2989, 0.5870, 0.1140)
 _JITTER_PROB = 0.8
-_BLUR_SIGMA = (0.1, 2.0)  # For 224-pixel views; scaled with the view size.
+# In pixels of the view, whatever its size, as SwAV, DINO and BYOL blur their 224- and 96-pixel
+# crops; the kernel reaches 3 sigma of the largest sigma.
+_BLUR_SIGMA = (0.1, 2.0)
+_BLUR_RADIUS = 6
 _SOLARIZE_THRESHOLD = 0.5
 _NUM_DRAWS = 18  # Uniforms per view of one example; see `_augment_one`.
 
@@ -275,8 +278,9 @@ def _augment_one(key: jax.Array, image: jax.Array, blur_prob: jax.Array,
   if channels == 3 and cfg.grayscale_prob > 0:
     x = jnp.where(gray_u < cfg.grayscale_prob, _grayscale(x), x)
   if blur:
-    sigma = _lerp(sigma_u, *_BLUR_SIGMA) * crop.size / 224
-    x = jnp.where(blur_u < blur_prob, _gaussian_blur(x, sigma, radius=max(1, crop.size // 20)), x)
+    sigma = _lerp(sigma_u, *_BLUR_SIGMA)
+    radius = min(_BLUR_RADIUS, crop.size - 1)  # Reflected edges need radius < size.
+    x = jnp.where(blur_u < blur_prob, _gaussian_blur(x, sigma, radius=radius), x)
   if solarize:
     x = jnp.where(solarize_u < solarize_prob, _solarize(x), x)
   return _normalize(x, cfg.mean, cfg.std)
