@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 setup(
     name='semi_ssl',
     version='0.1.0',
-    description='Semi-supervised learning with self-supervised methods (Suave, SemPPL, S4L, '
+    description='Semi-supervised learning with self-supervised methods (Suave, Daino, SemPPL, S4L, '
                 'SeLa, SimCLRv2) on one sharded JAX/Flax trainer.',
     packages=find_packages(include=['semi_ssl', 'semi_ssl.*']),
     python_requires='>=3.10',
