@@ -36,9 +36,6 @@ class Checkpointer:
                        'record': ocp.JsonCheckpointHandler()})
     self.last_complete_step = self.manager.latest_step()
 
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
-
   def save(self, step: int, state: Any, record: dict) -> None:
     """Starts an asynchronous save; a failed write surfaces here or in `wait`."""
     self.wait()  # The previous save, so that `last_complete_step` is exact.

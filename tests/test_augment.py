@@ -136,18 +136,6 @@ def test_flip_mirrors_about_half_the_examples():
   assert 4 <= mirrored.sum() <= 28
 
 
-def test_rotate_matches_np_rot90():
-  images = np.random.default_rng(0).normal(size=(6, 5, 5, 2)).astype(np.float32)
-  k = np.array([0, 1, 2, 3, 5, -1])
-  expected = np.stack([np.rot90(x, r) for x, r in zip(images, k)])
-  np.testing.assert_array_equal(augment.rotate(jnp.asarray(images), jnp.asarray(k)), expected)
-
-
-def test_rotate_rejects_non_square_images():
-  with pytest.raises(ValueError, match='square'):
-    augment.rotate(jnp.zeros((2, 4, 5, 3)), jnp.zeros(2, jnp.int32))
-
-
 def test_grayscale_and_per_view_solarize_match_numpy():
   images = _images()
   cfg = _plain_config(num=3, grayscale_prob=1.0, solarize_prob=(0.0, 1.0))

@@ -81,7 +81,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
   ckpt.manager.delete(4)
   ckpt.close()
   os.remove(os.path.join(workdir, train.RESULTS_FILE))
-  assert checkpoint.Checkpointer(workdir, keep=5).latest_step() == 2
+  assert checkpoint.Checkpointer(workdir, keep=5).last_complete_step == 2
   again = train.train_and_evaluate(config, workdir)
   assert again['steps'] == 4
   resumed = _params(workdir, 4)

@@ -337,12 +337,3 @@ def eval_view(images: jax.Array, size: int, mean: Sequence[float], std: Sequence
   x = images.astype(jnp.float32) / 255.0
   x = jax.vmap(lambda image: _crop_and_resize(image, box, size))(x)
   return _normalize(x, mean, std)
-
-
-def rotate(images: jax.Array, k: jax.Array) -> jax.Array:
-  """Rotates square images [B, H, H, C] counter-clockwise by k[i] * 90 degrees (as np.rot90)."""
-  _require(images.shape[1] == images.shape[2],
-           f'rotate needs square images, got {images.shape[1]}x{images.shape[2]}; '
-           'crop them square first.')
-  rotations = [functools.partial(jnp.rot90, k=r) for r in range(4)]
-  return jax.vmap(lambda image, r: jax.lax.switch(r, rotations, image))(images, k % 4)

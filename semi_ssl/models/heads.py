@@ -11,24 +11,22 @@ from semi_ssl.models.resnet import batch_norm
 
 
 class MLP(nnx.Module):
-  """(Linear -> [BN] -> ReLU) x (num_layers - 1), then Linear [-> BN].
+  """(Linear -> [BN] -> ReLU) x (num_layers - 1), then Linear.
 
-  Linears followed by a BatchNorm have no bias. The optional final BatchNorm
-  (``last_bn``, SimCLRv2 projector) has a scale but no offset. Hidden layers
-  compute in ``dtype``; the output is float32.
+  Linears followed by a BatchNorm have no bias. Hidden layers compute in ``dtype``; the
+  output is float32.
   """
 
   def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, *,
                num_layers: int, batch_norm: bool, rngs: nnx.Rngs,
-               last_bn: bool = False, dtype: DTypeLike = jnp.float32):
+               dtype: DTypeLike = jnp.float32):
     if num_layers < 1:
       raise ValueError(f"num_layers must be >= 1, got {num_layers}.")
     dims = [in_dim] + [hidden_dim] * (num_layers - 1)
     self.hidden = nnx.List([
         _LinearBN(d_in, d_out, use_bn=batch_norm, rngs=rngs, dtype=dtype)
         for d_in, d_out in zip(dims[:-1], dims[1:])])
-    self.out = _LinearBN(dims[-1], out_dim, use_bn=last_bn, rngs=rngs,
-                         dtype=dtype, bn_bias=False)
+    self.out = _LinearBN(dims[-1], out_dim, use_bn=False, rngs=rngs, dtype=dtype)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """[B, in_dim] -> [B, out_dim] float32."""
@@ -41,11 +39,10 @@ class _LinearBN(nnx.Module):
   """Linear (bias only without BN) optionally followed by float32 BatchNorm."""
 
   def __init__(self, in_dim: int, out_dim: int, *, use_bn: bool,
-               rngs: nnx.Rngs, dtype: DTypeLike, bn_bias: bool = True):
+               rngs: nnx.Rngs, dtype: DTypeLike):
     self.linear = nnx.Linear(in_dim, out_dim, use_bias=not use_bn,
                              dtype=dtype, rngs=rngs)
-    self.bn = (batch_norm(out_dim, use_bias=bn_bias, rngs=rngs)
-               if use_bn else None)
+    self.bn = batch_norm(out_dim, rngs=rngs) if use_bn else None
     self.dtype = dtype
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
