@@ -12,6 +12,8 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
+from semi_ssl.errors import require
+
 
 def get_base_config() -> ml_collections.ConfigDict:
   """The keys every config has; values are the digits defaults."""
@@ -83,10 +85,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _check(condition: bool, message: str) -> None:
-  if not condition:
-    raise ValueError(message)
-
 
 def closest_key(key: str, candidates) -> str:
   """`did you mean 'x'?` suffix for an unknown key, or ''."""
@@ -109,7 +107,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
   from semi_ssl.data import augment, datasets
   from semi_ssl.methods import base
 
-  _check(config.method in methods.REGISTRY,
+  require(config.method in methods.REGISTRY,
          f"config.method='{config.method}' is unknown{closest_key(config.method, methods.REGISTRY)}; "
          f"valid methods: {', '.join(sorted(methods.REGISTRY))}.")
   datasets.check_config(config)
@@ -118,30 +116,30 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
   for name, value in (('batch_size', config.batch_size),
                       ('labelled_batch_size', config.labelled_batch_size),
                       ('eval.batch_size', config.eval.batch_size)):
-    _check(isinstance(value, int) and value > 0, f'config.{name}={value!r} must be a positive integer.')
-    _check(value % num_devices == 0,
+    require(isinstance(value, int) and value > 0, f'config.{name}={value!r} must be a positive integer.')
+    require(value % num_devices == 0,
            f'config.{name}={value} is not divisible by the {num_devices} devices: '
            f'set it to a multiple of {num_devices}, e.g. --config.{name}={value - value % num_devices or num_devices}.')
-  _check(isinstance(config.mesh.model, int) and config.mesh.model > 0
+  require(isinstance(config.mesh.model, int) and config.mesh.model > 0
          and num_devices % config.mesh.model == 0,
          f'config.mesh.model={config.mesh.model} does not divide the {num_devices} devices: use '
          'a divisor of the device count (1: no parameter sharding).')
   for key in ('num_steps', 'eval_every', 'checkpoint_every', 'log_every', 'keep_checkpoints'):
-    _check(config[key] > 0, f'config.{key}={config[key]} must be positive.')
-  _check(0 < config.eval.crop_fraction <= 1,
+    require(config[key] > 0, f'config.{key}={config[key]} must be positive.')
+  require(0 < config.eval.crop_fraction <= 1,
          f'config.eval.crop_fraction={config.eval.crop_fraction} must be in (0, 1] (1: no crop).')
-  _check(isinstance(config.eval.knn_k, int) and config.eval.knn_k > 0,
+  require(isinstance(config.eval.knn_k, int) and config.eval.knn_k > 0,
          f'config.eval.knn_k={config.eval.knn_k!r} must be a positive integer.')
-  _check(config.optimizer.name in ('sgd', 'lars', 'adamw'),
+  require(config.optimizer.name in ('sgd', 'lars', 'adamw'),
          f"config.optimizer.name='{config.optimizer.name}' is unknown; use sgd, lars or adamw.")
-  _check(config.nonfinite in ('stop', 'skip'),
+  require(config.nonfinite in ('stop', 'skip'),
          f"config.nonfinite='{config.nonfinite}' is unknown; use stop or skip.")
-  _check(config.model.dtype in ('float32', 'bfloat16'),
+  require(config.model.dtype in ('float32', 'bfloat16'),
          f"config.model.dtype='{config.model.dtype}' is unknown; use float32 or bfloat16.")
   init = config.init_from
-  _check(not (init.workdir and init.stage),
+  require(not (init.workdir and init.stage),
          'config.init_from: set either workdir or stage, not both.')
-  _check(bool(init.workdir or init.stage) == bool(init.paths),
+  require(bool(init.workdir or init.stage) == bool(init.paths),
          'config.init_from: name both a source (workdir or stage) and the parameter paths to copy, '
          "e.g. --config.init_from.paths=\"('backbone',)\".")
   mesh = AbstractMesh((num_devices // config.mesh.model, config.mesh.model),
@@ -159,7 +157,7 @@ def _check_writable(workdir: str) -> None:
   existing = workdir
   while not os.path.exists(existing):
     existing = os.path.dirname(os.path.abspath(existing))
-  _check(os.path.isdir(existing) and os.access(existing, os.W_OK),
+  require(os.path.isdir(existing) and os.access(existing, os.W_OK),
          f"--workdir={workdir} is not writable ('{existing}' does not allow writing): choose another directory.")
 
 

@@ -11,3 +11,10 @@ class CheckpointWriteError(UserError):
 
 class Preempted(Exception):
   """Not a failure: a preemption notice arrived, a checkpoint was saved and the run stopped."""
+
+
+def require(ok: bool, message: str) -> None:
+  """Raises ValueError(message) unless `ok`: for config checks, whose message names the key
+  and the fix (main prints it as a one-line config error)."""
+  if not ok:
+    raise ValueError(message)

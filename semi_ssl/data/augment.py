@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from semi_ssl.errors import require
+
 # ITU-R 601 luma weights, as tf.image.rgb_to_grayscale (SimCLR).
 _LUMA = (0.2989, 0.5870, 0.1140)
 _JITTER_PROB = 0.8
@@ -57,21 +59,17 @@ class AugmentConfig:
   std: tuple[float, ...]
 
 
-def _require(ok: bool, message: str) -> None:
-  if not ok:
-    raise ValueError(message)
-
 
 def _floats(values: Sequence[float]) -> tuple[float, ...]:
   return tuple(float(v) for v in values)
 
 
 def _check_crops(prefix: str, size: int, scale: tuple[float, ...], image_side: int | None) -> None:
-  _require(size >= 1, f'config.augment.{prefix}_size={size} must be a positive number of pixels.')
-  _require(image_side is None or size <= image_side,
+  require(size >= 1, f'config.augment.{prefix}_size={size} must be a positive number of pixels.')
+  require(image_side is None or size <= image_side,
            f'config.augment.{prefix}_size={size} is larger than the stored images '
            f'({image_side} pixels); set it <= {image_side}.')
-  _require(len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0,
+  require(len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0,
            f'config.augment.{prefix}_scale={scale} must be an ordered (low, high) area fraction '
            'with 0 < low <= high <= 1, e.g. (0.08, 1.0).')
 
@@ -93,9 +91,9 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
   """
   aug = config.augment
   side = min(image_shape[:2]) if image_shape is not None else None
-  _require(aug.num_global_crops >= 1,
+  require(aug.num_global_crops >= 1,
            f'config.augment.num_global_crops={aug.num_global_crops} must be >= 1.')
-  _require(aug.num_local_crops >= 0,
+  require(aug.num_local_crops >= 0,
            f'config.augment.num_local_crops={aug.num_local_crops} must be >= 0 (0 = none).')
   global_scale = _floats(aug.global_scale)
   _check_crops('global', aug.global_size, global_scale, side)
@@ -104,20 +102,20 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
     local_scale = _floats(aug.local_scale)
     _check_crops('local', aug.local_size, local_scale, side)
     local_crops = CropSpec(aug.num_local_crops, aug.local_size, local_scale)
-  _require(aug.color_jitter >= 0.0,
+  require(aug.color_jitter >= 0.0,
            f'config.augment.color_jitter={aug.color_jitter} must be >= 0 (0 = off, SimCLR: 1.0).')
   for key in ('blur_prob', 'solarize_prob'):
-    _require(len(aug[key]) > 0, f'config.augment.{key} is empty; give one probability per '
+    require(len(aug[key]) > 0, f'config.augment.{key} is empty; give one probability per '
              'global view, e.g. (1.0, 0.1); the last one serves further views.')
   for key in ('grayscale_prob', 'blur_prob', 'local_blur_prob', 'solarize_prob'):
     probs = np.atleast_1d(aug[key])
-    _require(bool(np.all((probs >= 0.0) & (probs <= 1.0))),
+    require(bool(np.all((probs >= 0.0) & (probs <= 1.0))),
              f'config.augment.{key}={aug[key]} is not a probability; set it in [0, 1].')
   mean, std = _floats(mean), _floats(std)
-  _require(len(mean) == len(std) and all(s > 0 for s in std),
+  require(len(mean) == len(std) and all(s > 0 for s in std),
            f'mean={mean} and std={std} must have one entry per channel and std > 0.')
   if image_shape is not None:
-    _require(len(mean) == image_shape[-1],
+    require(len(mean) == image_shape[-1],
              f'mean/std have {len(mean)} entries but the images have {image_shape[-1]} channels; '
              'give one per channel.')
   return AugmentConfig(
@@ -250,7 +248,7 @@ def _solarize(x: jax.Array) -> jax.Array:
 
 def _normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
   """[..., C] in [0, 1] -> (x - mean) / std."""
-  _require(len(mean) == len(std) == x.shape[-1],
+  require(len(mean) == len(std) == x.shape[-1],
            f'mean={tuple(mean)} and std={tuple(std)} need one entry per image channel '
            f'({x.shape[-1]}).')
   return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
@@ -308,7 +306,7 @@ def multi_crop(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> list[ja
 
   View v of example i depends only on (key, B, v, images[i]), whatever the sharding of `images`.
   """
-  _require(images.ndim == 4 and images.dtype == jnp.uint8,
+  require(images.ndim == 4 and images.dtype == jnp.uint8,
            f'multi_crop expects uint8 images [B, H, W, C], got {images.dtype} {images.shape}.')
   global_key, local_key = jax.random.split(key)
   num_global = cfg.global_crops.num
@@ -330,7 +328,7 @@ def eval_view(images: jax.Array, size: int, mean: Sequence[float], std: Sequence
   (the identity when that square is the whole image and size == H == W). crop_fraction=0.875
   gives the usual ImageNet protocol (resize to 256, centre-crop 224).
   """
-  _require(0.0 < crop_fraction <= 1.0, f'crop_fraction={crop_fraction} must be in (0, 1].')
+  require(0.0 < crop_fraction <= 1.0, f'crop_fraction={crop_fraction} must be in (0, 1].')
   height, width = images.shape[1:3]
   side = crop_fraction * min(height, width)
   box = ((height - side) / 2, (width - side) / 2, side, side)
