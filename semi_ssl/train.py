@@ -2,6 +2,8 @@
 
     train_and_evaluate(config, workdir) -> results dict (also WORKDIR/results.json)
 
+WORKDIR is a local path or a URL that every process shares (gs://BUCKET/run on a TPU pod).
+
 The step is `(TrainState, batch) -> (TrainState, metrics)`, jitted once with the batch split
 over the mesh's data axis and the state as `state_sharding` places it (replicated unless FSDP
 or the method splits it); augmentation runs inside it, on device,
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -170,12 +173,11 @@ def _masked(tree, mask):
   return jax.tree.map(lambda x, keep: jnp.where(keep, x, jnp.zeros_like(x)), tree, mask)
 
 
-def _write_json(path: str, data: dict) -> None:
+def _write_json(path: epath.Path, data: dict) -> None:
   """Atomic: a reader never sees a half-written file."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(data, f, indent=2)
-  os.replace(tmp, path)
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(json.dumps(data, indent=2))
+  tmp.replace(path)
 
 
 class _PreemptionNotice:
@@ -225,21 +227,21 @@ def _check_finite(state: TrainState, nonfinite: str, ckpt: checkpoint.Checkpoint
   return skipped
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the results.
 
   Raises errors.Preempted after saving, when a preemption notice arrives.
   """
   start_time = time.time()
-  os.makedirs(workdir, exist_ok=True)
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   is_writer = jax.process_index() == 0
   mesh = parallel.create_mesh(config.mesh.model)
   splits = datasets.load(config)
   augment_cfg = augment.augment_config_from(config, splits.mean, splits.std, splits.image_shape)
   if is_writer:
-    _write_json(os.path.join(workdir, SPLIT_FILE), splits.split_info)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    _write_json(workdir / SPLIT_FILE, splits.split_info)
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
 
   method = create_method(config, splits, mesh)
   tx, schedule = create_optimizer(config, config.num_steps)
@@ -341,10 +343,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'wall_seconds': round(previous_seconds + time.time() - start_time, 1),
   }
   if is_writer:
-    _write_json(os.path.join(workdir, RESULTS_FILE), results)
+    _write_json(workdir / RESULTS_FILE, results)
   return results
 
 
-def read_results(path: str) -> dict:
-  with open(path) as f:
-    return json.load(f)
+def read_results(path: str | os.PathLike) -> dict:
+  return json.loads(epath.Path(path).read_text())

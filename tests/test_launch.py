@@ -78,7 +78,7 @@ INSTALL = ('git init --quiet semi_ssl && cd semi_ssl'
            ' && python3 -m pip install --quiet --user uv'
            ' && { [ -x .venv/bin/python ]'
            ' || python3 -m uv venv --quiet --seed --python 3.11 .venv; }'
-           ' && .venv/bin/pip install --quiet -e . jax\\[tpu\\]')
+           ' && .venv/bin/pip install --quiet -e .\\[gcs\\] jax\\[tpu\\]')
 MAIN = ('cd semi_ssl && .venv/bin/python -m semi_ssl.main --config=configs/suave/imagenet_10pct.py'
         ' --workdir=gs://my-bucket/run --config.seed=1 --config.data_dir=gs://my-bucket/tfds')
 TPU_COMMANDS = [

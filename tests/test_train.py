@@ -174,6 +174,61 @@ def test_init_from_copies_batchnorm_statistics_and_rebuilds_the_teacher(tmp_path
         np.testing.assert_array_equal(teacher[path], value, path)
 
 
+@pytest.fixture
+def gcs_on_disk(tmp_path, monkeypatch):
+  """gs://BUCKET/X is stored at DIR/BUCKET/X, DIR the directory returned: no bucket can be
+  reached offline, so the three layers that serve gs:// URLs (epath, which Orbax uses too;
+  Orbax's TensorStore GCS driver; tf.summary) get the local disk underneath, while the URL
+  still takes their gs:// code paths (Orbax: commit files instead of renames)."""
+  import tensorflow as tf
+  from etils.epath import backend, gpath
+  from orbax.checkpoint._src.path import gcs_utils
+
+  root = tmp_path / 'gcs'
+
+  def local(arg):
+    is_url = isinstance(arg, (str, os.PathLike)) and os.fspath(arg).startswith('gs://')
+    return str(root / os.fspath(arg)[len('gs://'):]) if is_url else arg
+
+  class LocalGcs:
+    def __getattr__(self, name):
+      method = getattr(backend.os_backend, name)
+      return lambda *args, **kwargs: method(*map(local, args),
+                                            **{k: local(v) for k, v in kwargs.items()})
+
+  monkeypatch.setattr(gpath, '_is_tf_installed', lambda: False)  # Else tf.io.gfile serves gs://.
+  monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, 'gs', LocalGcs())
+  monkeypatch.setattr(gcs_utils, 'get_kvstore_for_gcs',
+                      lambda path: {'driver': 'file', 'path': local(path)})
+  # Orbax asks google-cloud-storage whether the bucket has a hierarchical namespace.
+  monkeypatch.setattr(gcs_utils, 'is_hierarchical_namespace_enabled', lambda path: False)
+  create_writer = tf.summary.create_file_writer
+  monkeypatch.setattr(tf.summary, 'create_file_writer',
+                      lambda logdir, **kwargs: create_writer(local(logdir), **kwargs))
+  return root
+
+
+def test_gcs_workdir_holds_the_records_and_checkpoints(tmp_path, monkeypatch, gcs_on_disk):
+  monkeypatch.chdir(tmp_path)  # The URL taken for a local path would make ./gs:/bucket/run.
+  plan = main.stage_plan(tiny_config(num_steps=2, eval_every=100), 'gs://bucket/run')
+  rows = main.run_plan(plan)
+  run = gcs_on_disk / 'bucket' / 'run'
+  assert not (tmp_path / 'gs:').exists()
+  assert json.loads((run / train.RESULTS_FILE).read_text()) == {
+      k: v for k, v in rows[0].items() if k != 'stage'}
+  assert (run / train.SPLIT_FILE).exists() and (run / 'config.json').exists()
+  assert list((run / 'tensorboard').iterdir())
+  assert (run / checkpoint.CHECKPOINT_DIR / '2' / 'state').is_dir()
+  assert (run / checkpoint.CHECKPOINT_DIR / '2' / 'commit_success.txt').exists()  # GCS's way.
+  ckpt = checkpoint.Checkpointer('gs://bucket/run', keep=5)
+  assert str(ckpt.directory) == 'gs://bucket/run/checkpoints' and ckpt.last_complete_step == 2
+  ckpt.close()
+  assert any(p.startswith('backbone/') for p in checkpoint.load_variables('gs://bucket/run')['params'])
+  mtime = (run / train.RESULTS_FILE).stat().st_mtime_ns
+  assert main.run_plan(plan) == rows  # Finished: read back from gs://, not trained again.
+  assert (run / train.RESULTS_FILE).stat().st_mtime_ns == mtime
+
+
 def _cpu_env(num_devices=1):
   """The environment of a subprocess on `num_devices` CPU devices, compiling as the tests do."""
   return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
