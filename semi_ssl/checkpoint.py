@@ -157,6 +157,13 @@ def read_state(path: str) -> Any:
   return checkpointer.restore(path, target)
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a checkpoint, readable or not: a step directory named as Orbax
+  names a finished one (temporary and set-aside ones are not). Lists the directory only."""
+  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 def load_params(workdir: str) -> dict[str, np.ndarray]:
   """Flat {path: array} of the parameters in `workdir`'s latest checkpoint (for init_from)."""
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)

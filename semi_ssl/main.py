@@ -49,6 +49,7 @@ def run_plan(plan: list[tuple[object, str]]) -> list[dict]:
   for stage_config, stage_dir in plan:
     results_path = os.path.join(stage_dir, train.RESULTS_FILE)
     if os.path.exists(results_path):
+      train.check_config_unchanged(stage_config, stage_dir)
       logging.info('Stage %s already finished: %s', stage_config.name or '-', results_path)
       results = train.read_results(results_path)
     else:
