@@ -163,6 +163,13 @@ def read_state(path: str | os.PathLike) -> Any:
   return checkpointer.restore(path, target)
 
 
+def has_checkpoint(workdir: str | os.PathLike) -> bool:
+  """Whether `workdir` holds a checkpoint, readable or not: a step directory named as Orbax
+  names a finished one (temporary and set-aside ones are not). Lists the directory only."""
+  directory = checkpoint_dir(workdir)
+  return directory.is_dir() and any(path.name.isdigit() for path in directory.iterdir())
+
+
 def load_variables(workdir: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
   """{'params': {path: array}, 'model_state': {path: array}} of `workdir`'s latest checkpoint
   (for init_from); the model state holds e.g. BatchNorm running statistics."""

@@ -7,6 +7,7 @@ benchmark need, so every run can be changed the same way from the command line
 from __future__ import annotations
 
 import difflib
+import json
 import os
 
 import ml_collections
@@ -83,6 +84,63 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.stages = ()
   c.name = ''
   return c
+
+
+# Keys a resumed run may change (every other difference from the config the run started with
+# stops it): they change what is logged, evaluated, kept or where things are found, never
+# the parameters a step computes.
+RESUME_MAY_CHANGE = (
+    'log_every', 'eval_every',            # How often the run reports; evaluation reads the state.
+    'checkpoint_every', 'keep_checkpoints',  # What is saved, not what is trained.
+    'eval.batch_size',                    # Memory of the evaluation; each image is predicted alone.
+    'nonfinite',                          # stop/skip a diverged step; results.json counts skips.
+    'data_dir',                           # Where TFDS data is read; split.json is compared instead.
+    'init_from.workdir',                  # Read only when a run starts fresh; a stage's follows
+                                          # --workdir, so it moves with it.
+)
+
+
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """{'a.b.c': value} of nested dicts; lists and other values are leaves (an empty dict too)."""
+  if not isinstance(tree, dict) or (prefix and not tree):
+    return {prefix[:-1]: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(flatten(value, f'{prefix}{key}.'))
+  return flat
+
+
+def changed_keys(saved: dict, current: dict, ignore=RESUME_MAY_CHANGE) -> list[str]:
+  """Sorted dotted keys whose values differ between two JSON-normalised configs (as
+  `json.loads(config.to_json_best_effort())` gives them), or that only one of them has.
+
+  A key in `ignore`, or below one, never counts.
+  """
+  saved, current = flatten(saved), flatten(current)
+  ignored = lambda key: any(key == i or key.startswith(i + '.') for i in ignore)
+
+  def same(key):
+    if key not in saved or key not in current:
+      return False
+    a, b = saved[key], current[key]  # json.dumps too: NaN == NaN.
+    return a == b or json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+  return sorted(key for key in set(saved) | set(current) if not ignored(key) and not same(key))
+
+
+def describe_changes(saved: dict, current: dict, keys: list[str], limit: int = 3) -> str:
+  """'seed was 0, now 1; ...' for the first `limit` of `keys` (from `changed_keys`)."""
+  saved, current = flatten(saved), flatten(current)
+
+  def show(flat, key):
+    if key not in flat:
+      return 'absent'
+    text = json.dumps(flat[key])
+    return text if len(text) <= 40 else text[:37] + '...'
+
+  parts = [f'{key} was {show(saved, key)}, now {show(current, key)}' for key in keys[:limit]]
+  more = f' (and {len(keys) - limit} more)' if len(keys) > limit else ''
+  return '; '.join(parts) + more
 
 
 

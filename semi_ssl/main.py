@@ -50,6 +50,7 @@ def run_plan(plan: list[tuple[object, str]]) -> list[dict]:
   for stage_config, stage_dir in plan:
     results_path = epath.Path(stage_dir) / train.RESULTS_FILE  # A local path or gs://.
     if results_path.exists():
+      train.check_config_unchanged(stage_config, stage_dir)
       logging.info('Stage %s already finished: %s', stage_config.name or '-', results_path)
       results = train.read_results(results_path)
     else:

@@ -33,13 +33,14 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from semi_ssl import checkpoint, evaluate, methods, metric_writer, parallel
+from semi_ssl import checkpoint, config_base, evaluate, methods, metric_writer, parallel
 from semi_ssl.errors import Preempted, UserError
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
 
 RESULTS_FILE = 'results.json'
 SPLIT_FILE = 'split.json'
+CONFIG_FILE = 'config.json'
 
 
 @flax.struct.dataclass
@@ -227,8 +228,37 @@ def _check_finite(state: TrainState, nonfinite: str, ckpt: checkpoint.Checkpoint
   return skipped
 
 
+def check_unchanged(workdir: str | os.PathLike, filename: str, current: dict, ignore=(), fix: str = '') -> None:
+  """Raises UserError when `current` differs from WORKDIR/`filename`, the record written when
+  the run there started, in a key not in `ignore`. For a run that continues (a checkpoint or
+  results.json in `workdir`), so that it never goes on under settings it did not start with."""
+  path = epath.Path(workdir) / filename
+  if not path.exists():
+    logging.warning('%s is missing: cannot check that this run continues under the settings it '
+                    'started with.', path)
+    return
+  saved = json.loads(path.read_text())
+  current = json.loads(json.dumps(current))  # Tuples become lists, as in the saved file.
+  changed = config_base.changed_keys(saved, current, ignore)
+  if changed:
+    raise UserError(
+        f'{workdir} holds a run that started with other settings ({path}): '
+        f'{config_base.describe_changes(saved, current, changed)}. '
+        f'{fix or "Use a new --workdir, or rerun with the original value."}')
+
+
+def check_config_unchanged(config: ml_collections.ConfigDict,
+                           workdir: str | os.PathLike) -> None:
+  """`check_unchanged` of the config, but for the keys a resumed run may change."""
+  check_unchanged(workdir, CONFIG_FILE, json.loads(config.to_json_best_effort()),
+                  config_base.RESUME_MAY_CHANGE)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the results.
+
+  A resumed run must have the config (but `config_base.RESUME_MAY_CHANGE`) and the data split
+  it started with, or raises UserError before anything is restored.
 
   Raises errors.Preempted after saving, when a preemption notice arrives.
   """
@@ -236,12 +266,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_writer = jax.process_index() == 0
+  # A run that continues keeps the records of its start, and the settings they name.
+  resuming = checkpoint.has_checkpoint(workdir)
+  if resuming:
+    check_config_unchanged(config, workdir)
   mesh = parallel.create_mesh(config.mesh.model)
   splits = datasets.load(config)
   augment_cfg = augment.augment_config_from(config, splits.mean, splits.std, splits.image_shape)
-  if is_writer:
+  if resuming:
+    check_unchanged(workdir, SPLIT_FILE, splits.split_info, fix=(
+        'The data is not the data the run started with (another --config.data_dir, or changed '
+        'files): point the config at that data, or use a new --workdir.'))
+  elif is_writer:
     _write_json(workdir / SPLIT_FILE, splits.split_info)
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
 
   method = create_method(config, splits, mesh)
   tx, schedule = create_optimizer(config, config.num_steps)

@@ -3,6 +3,7 @@ says. The CIFAR configs train end to end on mock TFDS data (ImageNet too, in the
 command-line overrides reach the stages of the staged ImageNet configs."""
 import functools
 import glob
+import json
 import math
 import os
 
@@ -237,3 +238,32 @@ def test_with_baseline_follows_the_top_level_data_keys():
   for key in config_base.DATA_KEYS:
     assert baseline[key] == method_stage[key] == config[key], key
   assert (baseline.method, method_stage.method) == ('supervised', 'suave')
+
+
+def test_changed_keys_compares_json_normalised_dotted_keys():
+  config = config_base.get_base_config()
+  saved = json.loads(config.to_json_best_effort(indent=2))  # As config.json holds it.
+  same = config.copy_and_resolve_references()
+  same.augment.global_scale = (0.5, 1.0)  # A tuple in the config, a list in the file.
+  same.eval_every, same.data_dir, same.eval.batch_size = 7, '/elsewhere', 64  # May change.
+  same.init_from.workdir = 'moved/pretrain'
+  assert config_base.changed_keys(saved, json.loads(same.to_json_best_effort())) == []
+  other = same.copy_and_resolve_references()
+  other.seed, other.optimizer.learning_rate, other.augment.global_scale = 1, 0.05, (0.4, 1.0)
+  other.init_from.paths = ('backbone',)
+  current = json.loads(other.to_json_best_effort())
+  changed = config_base.changed_keys(saved, current)
+  assert changed == ['augment.global_scale', 'init_from.paths', 'optimizer.learning_rate', 'seed']
+  assert config_base.changed_keys(saved, current, ignore=('augment', 'optimizer', 'init_from')) == [
+      'data_dir', 'eval.batch_size', 'eval_every', 'seed']  # `ignore` replaces the default.
+  assert config_base.describe_changes(saved, current, changed, limit=2) == (
+      'augment.global_scale was [0.5, 1.0], now [0.4, 1.0]; init_from.paths was [], now '
+      '["backbone"] (and 2 more)')
+  # A key only one side has counts, shown as absent.
+  del current['nonfinite'], current['model']['width']
+  current['new_key'] = {'x': 1}
+  assert config_base.changed_keys(saved, current) == [
+      'augment.global_scale', 'init_from.paths', 'model.width', 'new_key.x',
+      'optimizer.learning_rate', 'seed']
+  assert config_base.describe_changes(saved, current, ['model.width', 'new_key.x']) == (
+      'model.width was 1.0, now absent; new_key.x was absent, now 1')

@@ -161,8 +161,12 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
   train.train_and_evaluate(tiny_config(num_steps=2), workdir)
   other = tiny_config(num_steps=4)
   other.model.width = 0.5
+  with pytest.raises(errors.UserError, match='model.width was 0.25, now 0.5; num_steps was 2'):
+    train.train_and_evaluate(other, workdir)
+  os.remove(os.path.join(workdir, train.CONFIG_FILE))  # Without the record, the arrays tell.
   with pytest.raises(errors.UserError, match="different model or method: '.*' has shape"):
     train.train_and_evaluate(other, workdir)
+  assert not os.path.exists(os.path.join(workdir, train.CONFIG_FILE))  # Not written on resume.
 
 
 def test_unreadable_init_from_checkpoint_is_named(tmp_path):
@@ -216,3 +220,61 @@ def test_config_key_error_finds_the_first_unknown_key():
   assert main.config_key_error(['--config.suave.temperature=1'], config) is None
   assert "'temprature' is not a key of suave (did you mean 'temperature'?)" in (
       main.config_key_error(['--config.seed=1', '--config.suave.temprature=1'], config))
+
+
+def test_resume_under_another_config_is_refused_before_anything_is_restored(tmp_path, monkeypatch):
+  config = tiny_config(keep_checkpoints=5)
+  workdir = str(tmp_path / 'run')
+  first = train.train_and_evaluate(config, workdir)
+  records = {name: open(os.path.join(workdir, name)).read()
+             for name in (train.CONFIG_FILE, train.SPLIT_FILE)}
+  final = _saved_state(workdir, 4)
+
+  def changed(**overrides):
+    new = config.copy_and_resolve_references()
+    for key, value in overrides.items():
+      section, _, name = key.rpartition('.')
+      (new[section] if section else new)[name] = value
+    return new
+
+  # A finished run (results.json) is not reported again under another config.
+  with pytest.raises(errors.UserError, match=r'seed was 0, now 1\. Use a new --workdir'):
+    main.run_plan([(changed(seed=1), workdir)])
+  assert main.run_plan([(changed(eval_every=3), workdir)])[0]['test_top1'] == first['test_top1']
+
+  # As if killed between steps 2 and 4.
+  shutil.rmtree(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, '4'))
+  os.remove(os.path.join(workdir, train.RESULTS_FILE))
+  with monkeypatch.context() as patch:  # The check comes before data, restore and compile.
+    patch.setattr(train.datasets, 'load', lambda config: pytest.fail('loaded the data'))
+    for override, message in [
+        (dict(seed=1), 'seed was 0, now 1'), (dict(num_steps=8), 'num_steps was 4, now 8'),
+        ({'optimizer.learning_rate': 0.05}, 'optimizer.learning_rate was 0.1, now 0.05'),
+        (dict(seed=1, num_steps=8, batch_size=32), 'batch_size was 16, now 32; num_steps was 4, '
+                                                   'now 8; seed was 0, now 1.')]:
+      with pytest.raises(errors.UserError, match=f'{workdir} holds a run that started with other '
+                         f'settings .*config.json\\): {message}'):
+        train.train_and_evaluate(changed(**override), workdir)
+  # The data the run started with changed: refused before the restore.
+  split = json.loads(records[train.SPLIT_FILE])
+  split['labelled_indices'][0] += 1
+  with open(os.path.join(workdir, train.SPLIT_FILE), 'w') as f:
+    json.dump(split, f)
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpoint.Checkpointer, 'restore_latest', lambda *a: pytest.fail('restored'))
+    with pytest.raises(errors.UserError, match=r'split.json\): labelled_indices was .*'
+                       'point the config at that data'):
+      train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, train.SPLIT_FILE), 'w') as f:
+    f.write(records[train.SPLIT_FILE])
+  assert _steps(workdir) == [2]
+
+  # Evaluating or saving at other steps is allowed: the run ends as it would have.
+  again = train.train_and_evaluate(changed(eval_every=3, checkpoint_every=3), workdir)
+  assert again['steps'] == 4 and again['test_top1'] == first['test_top1']
+  assert _steps(workdir) == [2, 3, 4]
+  resumed = _saved_state(workdir, 4)
+  for path in final:
+    np.testing.assert_array_equal(resumed[path], final[path], err_msg=path)
+  for name, text in records.items():  # The records still describe how the run started.
+    assert open(os.path.join(workdir, name)).read() == text, name

@@ -121,7 +121,7 @@ def test_copy_subtrees_names_the_first_mismatch():
     checkpoint.copy_subtrees(state.params, source, ('nothing',))
 
 
-def test_two_stage_config_with_init_from_and_skip_of_finished_stage(tmp_path):
+def test_two_stage_config_with_init_from_and_skip_of_finished_stage(tmp_path, monkeypatch):
   pre = tiny_config(name='pretrain')
   fine = tiny_config(name='finetune', num_steps=2)
   fine.optimizer.learning_rate = 0.0  # The fine-tune stage keeps what it was initialised with.
@@ -142,6 +142,13 @@ def test_two_stage_config_with_init_from_and_skip_of_finished_stage(tmp_path):
   mtime = results.stat().st_mtime_ns
   assert main.run_plan(plan) == rows  # Both stages finished: nothing runs again.
   assert results.stat().st_mtime_ns == mtime
+  # The same run from elsewhere: the fine-tune's init_from.workdir is spelled differently.
+  monkeypatch.chdir(tmp_path.parent)
+  assert main.run_plan(main.stage_plan(tiny_config(stages=(pre, fine)), tmp_path.name)) == rows
+  fine.optimizer.learning_rate = 0.1
+  with pytest.raises(ValueError, match=r'finetune holds a run that started with other settings '
+                     r'.*optimizer.learning_rate was 0.0, now 0.1\. Use a new --workdir'):
+    main.run_plan(main.stage_plan(tiny_config(stages=(pre, fine)), str(tmp_path)))
 
 
 class _WithTeacher(methods.REGISTRY['supervised']):
@@ -284,6 +291,12 @@ def test_main_command_end_to_end(tmp_path):
   assert results['steps'] == 6 and 0.0 <= results['test_top1'] <= 1.0
   assert 'test_top1' in out.stdout and 'supervised' in out.stdout
   assert (workdir / 'split.json').exists() and list((workdir / 'tensorboard').iterdir())
+  # The same workdir with another seed: one line, before anything compiles.
+  out = subprocess.run(cmd + ['--config.seed=1'], cwd=REPO, capture_output=True, text=True,
+                       env=_cpu_env(), timeout=300)
+  assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+      f'Error: {workdir} holds a run that started with other settings ({workdir}/config.json): '
+      'seed was 0, now 1. Use a new --workdir, or rerun with the original value.'], out.stderr
 
 
 @pytest.mark.parametrize('name', ['sgd', 'lars', 'adamw'])
