@@ -39,7 +39,8 @@ def get_config(arg: str = ''):
       num_prototypes=0,           # 0: one prototype per class
       temperature=0.1, label_smoothing=0.01,
       sinkhorn_epsilon=0.05, sinkhorn_iters=3,
-      queue_size=0, freeze_prototypes_steps=0, heads_only_steps=0,
+      queue_size=0,               # Entries per global crop (SwAV's queue_length); 0: no queue
+      freeze_prototypes_steps=0, heads_only_steps=0,
       ema_momentum=0.0, mixup_alpha=1.0))
   if arg == 'with_baseline':
     baseline = os.path.join(os.path.dirname(__file__), '..', 'supervised', 'digits.py')
