@@ -102,19 +102,112 @@ def test_labelled_targets_are_the_labels(digits):
   assert jnp.all(suave.labelled_loss(perfect, targets, 0.1) < suave.labelled_loss(wrong, targets, 0.1))
 
 
-def test_assignments_are_sinkhorn_of_the_unlabelled_scores(digits):
-  method, graphdef, state, views, _ = _setup(_config(), digits)
+def test_targets_come_from_the_same_forward_pass(digits):
+  """Without a teacher, the loss is the one assembled by hand from one student pass: the
+  unlabelled global views target the Sinkhorn of their own detached scores, BatchNorm's
+  running statistics move only with the student's passes (no second pass over the global
+  views), and the queue takes that pass's embeddings."""
+  config = _config(queue_size=24)  # 16 unlabelled images a step: not full, so not used yet.
+  method, graphdef, state, views, _ = _setup(config, digits)
+  hp, num_labelled, key = config.suave, 8, jax.random.key(2)
+  stats = lambda m: jax.tree.leaves(nnx.state(m, nnx.BatchStat))
+
   @jax.jit
-  def assign(state, views):
+  def run(state, views):
+    model = lambda: nnx.merge(graphdef, state.params, state.model_state, copy=True)
+    suave_model = model()
+    loss, (method_state, _) = method.loss(suave_model, state.method_state, views, key, state.step)
+    by_hand = model()
+    targets, embeds, scores = suave.student_outputs(
+        by_hand, views, key, num_classes=10, num_prototypes=10,
+        label_smoothing=hp.label_smoothing, mixup_alpha=hp.mixup_alpha)
+    assignments = [sinkhorn.sinkhorn(jax.lax.stop_gradient(s[num_labelled:]),
+                                     epsilon=hp.sinkhorn_epsilon, num_iters=hp.sinkhorn_iters)
+                   for s in scores[:2]]
+    expected = suave.combine(
+        suave.labelled_loss([s[:num_labelled] for s in scores], targets, hp.temperature),
+        suave.swapped_assignment_loss([s[num_labelled:] for s in scores], assignments,
+                                      hp.temperature))
+    # The former targets: a second pass of the unlabelled global views alone.
+    second_pass = model()
+    suave.student_outputs(second_pass, views, key, num_classes=10, num_prototypes=10,
+                          label_smoothing=hp.label_smoothing, mixup_alpha=hp.mixup_alpha)
+    for v in views['unlabelled']['views'][:2]:
+      second_pass.embed(v, train=True)
+    return (loss, expected, method_state, [z[num_labelled:] for z in embeds[:2]],
+            stats(suave_model), stats(by_hand), stats(second_pass), stats(model()))
+
+  loss, expected, method_state, embeds, after, by_hand, second_pass, before = run(state, views)
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  assert not any(np.allclose(a, b) for a, b in zip(after, before))  # The student pass moved them.
+  for a, b in zip(after, by_hand):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert not all(np.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(after, second_pass))
+  # Crop g's unlabelled embeddings of this pass head queue g; the rest is still empty.
+  queue = np.asarray(method_state['queue'])
+  assert queue.shape == (2, 24, config.suave.embed_dim)
+  assert int(method_state['queue_count']) == 16
+  for g in range(2):
+    np.testing.assert_allclose(queue[g, :16], embeds[g], rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(queue[:, 16:], 0.0)
+
+
+def test_each_global_crop_has_its_own_fifo_queue():
+  """Crop g's newest embeddings head queue g, the oldest drop out, and once full, crop g's
+  Sinkhorn problem holds queue g (not the other crop's)."""
+  config = _config(queue_size=6, embed_dim=4, sinkhorn_epsilon=1.0)  # Soft assignments.
+  method = suave.Suave(config, base.DataInfo(10, (8, 8, 1)), parallel.create_mesh())
+  state = method.init_state(None)
+  assert state['queue'].shape == (2, 6, 4)
+  weights = jax.random.normal(jax.random.key(0), (3, 4))
+  prototypes = lambda z: z @ weights.T
+  run = lambda s: sinkhorn.sinkhorn(s, epsilon=1.0, num_iters=3)
+  steps = []
+  for i in range(3):
+    keys = jax.random.split(jax.random.key(i + 1), 2)
+    embeds = [jax.random.normal(k, (4, 4)) for k in keys]  # Crop g: [B_u=4, D=4].
+    scores = [prototypes(z) for z in embeds]
+    before = state['queue']
+    assignments, state = method._assign(state, embeds, scores, prototypes)
+    steps.append(embeds)
+    queue = np.asarray(state['queue'])
+    for g in range(2):
+      np.testing.assert_allclose(queue[g, :4], embeds[g])
+      if i == 0:
+        np.testing.assert_array_equal(queue[g, 4:], 0.0)
+      else:
+        np.testing.assert_allclose(queue[g, 4:], steps[i - 1][g][:2])
+      if i < 2:  # Not full before this step (0, then 4 of 6 entries): the batch alone.
+        np.testing.assert_allclose(assignments[g], run(scores[g]), rtol=1e-6)
+      else:
+        with_queue = lambda q: run(jnp.concatenate([scores[g], prototypes(q)]))[:4]
+        np.testing.assert_allclose(assignments[g], with_queue(before[g]), rtol=1e-5, atol=1e-6)
+        assert not np.allclose(assignments[g], with_queue(before[1 - g]), rtol=1e-3)
+    assert int(state['queue_count']) == min(4 * (i + 1), 6)
+
+
+def test_ema_teacher_assigns_with_its_own_pass_and_prototypes(digits):
+  method, graphdef, state, views, _ = _setup(_config(ema_momentum=0.9), digits)
+  teacher = jax.tree.map(lambda p: p + 0.01, state.params)  # A teacher unlike the student.
+  globals_ = views['unlabelled']['views'][:2]
+  stats = lambda m: jax.tree.leaves(nnx.state(m, nnx.BatchStat))
+
+  @jax.jit
+  def run(teacher, views):
     model = nnx.merge(graphdef, state.params, state.model_state, copy=True)
-    embeds = method._teacher_embeddings(model, state.method_state, views)
-    scores = [model.prototypes(z) for z in embeds]
-    return scores, method._assign(model, state.method_state, embeds)[0]
-  scores, assignments = assign(state, views['unlabelled']['views'][:2])
-  for s, q in zip(scores, assignments):
-    np.testing.assert_allclose(q, sinkhorn.sinkhorn(s, epsilon=0.05, num_iters=3),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-5)
+    embeds, scores, prototypes = method._sinkhorn_inputs(model, {'teacher': teacher}, views,
+                                                         None, None)
+    teacher_model = nnx.merge(graphdef, teacher, state.model_state, copy=True)
+    expected = [teacher_model(v, train=True) for v in views]
+    return scores, expected, prototypes(embeds[0]), stats(model)
+
+  scores, expected, rescored, model_stats = run(teacher, globals_)
+  for s, e in zip(scores, expected):
+    np.testing.assert_allclose(s, e, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(rescored, scores[0], rtol=1e-5, atol=1e-6)
+  for a, b in zip(model_stats, jax.tree.leaves(nnx.state(
+      nnx.merge(graphdef, state.params, state.model_state), nnx.BatchStat))):
+    np.testing.assert_array_equal(a, b)  # The teacher's BatchNorm updates are dropped.
 
 
 def _one_step(config, splits):
@@ -140,7 +233,9 @@ def test_ema_teacher_and_queue_state(digits):
   for t0, p1, t1 in zip(jax.tree.leaves(before.method_state['teacher']),
                         jax.tree.leaves(after.params), jax.tree.leaves(after.method_state['teacher'])):
     np.testing.assert_allclose(t1, 0.9 * t0 + 0.1 * p1, rtol=1e-5, atol=1e-7)
-  # The 2 x 16 global unlabelled embeddings of the step enter the front of the queue (24 kept).
-  assert int(after.method_state['queue_count']) == 24
-  norms = np.linalg.norm(after.method_state['queue'], axis=1)
-  np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+  # Each global crop's 16 unlabelled (teacher) embeddings head its own queue of 24.
+  queue = np.asarray(after.method_state['queue'])
+  assert queue.shape == (2, 24, config.suave.embed_dim)
+  assert int(after.method_state['queue_count']) == 16
+  np.testing.assert_allclose(np.linalg.norm(queue[:, :16], axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_array_equal(queue[:, 16:], 0.0)

@@ -72,8 +72,11 @@ def get_config() -> ml_collections.ConfigDict:
       # --label_smoothing 0.01.
       temperature=0.1, label_smoothing=0.01,
       sinkhorn_epsilon=0.05, sinkhorn_iters=3,
-      # swav.sh and train_10perc.sh: --queue_size / --queue_length 3840 (here filled from the
-      # first step; solo-learn starts it at epoch 50).
+      # Entries per global crop, as SwAV's queue_length: one queue of 3840 for each of the 2
+      # global crops (swav.sh: --queue_size 3840 and solo-learn's queue [2, queue_size, D] at
+      # batch 256, as train_10perc.sh's --queue_length 3840). Here it fills from the first step
+      # and joins the Sinkhorn problem once full (after 15 steps); solo-learn starts it at
+      # epoch 50 (--epoch_queue_starts 50).
       queue_size=3840,
       # train_10perc.sh: --freeze_prototypes_niters 0 --warmup_proj_nepochs 0
       # --use_momentum false. Its mixup is left out: no CIFAR source uses it.

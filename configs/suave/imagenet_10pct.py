@@ -106,6 +106,11 @@ def get_config() -> ml_collections.ConfigDict:
       # main_suave.py: --temperature 0.1 --label_smoothing 0.01 --sinkhorn_iterations 3;
       # train_10perc.sh: --epsilon 0.05 --queue_length 3840 --epoch_queue_starts 0.
       temperature=0.1, label_smoothing=0.01, sinkhorn_epsilon=0.05, sinkhorn_iters=3,
+      # Entries per global crop, as --queue_length: main_suave.py keeps queue[i] of
+      # queue_length / 8 GPUs for each of the 2 global crops, i.e. 3840 per crop over the
+      # batch of 256 (SwAV's value for batch 256). Filled from the first step (epoch 0), it
+      # joins the Sinkhorn problem once full, after 15 steps (main_suave.py: once its last
+      # row is non-zero). The fine-tune keeps it (finetune_10perc.sh: the same flags).
       queue_size=3840,
       # train_10perc.sh: --freeze_prototypes_niters 0 --warmup_proj_nepochs 0
       # --use_momentum false --mixup_lab true (main_suave.py: mixup_alpha=1.).

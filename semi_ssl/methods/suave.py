@@ -7,10 +7,14 @@ same image (swapped prediction; local crops predict every global view's assignme
 terms are weighted by their share of the batch. `predict` reads the class prototypes'
 scores directly: there is no separate classifier.
 
-Options of the paper's code, all off by default: a queue of past unlabelled features that
-joins the Sinkhorn problem (small batches), frozen prototypes for the first steps, only the
-heads trained for the first steps, an EMA (momentum) encoder that computes the assignments,
-and mixup of labelled images.
+The assignments come from the same forward pass as the loss, detached (`suave/main_suave.py`
+of github.com/pietroastolfi/suave-daino: `output_for_sk = unlab_output`): no second pass, so
+BatchNorm's running statistics move only with the student's passes.
+
+Options of the paper's code, all off by default: a queue of past unlabelled features per global
+crop that joins that crop's Sinkhorn problem once full (small batches), frozen prototypes for
+the first steps, only the heads trained for the first steps, an EMA (momentum) encoder whose
+own pass and prototypes compute the assignments, and mixup of labelled images.
 """
 from __future__ import annotations
 
@@ -81,22 +85,36 @@ def mixup(key: jax.Array, views: list[jax.Array], targets: jax.Array, alpha: flo
   return [mix(v) for v in views], mix(targets)
 
 
-def student_scores(model, batch: dict, key: jax.Array, *, num_classes: int, num_prototypes: int,
+def student_inputs(batch: dict, key: jax.Array, *, num_classes: int, num_prototypes: int,
                    label_smoothing: float, mixup_alpha: float):
-  """(targets [B_l, K] of the labelled images, scores V x [B_l + B_u, K] of every view).
+  """(targets [B_l, K] of the labelled images, inputs V x [B_l + B_u, ...] of every view).
 
   Targets are the smoothed one-hot labels, mixed up with the labelled views when
-  `mixup_alpha` > 0. The labelled and unlabelled crops of one view go through the network
-  together, so BatchNorm sees the whole batch; labelled rows come first.
+  `mixup_alpha` > 0. A view's input holds its labelled and unlabelled crops, labelled rows
+  first: they go through the network together, so BatchNorm sees the whole batch.
   """
   targets = class_targets(batch['labelled']['labels'], num_classes, num_prototypes,
                           label_smoothing)
   labelled_views = batch['labelled']['views']
   if mixup_alpha:
     labelled_views, targets = mixup(key, labelled_views, targets, mixup_alpha)
-  scores = [model(jnp.concatenate([l, u]), train=True)
-            for l, u in zip(labelled_views, batch['unlabelled']['views'])]
-  return targets, scores
+  return targets, [jnp.concatenate([l, u])
+                   for l, u in zip(labelled_views, batch['unlabelled']['views'])]
+
+
+def student_scores(model, batch: dict, key: jax.Array, **kwargs):
+  """(targets [B_l, K], scores V x [B_l + B_u, K]): one `model` pass per view of
+  `student_inputs`."""
+  targets, inputs = student_inputs(batch, key, **kwargs)
+  return targets, [model(x, train=True) for x in inputs]
+
+
+def student_outputs(model: SuaveModel, batch: dict, key: jax.Array, **kwargs):
+  """(targets [B_l, K], embeddings V x [B_l + B_u, D], scores V x [B_l + B_u, K]):
+  `student_scores` that also keeps the embeddings the scores come from (the same pass)."""
+  targets, inputs = student_inputs(batch, key, **kwargs)
+  embeds = [model.embed(x, train=True) for x in inputs]
+  return targets, embeds, [model.prototypes(z) for z in embeds]
 
 
 class Suave(base.Method):
@@ -121,22 +139,27 @@ class Suave(base.Method):
     if self.hp.ema_momentum:
       state['teacher'] = jax.tree.map(jnp.copy, params)
     if self.hp.queue_size:
-      state['queue'] = jnp.zeros((self.hp.queue_size, self.hp.embed_dim), jnp.float32)
+      # One queue of `queue_size` per global crop (SwAV's queue[i]), newest entries first, and
+      # the number of entries each holds (saturating at `queue_size`).
+      state['queue'] = jnp.zeros((self.config.augment.num_global_crops, self.hp.queue_size,
+                                  self.hp.embed_dim), jnp.float32)
       state['queue_count'] = jnp.zeros((), jnp.int32)
     return state
 
   def loss(self, model, state, batch, key, step):
     hp = self.hp
     labels = batch['labelled']['labels']
-    targets, scores = student_scores(
+    targets, embeds, scores = student_outputs(
         model, batch, key, num_classes=self.data.num_classes,
         num_prototypes=self.num_prototypes, label_smoothing=hp.label_smoothing,
         mixup_alpha=hp.mixup_alpha)
-    unlabelled_views = batch['unlabelled']['views']
     num_labelled = labels.shape[0]
     num_global = self.config.augment.num_global_crops
-    teacher_embeds = self._teacher_embeddings(model, state, unlabelled_views[:num_global])
-    assignments, state = self._assign(model, state, teacher_embeds)
+    sk_embeds, sk_scores, prototypes = self._sinkhorn_inputs(
+        model, state, batch['unlabelled']['views'][:num_global],
+        [z[num_labelled:] for z in embeds[:num_global]],
+        [s[num_labelled:] for s in scores[:num_global]])
+    assignments, state = self._assign(state, sk_embeds, sk_scores, prototypes)
     loss_l = labelled_loss([s[:num_labelled] for s in scores], targets, hp.temperature)
     loss_u = swapped_assignment_loss([s[num_labelled:] for s in scores], assignments,
                                      hp.temperature)
@@ -145,29 +168,47 @@ class Suave(base.Method):
                                              labels)}
     return combine(loss_l, loss_u), (state, metrics)
 
-  def _teacher_embeddings(self, model, state, views):
-    """Embeddings (no gradient) of the global unlabelled views: G x [B_u, D]."""
-    if 'teacher' in state:
-      graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-      model = nnx.merge(graphdef, state['teacher'], rest, copy=True)
-    return [jax.lax.stop_gradient(model.embed(v, train=True)) for v in views]
+  def _sinkhorn_inputs(self, model, state, views, embeds, scores):
+    """What the assignments of the G global unlabelled views come from, without gradient:
+    (embeddings G x [B_u, D], scores G x [B_u, K], the prototypes that score queue entries).
 
-  def _assign(self, model, state, embeds):
-    """Sinkhorn assignments G x [B_u, K] of the global views, with the queue if enabled."""
+    Without a teacher: `embeds` and `scores`, the student's own pass (main_suave.py:
+    `output_for_sk = unlab_output`, `embedding[lab_bs:].detach()`). With the EMA teacher: the
+    teacher's pass over `views` and its prototypes (main_suave.py: `model_for_sk = ema_model`);
+    its BatchNorm updates stay on the teacher's copy of the model state and are dropped.
+    """
+    if 'teacher' not in state:
+      return ([jax.lax.stop_gradient(z) for z in embeds],
+              [jax.lax.stop_gradient(s) for s in scores], model.prototypes)
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    teacher = nnx.merge(graphdef, state['teacher'], rest, copy=True)
+    embeds = [jax.lax.stop_gradient(teacher.embed(v, train=True)) for v in views]
+    return (embeds, [jax.lax.stop_gradient(teacher.prototypes(z)) for z in embeds],
+            teacher.prototypes)
+
+  def _assign(self, state, embeds, scores, prototypes):
+    """Sinkhorn assignments G x [B_u, K] of the global views from their `scores` G x [B_u, K].
+
+    With the queue, crop g's Sinkhorn problem also holds the entries of queue g (scored by
+    `prototypes`) once it is full, and at every step crop g's `embeds` [B_u, D] enter the head
+    of queue g (SwAV / main_suave.py: `queue[i]` for crop `crops_for_assign[i]`).
+    """
     hp = self.hp
-    prototypes = lambda z: jax.lax.stop_gradient(model.prototypes(z))
     run = lambda s: sinkhorn.sinkhorn(s, epsilon=hp.sinkhorn_epsilon, num_iters=hp.sinkhorn_iters)
     if 'queue' not in state:
-      return [run(prototypes(z)) for z in embeds], state
+      return [run(s) for s in scores], state
     queue, count = state['queue'], state['queue_count']
-    full = count >= hp.queue_size
-    assignments = []
-    for z in embeds:
-      with_queue = run(prototypes(jnp.concatenate([z, queue])))[:z.shape[0]]
-      assignments.append(jnp.where(full, with_queue, run(prototypes(z))))
-    new = jnp.concatenate(embeds)[:hp.queue_size]
-    queue = jnp.concatenate([new, queue])[:hp.queue_size]  # Newest first; oldest drop out.
-    return assignments, {**state, 'queue': queue, 'queue_count': count + new.shape[0]}
+    size = queue.shape[1]
+    full = count >= size
+    assignments, queues = [], []
+    for past, z, s in zip(queue, embeds, scores):
+      queued = jax.lax.stop_gradient(prototypes(past))
+      with_queue = run(jnp.concatenate([s, queued]))[:s.shape[0]]
+      assignments.append(jnp.where(full, with_queue, run(s)))
+      # Newest first; the oldest drop out.
+      queues.append(jnp.concatenate([z[:size].astype(queue.dtype), past])[:size])
+    count = jnp.minimum(count + embeds[0].shape[0], size)
+    return assignments, {**state, 'queue': jnp.stack(queues), 'queue_count': count}
 
   def trainable(self, params, step):
     hp = self.hp
