@@ -11,6 +11,7 @@ from ml_collections import config_dict
 
 from semi_ssl import config_base, methods, metric_writer, parallel, train
 from semi_ssl.methods import base, daino
+from semi_ssl.ops import ema
 
 DIGITS = base.DataInfo(num_classes=10, image_shape=(8, 8, 1))
 
@@ -81,7 +82,7 @@ def test_init_state_copies_the_params_and_zeroes_the_center(tiny):
 
 
 def test_momentum_schedule_endpoints():
-  m = lambda step: float(daino.teacher_momentum(jnp.int32(step), 100, 0.996))
+  m = lambda step: float(ema.cosine_momentum(jnp.int32(step), 100, 0.996))
   np.testing.assert_allclose([m(0), m(50), m(100), m(150)], [0.996, 0.998, 1.0, 1.0], rtol=1e-6)
   assert m(0) < m(10) < m(90) < m(100)
 

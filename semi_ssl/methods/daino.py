@@ -24,16 +24,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from semi_ssl.errors import require
 from semi_ssl.methods import base
 from semi_ssl.methods.suave import (SuaveModel, combine, labelled_loss, student_scores,
                                     swapped_assignment_loss)
 from semi_ssl.ops import losses
-
-
-def teacher_momentum(step: jax.Array, num_steps: int, base_momentum: float) -> jax.Array:
-  """EMA momentum of step `step`: cosine from `base_momentum` (step 0) to 1 (`num_steps`)."""
-  progress = jnp.clip(step / num_steps, 0.0, 1.0)
-  return 1.0 - (1.0 - base_momentum) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
+from semi_ssl.ops.ema import cosine_momentum, ema
 
 
 def teacher_temperature(step: jax.Array, *, start: float, end: float,
@@ -42,11 +38,6 @@ def teacher_temperature(step: jax.Array, *, start: float, end: float,
   if not warmup_steps:
     return jnp.asarray(end, jnp.float32)
   return start + (end - start) * jnp.clip(step / warmup_steps, 0.0, 1.0)
-
-
-def ema(average: base.PyTree, new: base.PyTree, momentum: jax.Array) -> base.PyTree:
-  """momentum * average + (1 - momentum) * new, leaf by leaf."""
-  return jax.tree.map(lambda a, n: momentum * a + (1.0 - momentum) * n, average, new)
 
 
 def teacher_targets(scores: list[jax.Array], center: jax.Array,
@@ -65,11 +56,6 @@ def entropy(probs: jax.Array) -> jax.Array:
   return -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-12)), axis=-1)
 
 
-def _require(ok: bool, message: str) -> None:
-  if not ok:
-    raise ValueError(message)
-
-
 class Daino(base.Method):
   """See the module docstring; hyperparameters live in `config.daino`."""
 
@@ -77,18 +63,18 @@ class Daino(base.Method):
     super().__init__(config, data, mesh)
     self.hp = hp = config.daino
     self.num_prototypes = hp.num_prototypes or data.num_classes
-    _require(self.num_prototypes >= data.num_classes,
+    require(self.num_prototypes >= data.num_classes,
              f'config.daino.num_prototypes={self.num_prototypes} is below the '
              f'{data.num_classes} classes: use 0 (= number of classes) or more.')
     for key in ('teacher_momentum', 'center_momentum'):
-      _require(0.0 <= hp[key] <= 1.0, f'config.daino.{key}={hp[key]} must be in [0, 1].')
+      require(0.0 <= hp[key] <= 1.0, f'config.daino.{key}={hp[key]} must be in [0, 1].')
     for key in ('student_temperature', 'teacher_temperature', 'teacher_temperature_warmup_start'):
-      _require(hp[key] > 0.0, f'config.daino.{key}={hp[key]} must be positive, e.g. 0.1.')
-    _require(hp.teacher_temperature_warmup_steps >= 0,
+      require(hp[key] > 0.0, f'config.daino.{key}={hp[key]} must be positive, e.g. 0.1.')
+    require(hp.teacher_temperature_warmup_steps >= 0,
              f'config.daino.teacher_temperature_warmup_steps={hp.teacher_temperature_warmup_steps}'
              ' must be >= 0 (0 = no warm-up).')
     aug = config.augment
-    _require(aug.num_global_crops + aug.num_local_crops >= 2,
+    require(aug.num_global_crops + aug.num_local_crops >= 2,
              'Daino needs a second view to predict the teacher from: set '
              'config.augment.num_global_crops=2 or add local crops.')
 
@@ -143,7 +129,7 @@ class Daino(base.Method):
     return jnp.split(scores, len(views))
 
   def update_state(self, params, state, step):
-    m = teacher_momentum(step, self.config.num_steps, self.hp.teacher_momentum)
+    m = cosine_momentum(step, self.config.num_steps, self.hp.teacher_momentum)
     return {**state, 'teacher': ema(state['teacher'], params, m)}
 
   def predict(self, model, images):

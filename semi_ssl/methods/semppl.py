@@ -46,9 +46,9 @@ from jax.sharding import PartitionSpec as P
 
 from semi_ssl import parallel
 from semi_ssl.methods import base
-from semi_ssl.methods.daino import ema, teacher_momentum
 from semi_ssl.models import heads
 from semi_ssl.ops import knn, losses
+from semi_ssl.ops.ema import cosine_momentum, ema
 
 
 class SemPPLModel(nnx.Module):
@@ -247,7 +247,7 @@ class SemPPL(base.Method):
     return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=self.split)
 
   def update_state(self, params, state, step):
-    m = teacher_momentum(step, self.config.num_steps, self.hp.target_momentum)
+    m = cosine_momentum(step, self.config.num_steps, self.hp.target_momentum)
     return {**state, 'target': ema(state['target'], params, m)}
 
   def eval_predictions(self, model, state, images):

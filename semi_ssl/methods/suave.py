@@ -25,6 +25,7 @@ from flax import nnx
 from semi_ssl.methods import base
 from semi_ssl.models import heads
 from semi_ssl.ops import losses, sinkhorn
+from semi_ssl.ops.ema import ema
 
 
 class SuaveModel(nnx.Module):
@@ -223,9 +224,7 @@ class Suave(base.Method):
 
   def update_state(self, params, state, step):
     if 'teacher' in state:
-      m = self.hp.ema_momentum
-      state = {**state, 'teacher': jax.tree.map(lambda t, p: m * t + (1 - m) * p,
-                                                 state['teacher'], params)}
+      state = {**state, 'teacher': ema(state['teacher'], params, self.hp.ema_momentum)}
     return state
 
   def predict(self, model, images):
