@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging as python_logging
 import os
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -121,6 +122,20 @@ class _OwnInfoOnly:
     return record.levelno >= python_logging.WARNING or f'{os.sep}semi_ssl{os.sep}' in record.pathname
 
 
+def _exit_quietly(message: str) -> None:
+  """Prints `message` as the last line and exits 1, with no interpreter shutdown.
+
+  For a failed checkpoint write: the failed save's other background writes are still running
+  and print their own tracebacks (the same error) while they fail, and again at shutdown;
+  everything of ours is closed by then. Their Python-level output is dropped from here on.
+  """
+  sys.stderr.flush()
+  sys.stderr = open(os.devnull, 'w')  # pylint: disable=consider-using-with
+  time.sleep(0.5)  # Lets a traceback that had started printing finish before the message.
+  os.write(2, f'{message}\n'.encode())
+  os._exit(1)  # pylint: disable=protected-access
+
+
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
@@ -149,10 +164,7 @@ def main(argv):
     print(notice, flush=True)
     sys.exit(0)
   except errors.CheckpointWriteError as error:
-    # The failed save's other background writes are still running and would print their own
-    # tracebacks during interpreter shutdown, after this line; everything else is closed.
-    print(f'Error: {error}', file=sys.stderr, flush=True)
-    os._exit(1)  # pylint: disable=protected-access
+    _exit_quietly(f'Error: {error}')
   except errors.UserError as error:
     sys.exit(f'Error: {error}')
   if jax.process_index() == 0:
