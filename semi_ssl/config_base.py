@@ -166,8 +166,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
   from semi_ssl.methods import base
 
   require(config.method in methods.REGISTRY,
-         f"config.method='{config.method}' is unknown{closest_key(config.method, methods.REGISTRY)}; "
-         f"valid methods: {', '.join(sorted(methods.REGISTRY))}.")
+          f"config.method='{config.method}' is unknown{closest_key(config.method, methods.REGISTRY)}; "
+          f"valid methods: {', '.join(sorted(methods.REGISTRY))}.")
   datasets.check_config(config)
   shape = datasets.image_shape(config)
   augment.augment_config_from(config, (0.0,) * shape[-1], (1.0,) * shape[-1], shape)
@@ -176,30 +176,30 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
                       ('eval.batch_size', config.eval.batch_size)):
     require(isinstance(value, int) and value > 0, f'config.{name}={value!r} must be a positive integer.')
     require(value % num_devices == 0,
-           f'config.{name}={value} is not divisible by the {num_devices} devices: '
-           f'set it to a multiple of {num_devices}, e.g. --config.{name}={value - value % num_devices or num_devices}.')
+            f'config.{name}={value} is not divisible by the {num_devices} devices: '
+            f'set it to a multiple of {num_devices}, e.g. --config.{name}={value - value % num_devices or num_devices}.')
   require(isinstance(config.mesh.model, int) and config.mesh.model > 0
-         and num_devices % config.mesh.model == 0,
-         f'config.mesh.model={config.mesh.model} does not divide the {num_devices} devices: use '
-         'a divisor of the device count (1: no parameter sharding).')
+          and num_devices % config.mesh.model == 0,
+          f'config.mesh.model={config.mesh.model} does not divide the {num_devices} devices: use '
+          'a divisor of the device count (1: no parameter sharding).')
   for key in ('num_steps', 'eval_every', 'checkpoint_every', 'log_every', 'keep_checkpoints'):
     require(config[key] > 0, f'config.{key}={config[key]} must be positive.')
   require(0 < config.eval.crop_fraction <= 1,
-         f'config.eval.crop_fraction={config.eval.crop_fraction} must be in (0, 1] (1: no crop).')
+          f'config.eval.crop_fraction={config.eval.crop_fraction} must be in (0, 1] (1: no crop).')
   require(isinstance(config.eval.knn_k, int) and config.eval.knn_k > 0,
-         f'config.eval.knn_k={config.eval.knn_k!r} must be a positive integer.')
+          f'config.eval.knn_k={config.eval.knn_k!r} must be a positive integer.')
   require(config.optimizer.name in ('sgd', 'lars', 'adamw'),
-         f"config.optimizer.name='{config.optimizer.name}' is unknown; use sgd, lars or adamw.")
+          f"config.optimizer.name='{config.optimizer.name}' is unknown; use sgd, lars or adamw.")
   require(config.nonfinite in ('stop', 'skip'),
-         f"config.nonfinite='{config.nonfinite}' is unknown; use stop or skip.")
+          f"config.nonfinite='{config.nonfinite}' is unknown; use stop or skip.")
   require(config.model.dtype in ('float32', 'bfloat16'),
-         f"config.model.dtype='{config.model.dtype}' is unknown; use float32 or bfloat16.")
+          f"config.model.dtype='{config.model.dtype}' is unknown; use float32 or bfloat16.")
   init = config.init_from
   require(not (init.workdir and init.stage),
-         'config.init_from: set either workdir or stage, not both.')
+          'config.init_from: set either workdir or stage, not both.')
   require(bool(init.workdir or init.stage) == bool(init.paths),
-         'config.init_from: name both a source (workdir or stage) and the parameter paths to copy, '
-         "e.g. --config.init_from.paths=\"('backbone',)\".")
+          'config.init_from: name both a source (workdir or stage) and the parameter paths to copy, '
+          "e.g. --config.init_from.paths=\"('backbone',)\".")
   mesh = AbstractMesh((num_devices // config.mesh.model, config.mesh.model),
                       (parallel.DATA_AXIS, parallel.MODEL_AXIS))
   data = base.DataInfo(num_classes=datasets.num_classes(config), image_shape=shape)
@@ -216,7 +216,7 @@ def _check_writable(workdir: str) -> None:
   while not os.path.exists(existing):
     existing = os.path.dirname(os.path.abspath(existing))
   require(os.path.isdir(existing) and os.access(existing, os.W_OK),
-         f"--workdir={workdir} is not writable ('{existing}' does not allow writing): choose another directory.")
+          f"--workdir={workdir} is not writable ('{existing}' does not allow writing): choose another directory.")
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

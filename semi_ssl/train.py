@@ -228,7 +228,8 @@ def _check_finite(state: TrainState, nonfinite: str, ckpt: checkpoint.Checkpoint
   return skipped
 
 
-def check_unchanged(workdir: str | os.PathLike, filename: str, current: dict, ignore=(), fix: str = '') -> None:
+def check_unchanged(workdir: str | os.PathLike, filename: str, current: dict, ignore=(),
+                    fix: str = '') -> None:
   """Raises UserError when `current` differs from WORKDIR/`filename`, the record written when
   the run there started, in a key not in `ignore`. For a run that continues (a checkpoint or
   results.json in `workdir`), so that it never goes on under settings it did not start with."""

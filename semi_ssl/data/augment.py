@@ -67,11 +67,11 @@ def _floats(values: Sequence[float]) -> tuple[float, ...]:
 def _check_crops(prefix: str, size: int, scale: tuple[float, ...], image_side: int | None) -> None:
   require(size >= 1, f'config.augment.{prefix}_size={size} must be a positive number of pixels.')
   require(image_side is None or size <= image_side,
-           f'config.augment.{prefix}_size={size} is larger than the stored images '
-           f'({image_side} pixels); set it <= {image_side}.')
+          f'config.augment.{prefix}_size={size} is larger than the stored images '
+          f'({image_side} pixels); set it <= {image_side}.')
   require(len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0,
-           f'config.augment.{prefix}_scale={scale} must be an ordered (low, high) area fraction '
-           'with 0 < low <= high <= 1, e.g. (0.08, 1.0).')
+          f'config.augment.{prefix}_scale={scale} must be an ordered (low, high) area fraction '
+          'with 0 < low <= high <= 1, e.g. (0.08, 1.0).')
 
 
 def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
@@ -92,9 +92,9 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
   aug = config.augment
   side = min(image_shape[:2]) if image_shape is not None else None
   require(aug.num_global_crops >= 1,
-           f'config.augment.num_global_crops={aug.num_global_crops} must be >= 1.')
+          f'config.augment.num_global_crops={aug.num_global_crops} must be >= 1.')
   require(aug.num_local_crops >= 0,
-           f'config.augment.num_local_crops={aug.num_local_crops} must be >= 0 (0 = none).')
+          f'config.augment.num_local_crops={aug.num_local_crops} must be >= 0 (0 = none).')
   global_scale = _floats(aug.global_scale)
   _check_crops('global', aug.global_size, global_scale, side)
   local_crops = None
@@ -103,21 +103,21 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
     _check_crops('local', aug.local_size, local_scale, side)
     local_crops = CropSpec(aug.num_local_crops, aug.local_size, local_scale)
   require(aug.color_jitter >= 0.0,
-           f'config.augment.color_jitter={aug.color_jitter} must be >= 0 (0 = off, SimCLR: 1.0).')
+          f'config.augment.color_jitter={aug.color_jitter} must be >= 0 (0 = off, SimCLR: 1.0).')
   for key in ('blur_prob', 'solarize_prob'):
     require(len(aug[key]) > 0, f'config.augment.{key} is empty; give one probability per '
-             'global view, e.g. (1.0, 0.1); the last one serves further views.')
+            'global view, e.g. (1.0, 0.1); the last one serves further views.')
   for key in ('grayscale_prob', 'blur_prob', 'local_blur_prob', 'solarize_prob'):
     probs = np.atleast_1d(aug[key])
     require(bool(np.all((probs >= 0.0) & (probs <= 1.0))),
-             f'config.augment.{key}={aug[key]} is not a probability; set it in [0, 1].')
+            f'config.augment.{key}={aug[key]} is not a probability; set it in [0, 1].')
   mean, std = _floats(mean), _floats(std)
   require(len(mean) == len(std) and all(s > 0 for s in std),
-           f'mean={mean} and std={std} must have one entry per channel and std > 0.')
+          f'mean={mean} and std={std} must have one entry per channel and std > 0.')
   if image_shape is not None:
     require(len(mean) == image_shape[-1],
-             f'mean/std have {len(mean)} entries but the images have {image_shape[-1]} channels; '
-             'give one per channel.')
+            f'mean/std have {len(mean)} entries but the images have {image_shape[-1]} channels; '
+            'give one per channel.')
   return AugmentConfig(
       global_crops=CropSpec(aug.num_global_crops, aug.global_size, global_scale),
       local_crops=local_crops, flip=bool(aug.flip), color_jitter=float(aug.color_jitter),
@@ -249,8 +249,8 @@ def _solarize(x: jax.Array) -> jax.Array:
 def _normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
   """[..., C] in [0, 1] -> (x - mean) / std."""
   require(len(mean) == len(std) == x.shape[-1],
-           f'mean={tuple(mean)} and std={tuple(std)} need one entry per image channel '
-           f'({x.shape[-1]}).')
+          f'mean={tuple(mean)} and std={tuple(std)} need one entry per image channel '
+          f'({x.shape[-1]}).')
   return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
 
 
@@ -307,7 +307,7 @@ def multi_crop(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> list[ja
   View v of example i depends only on (key, B, v, images[i]), whatever the sharding of `images`.
   """
   require(images.ndim == 4 and images.dtype == jnp.uint8,
-           f'multi_crop expects uint8 images [B, H, W, C], got {images.dtype} {images.shape}.')
+          f'multi_crop expects uint8 images [B, H, W, C], got {images.dtype} {images.shape}.')
   global_key, local_key = jax.random.split(key)
   num_global = cfg.global_crops.num
   views = _augment_family(global_key, images, cfg, cfg.global_crops,

@@ -64,19 +64,19 @@ class Daino(base.Method):
     self.hp = hp = config.daino
     self.num_prototypes = hp.num_prototypes or data.num_classes
     require(self.num_prototypes >= data.num_classes,
-             f'config.daino.num_prototypes={self.num_prototypes} is below the '
-             f'{data.num_classes} classes: use 0 (= number of classes) or more.')
+            f'config.daino.num_prototypes={self.num_prototypes} is below the '
+            f'{data.num_classes} classes: use 0 (= number of classes) or more.')
     for key in ('teacher_momentum', 'center_momentum'):
       require(0.0 <= hp[key] <= 1.0, f'config.daino.{key}={hp[key]} must be in [0, 1].')
     for key in ('student_temperature', 'teacher_temperature', 'teacher_temperature_warmup_start'):
       require(hp[key] > 0.0, f'config.daino.{key}={hp[key]} must be positive, e.g. 0.1.')
     require(hp.teacher_temperature_warmup_steps >= 0,
-             f'config.daino.teacher_temperature_warmup_steps={hp.teacher_temperature_warmup_steps}'
-             ' must be >= 0 (0 = no warm-up).')
+            f'config.daino.teacher_temperature_warmup_steps={hp.teacher_temperature_warmup_steps}'
+            ' must be >= 0 (0 = no warm-up).')
     aug = config.augment
     require(aug.num_global_crops + aug.num_local_crops >= 2,
-             'Daino needs a second view to predict the teacher from: set '
-             'config.augment.num_global_crops=2 or add local crops.')
+            'Daino needs a second view to predict the teacher from: set '
+            'config.augment.num_global_crops=2 or add local crops.')
 
   def create_model(self, rngs):
     return SuaveModel(base.create_backbone(self.config, self.data, rngs),
