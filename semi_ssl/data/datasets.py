@@ -10,7 +10,8 @@ Sources (`config.dataset`):
   imagenet2012  TFDS in array_record format, read and decoded on access (`DecodedImages`).
   npz           your own data: `config.data_file` is an .npz with uint8 `train_images`,
                 `test_images` [N, H, W, C] (C = 1 or 3) and integer `train_labels`,
-                `test_labels` [N] in 0..num_classes-1; checked before anything compiles.
+                `test_labels` [N] in 0..num_classes-1, every class with train images;
+                checked before anything compiles.
 
 The test split is fixed. The labelled subset of the train split is `config.labels_per_class`
 images of every class, or a stratified `config.label_fraction` of it, chosen by `config.seed`
@@ -28,6 +29,8 @@ import functools
 import io
 import json
 from typing import Any, Protocol
+import zipfile
+import zlib
 
 from etils import epath
 import ml_collections
@@ -273,54 +276,140 @@ def _load_digits(config: ml_collections.ConfigDict) -> DatasetSplits:
                           train, test)
 
 
+_NPZ_KEYS = ('train_images', 'train_labels', 'test_images', 'test_labels')
+_NPZ_CONTENT = ('an np.savez archive of uint8 train_images, test_images [N, H, W, C] and '
+                'integer train_labels, test_labels [N]')
+
+
 @functools.lru_cache(maxsize=2)
 def _read_npz(path: str, mtime: float) -> tuple[tuple[np.ndarray, np.ndarray],
                                                 tuple[np.ndarray, np.ndarray]]:
   """Checked (images, labels) of train and test from an .npz (see the module docstring)."""
   del mtime  # Part of the cache key: a rewritten file is read again.
-  keys = ('train_images', 'train_labels', 'test_images', 'test_labels')
-  with np.load(path, allow_pickle=False) as data:
-    missing = [k for k in keys if k not in data]
-    if missing:
-      raise ValueError(f'config.data_file={path} lacks {missing}: save it with '
-                       f'np.savez(path, {", ".join(f"{k}=..." for k in keys)}).')
-    arrays = {k: data[k] for k in keys}
+  try:
+    arrays = _npz_arrays(path)
+  except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+    reason = getattr(error, 'strerror', None) or error
+    raise _not_npz(path, f'it cannot be read ({reason})') from None
   for split in ('train', 'test'):
     check_images(arrays[f'{split}_images'], arrays[f'{split}_labels'], f'{path}: {split}')
   if arrays['test_images'].shape[1:] != arrays['train_images'].shape[1:]:
     raise ValueError(f"{path}: test images are {arrays['test_images'].shape[1:]} but train images "
                      f"{arrays['train_images'].shape[1:]}: both splits need one image shape.")
+  check_labels(arrays['train_labels'], arrays['test_labels'], path)
   return ((arrays['train_images'], arrays['train_labels'].astype(np.int32)),
           (arrays['test_images'], arrays['test_labels'].astype(np.int32)))
 
 
+def _not_npz(path: str, problem: str) -> ValueError:
+  return ValueError(f'{path}: {problem}: it must be {_NPZ_CONTENT}.')
+
+
+def _npz_arrays(path: str) -> dict[str, np.ndarray]:
+  """The arrays `_NPZ_KEYS` of the .npz archive at `path`, never unpickled."""
+  with open(path, 'rb') as file:
+    start = file.read(len(np.lib.format.MAGIC_PREFIX))
+  if start == np.lib.format.MAGIC_PREFIX:
+    raise _not_npz(path, 'it is a single .npy array (np.save), not an .npz archive')
+  if not zipfile.is_zipfile(path):
+    kind = ('empty' if not start else 'truncated or damaged' if start.startswith(b'PK')
+            else 'not a zip archive (text or another format)')
+    raise _not_npz(path, f'it is {kind}')
+  with np.load(path, allow_pickle=False) as data:
+    missing = [k for k in _NPZ_KEYS if k not in data]
+    if missing:
+      raise ValueError(f'config.data_file={path} lacks {missing}: save it with '
+                       f'np.savez(path, {", ".join(f"{k}=..." for k in _NPZ_KEYS)}).')
+    return {k: _npz_array(data, k, path) for k in _NPZ_KEYS}
+
+
+def _npz_array(data, key: str, path: str) -> np.ndarray:
+  """`data[key]` of an open np.load archive; ValueError naming the key if it is no plain array."""
+  try:
+    array = data[key]
+  except ValueError as error:  # numpy refuses object arrays without allow_pickle.
+    problem = (f'{key} holds Python objects, which are not unpickled'
+               if 'allow_pickle' in str(error) else f'{key} cannot be read ({error})')
+    raise _not_npz(path, problem) from None
+  if not isinstance(array, np.ndarray):  # np.load returns a member without the .npy header raw.
+    raise _not_npz(path, f'{key} is not a saved numpy array')
+  return array
+
+
 def check_images(images: np.ndarray, labels: np.ndarray, where: str) -> None:
-  """Raises ValueError unless images are uint8 [N, H, W, 1 or 3] and labels int [N] >= 0."""
+  """Raises ValueError unless images are uint8 [N, H, W, 1 or 3], N, H, W > 0, labels int [N]."""
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f'{where} images have shape {images.shape}; expected [N, H, W, C] with C = '
                      '1 or 3 (add a channel axis to grayscale images with images[..., None]).')
+  if not images.size:
+    raise ValueError(f'{where} images have shape {images.shape}, which holds no pixels; expected '
+                     '[N, H, W, C] with at least one image of at least one pixel.')
   if images.dtype != np.uint8:
     raise ValueError(f'{where} images have dtype {images.dtype}; expected uint8 in 0..255 '
                      '(from floats in [0, 1]: np.round(images * 255).astype(np.uint8)).')
   if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f'{where} labels have shape {labels.shape} and dtype {labels.dtype}; '
                      f'expected integers [{len(images)}], one class index per image.')
-  if len(labels) and labels.min() < 0:
-    raise ValueError(f'{where} labels include {labels.min()}; classes are 0..num_classes-1.')
+
+
+def check_labels(train_labels: np.ndarray, test_labels: np.ndarray, where: str) -> None:
+  """Raises ValueError unless int labels [N] are 0..C-1 with every class in `train_labels`.
+
+  C = max(train_labels) + 1; test labels must be classes of the train labels. Memory in
+  proportion to the number of labels, whatever their values (a label 10**12 is no bincount).
+  """
+  must = 'labels must be 0..C-1 with every class in train_labels'
+  if train_labels.min() < 0:
+    raise ValueError(f'{where}: train_labels has {_describe(train_labels[train_labels < 0])}: '
+                     f'{must} (drop or remap the negative labels).')
+  classes = np.unique(train_labels).tolist()  # Sorted Python ints; classes[-1] = C - 1.
+  if len(classes) != classes[-1] + 1:
+    first_missing = next(c for c, present in enumerate(classes) if c != present)
+    raise ValueError(
+        f'{where}: train_labels has {_describe(train_labels[train_labels > first_missing])} but '
+        f'{_describe_missing(classes)} no train image: {must} (drop or remap the stray labels).')
+  outside = (test_labels < 0) | (test_labels > classes[-1])
+  if outside.any():
+    raise ValueError(
+        f'{where}: test_labels has {_describe(test_labels[outside])} but train_labels has classes '
+        f'0..{classes[-1]} only: every test label must be a class with train images (drop or '
+        'remap the others).')
+
+
+def _describe(labels: np.ndarray, shown: int = 5) -> str:
+  """E.g. '1 label equal to 1000000' or '40 labels with values 3, 7, 8, 9, 10, ...'."""
+  values = np.unique(labels)
+  listed = ', '.join(map(str, values[:shown])) + ', ...' * (len(values) > shown)
+  return (f"{len(labels)} label{'s' * (len(labels) != 1)} "
+          + (f'equal to {values[0]}' if len(values) == 1 else f'with values {listed}'))
+
+
+def _describe_missing(classes: list[int], shown: int = 5) -> str:
+  """The classes below classes[-1] missing from sorted, distinct `classes`, with their verb.
+
+  E.g. 'class 3 has', 'classes 11..999999 have' or 'classes 1..3, 5, ... (48 of the 58) have'.
+  """
+  gaps = [(a + 1, b - 1) for a, b in zip([-1, *classes[:-1]], classes) if b - a > 1]
+  num_missing = classes[-1] + 1 - len(classes)
+  if num_missing == 1:
+    return f'class {gaps[0][0]} has'
+  ranges = ', '.join(f'{a}..{b}' if b > a else f'{a}' for a, b in gaps[:shown])
+  ranges += ', ...' * (len(gaps) > shown)
+  total = f' ({num_missing} of the {classes[-1] + 1})' * (len(gaps) > 1)
+  return f'classes {ranges}{total} have'
 
 
 def _npz(config: ml_collections.ConfigDict):
   path = config.data_file
-  if not path or not epath.Path(path).exists():
+  if not path or not epath.Path(path).is_file():
     raise ValueError(f"config.data_file={path!r} is not a file: dataset='npz' reads your data "
-                     'from an .npz, e.g. --config.data_file=/data/mine.npz.')
+                     f'from {_NPZ_CONTENT}, e.g. --config.data_file=/data/mine.npz.')
   return _read_npz(str(path), epath.Path(path).stat().mtime)
 
 
 def _check_npz(config: ml_collections.ConfigDict) -> None:
   (_, train_labels), _ = _npz(config)
-  num_classes = int(train_labels.max()) + 1
-  _check_labels_per_class(config, int(np.bincount(train_labels, minlength=num_classes).min()))
+  _check_labels_per_class(config, int(np.bincount(train_labels).min()))
 
 
 def _load_npz(config: ml_collections.ConfigDict) -> DatasetSplits:
@@ -425,8 +514,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def num_classes(config: ml_collections.ConfigDict) -> int:
   """The number of classes of `config.dataset`, known without loading its images."""
   if config.dataset == 'npz':
-    (_, train_labels), (_, test_labels) = _npz(config)
-    return int(max(train_labels.max(), test_labels.max())) + 1
+    return int(_npz(config)[0][1].max()) + 1  # Checked: every class has train images.
   return {'digits': 10, 'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000}[config.dataset]
 
 
