@@ -4,6 +4,7 @@ import io
 import json
 import socket
 import time
+import zipfile
 
 import ml_collections
 import numpy as np
@@ -301,7 +302,6 @@ def test_npz_source_splits_your_own_data(tmp_path):
      r'train images have shape \(60, 6, 6\); expected \[N, H, W, C\].*images\[..., None\]'),
     (dict(test_images=np.zeros((9, 5, 5, 3), np.uint8)), 'both splits need one image shape'),
     (dict(test_labels=np.arange(4)), r'test labels have shape \(4,\).*expected integers \[9\]'),
-    (dict(train_labels=np.repeat(np.arange(3), 20) - 1), 'train labels include -1'),
 ])
 def test_npz_source_with_wrong_images_or_labels_names_the_problem(tmp_path, overrides, message):
   config = _config(dataset='npz', data_file=_write_npz(tmp_path / 'bad.npz', **overrides),
@@ -317,3 +317,101 @@ def test_npz_source_without_a_file_says_how_to_give_one(tmp_path):
   with pytest.raises(ValueError, match=r"lacks \['train_labels', 'test_images', 'test_labels'\]"):
     datasets.check_config(_config(dataset='npz', data_file=str(tmp_path / 'partial.npz'),
                                   labels_per_class=1))
+
+
+_LABELS = np.repeat(np.arange(3), 20)  # _write_npz's train labels: classes 0, 1, 2.
+
+
+def _with_last(labels, value):
+  return np.concatenate([labels[:-1], [value]])
+
+
+def _write_bytes(path, data: bytes) -> str:
+  path.write_bytes(data)
+  return str(path)
+
+
+def _first_half_of_npz(path) -> str:
+  data = open(_write_npz(path), 'rb').read()
+  return _write_bytes(path, data[:len(data) // 2])
+
+
+def _flipped_byte_in_npz(path) -> str:
+  data = bytearray(open(_write_npz(path), 'rb').read())
+  data[len(data) // 3] ^= 0xFF  # Inside train_images' pixels: the member's CRC no longer holds.
+  return _write_bytes(path, bytes(data))
+
+
+def _npy_instead_of_npz(path) -> str:
+  with open(path, 'wb') as file:
+    np.save(file, np.zeros((2, 6, 6, 3), np.uint8))
+  return str(path)
+
+
+def _zip_without_npy_headers(path) -> str:
+  with zipfile.ZipFile(path, 'w') as archive:
+    for key in ('train_images', 'train_labels', 'test_images', 'test_labels'):
+      archive.writestr(f'{key}.npy', b'not an array')
+  return str(path)
+
+
+def _directory(path) -> str:
+  path.mkdir()
+  return str(path)
+
+
+@pytest.mark.parametrize('write, message', [
+    (lambda p: _write_npz(p, train_labels=_with_last(_LABELS, 1_000_000)),
+     r'train_labels has 1 label equal to 1000000 but classes 3\.\.999999 have no train image: '
+     r'labels must be 0\.\.C-1 with every class in train_labels \(drop or remap the stray'),
+    (lambda p: _write_npz(p, train_labels=np.repeat([0, 2, 5], 20)),
+     r'train_labels has 40 labels with values 2, 5 but classes 1, 3\.\.4 \(3 of the 6\) have no '
+     'train image'),
+    (lambda p: _write_npz(p, train_labels=_with_last(_LABELS, -1)),
+     r'train_labels has 1 label equal to -1: labels must be 0\.\.C-1'),
+    (lambda p: _write_npz(p, test_labels=_with_last(np.repeat(np.arange(3), 3), 3)),
+     r'test_labels has 1 label equal to 3 but train_labels has classes 0\.\.2 only: every test '
+     'label must be a class with train images'),
+    (lambda p: _write_npz(p, test_labels=np.array([0, 1, 2, 10, 10, -1, 0, 1, 2])),
+     r'test_labels has 3 labels with values -1, 10 but train_labels has classes 0\.\.2 only'),
+    (lambda p: _write_npz(p, train_images=np.zeros((0, 6, 6, 3), np.uint8),
+                          train_labels=np.zeros(0, np.int64)),
+     r'train images have shape \(0, 6, 6, 3\), which holds no pixels'),
+    (lambda p: _write_npz(p, test_images=np.zeros((0, 6, 6, 3), np.uint8),
+                          test_labels=np.zeros(0, np.int64)),
+     r'test images have shape \(0, 6, 6, 3\), which holds no pixels'),
+    (lambda p: _write_npz(p, train_labels=np.array([0, 1, None] * 20, object)),
+     'train_labels holds Python objects, which are not unpickled: it must be an np.savez archive'),
+    (lambda p: _write_bytes(p, b'0 1 2\n3 4 5\n'),
+     r'it is not a zip archive \(text or another format\): it must be an np.savez archive'),
+    (_first_half_of_npz, 'it is truncated or damaged: it must be an np.savez archive'),
+    (lambda p: _write_bytes(p, b''), 'it is empty: it must be an np.savez archive'),
+    (_npy_instead_of_npz, r'it is a single \.npy array \(np\.save\), not an \.npz archive'),
+    (_flipped_byte_in_npz, r"it cannot be read \(Bad CRC-32 for file 'train_images\.npy'\)"),
+    (_zip_without_npy_headers, 'train_images is not a saved numpy array'),
+    (_directory, "is not a file: dataset='npz' reads your data from an np.savez archive"),
+], ids=['stray', 'gaps', 'negative', 'test_only_class', 'test_out_of_range', 'no_train_images',
+        'no_test_images', 'object_array', 'text', 'truncated', 'empty_file', 'npy', 'damaged',
+        'raw_members', 'directory'])
+@pytest.mark.parametrize('read', [datasets.check_config, datasets.num_classes,
+                                  datasets.image_shape], ids=lambda read: read.__name__)
+def test_bad_npz_is_one_line_naming_the_file_and_the_problem(tmp_path, write, message, read):
+  path = write(tmp_path / 'mine.npz')
+  with pytest.raises(ValueError, match=message) as error:
+    read(_config(dataset='npz', data_file=path, label_fraction=0.5))
+  assert path in str(error.value) and '\n' not in str(error.value)
+
+
+def test_npz_with_every_class_in_train_loads_and_is_read_once(tmp_path):
+  train_labels = np.random.default_rng(1).permutation(np.repeat(np.arange(58, dtype=np.uint8), 2))
+  config = _config(dataset='npz', label_fraction=0.5, data_file=_write_npz(
+      tmp_path / 'mine.npz', train_images=np.zeros((116, 6, 6, 3), np.uint8),
+      train_labels=train_labels, test_labels=np.array([57, 0, 3, 3, 9, 1, 1, 2, 0])))
+  datasets._read_npz.cache_clear()
+  datasets.check_config(config)
+  assert datasets.num_classes(config) == 58 and datasets.image_shape(config) == (6, 6, 3)
+  splits = datasets.load(config)
+  assert datasets._read_npz.cache_info().misses == 1
+  assert splits.num_classes == 58 and splits.split_info['labelled_per_class'] == [1] * 58
+  assert splits.labelled_labels.dtype == splits.test_labels.dtype == np.int32
+  np.testing.assert_array_equal(splits.test_labels, [57, 0, 3, 3, 9, 1, 1, 2, 0])
