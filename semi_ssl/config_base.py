@@ -252,8 +252,9 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
     try:
       inspect.signature(get_config).bind(*args)
     except TypeError:
-      raise ConfigFileError(f'{path}:{arg}: its get_config() takes no argument; use '
-                            f'--config={path}.') from None
+      raise ConfigFileError(
+          f'{path}:{arg}: its get_config() takes no argument; use --config={path}.' if args
+          else f'{path}: its get_config() needs an argument; use --config={path}:ARG.') from None
     return get_config(*args)
   except ConfigFileError:
     raise
@@ -263,7 +264,7 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
   except Exception as error:  # pylint: disable=broad-except
     here = os.path.abspath(path)
     lines = [f', line {frame.lineno}' for frame in traceback.extract_tb(error.__traceback__)
-             if os.path.abspath(frame.filename) == here]
+             if os.path.abspath(frame.filename) == here]  # Its innermost line in the file.
     message = ' '.join(str(error).split())
     raise ConfigFileError(f'File "{path}"{lines[-1] if lines else ""}: {type(error).__name__}: '
                           f'{message}') from None
