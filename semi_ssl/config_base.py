@@ -110,6 +110,11 @@ def flatten(tree: dict, prefix: str = '') -> dict:
   return flat
 
 
+# The keys that are None unless a config sets them; `--config.KEY=None` unsets them again.
+OPTIONAL_KEYS = tuple(key for key, value in flatten(get_base_config().to_dict()).items()
+                      if value is None)
+
+
 def changed_keys(saved: dict, current: dict, ignore=RESUME_MAY_CHANGE) -> list[str]:
   """Sorted dotted keys whose values differ between two JSON-normalised configs (as
   `json.loads(config.to_json_best_effort())` gives them), or that only one of them has.
@@ -219,13 +224,50 @@ def _check_writable(workdir: str) -> None:
           f"--workdir={workdir} is not writable ('{existing}' does not allow writing): choose another directory.")
 
 
+class ConfigFileError(ValueError):
+  """A config file that cannot give a config; the message is one line naming the file."""
+
+
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of a config file, as `--config=path[:arg]` would load it."""
+  """`get_config(arg)` of a config file, as `--config=path[:arg]` would load it.
+
+  Raises:
+    ConfigFileError: the file does not exist, has no `get_config`, its `get_config` does not
+      take `arg`, or loading it raises (a syntax error too): one line with the file, the line
+      and the message.
+  """
   import importlib.util
+  import inspect
+  import traceback
+  if not os.path.isfile(path):
+    raise ConfigFileError(f'{path}: no such config file (e.g. configs/suave/digits.py).')
+  args = () if arg is None else (arg,)
   spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg is not None else module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    get_config = getattr(module, 'get_config', None)
+    if not callable(get_config):
+      raise ConfigFileError(f'{path} has no get_config(): define one that returns the config.')
+    try:
+      inspect.signature(get_config).bind(*args)
+    except TypeError:
+      raise ConfigFileError(
+          f'{path}:{arg}: its get_config() takes no argument; use --config={path}.' if args
+          else f'{path}: its get_config() needs an argument; use --config={path}:ARG.') from None
+    return get_config(*args)
+  except ConfigFileError:
+    raise
+  except SyntaxError as error:
+    raise ConfigFileError(f'File "{error.filename}", line {error.lineno}: '
+                          f'{type(error).__name__}: {error.msg}') from None
+  except Exception as error:  # pylint: disable=broad-except
+    here = os.path.abspath(path)
+    lines = [f', line {frame.lineno}' for frame in traceback.extract_tb(error.__traceback__)
+             if os.path.abspath(frame.filename) == here]  # Its innermost line in the file.
+    message = ' '.join(str(error).split())
+    raise ConfigFileError(f'File "{path}"{lines[-1] if lines else ""}: {type(error).__name__}: '
+                          f'{message}') from None
 
 
 # The keys that choose the images, the split and the labelled subset.

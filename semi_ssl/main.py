@@ -26,6 +26,8 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
 flags.mark_flags_as_required(['config', 'workdir'])
+# What parse_flags changed for the log: main logs it, as absl logs INFO only after parsing.
+PARSE_NOTES: list[str] = []
 
 
 def stage_plan(config, workdir: str) -> list[tuple[object, str]]:
@@ -97,21 +99,52 @@ def config_key_error(argv: list[str], config_arg: str) -> str | None:
   return None
 
 
+def _unset_other_labelled_key(config, given) -> list[str]:
+  """Unsets the config file's label_fraction when the command line gives only
+  labels_per_class, and the other way round: `given` holds the overridden keys.
+
+  Returns a line for the log for each key it unset.
+  """
+  notes = []
+  pair = ('labels_per_class', 'label_fraction')
+  for key, other in (pair, pair[::-1]):
+    if key in given and other not in given and None not in (config[key], config[other]):
+      notes.append(f'--config.{key}={config[key]} given: unsetting config.{other}='
+                   f'{config[other]} of the config file.')
+      config[other] = None
+  return notes
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with one line instead of a stack trace for a bad config override."""
+  """absl's flag parsing, with one line instead of a stack trace for a bad config file or override.
+
+  `--config.KEY=None` unsets a key that is None unless set (`config_base.OPTIONAL_KEYS`), which
+  absl's parsers would read as an int, float or string; see also `_unset_other_labelled_key`.
+  """
+  from semi_ssl import config_base
   config_arg = next((a.split('=', 1)[1] if '=' in a else b for a, b in zip(argv, argv[1:] + [''])
                      if a.split('=')[0] == '--config'), '')
+  if config_arg:
+    try:
+      config_base.load_config_file(*config_arg.split(':', 1))
+    except config_base.ConfigFileError as error:
+      sys.exit(f'Config error: {error}')
+  prefix = '--config.'
+  overrides = dict(a[len(prefix):].split('=', 1) for a in argv if a.startswith(prefix) and '=' in a)
+  unsets = {f'{prefix}{key}=None' for key in config_base.OPTIONAL_KEYS}  # Set after parsing.
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS([a for a in argv if a not in unsets])
   except flags.Error as error:
     lines = str(error).strip().splitlines()
-    if 'Error whilst parsing config file' in lines[0]:  # Its message holds the traceback.
-      where = [l.strip() for l in lines if l.strip().startswith(f'File "{config_arg.split(":")[0]}')]
-      sys.exit(f'Config error: {where[-1] + ": " if where else ""}{lines[-1].strip()}')
     sys.exit(f'FATAL Flags parsing error: {" ".join(lines)}')
   except (AttributeError, KeyError, TypeError, ValueError) as error:
     line = config_key_error(argv, config_arg) if config_arg else None
     sys.exit(f'Config error: {line or f"{type(error).__name__}: {error}"}')
+  _CONFIG.value.update_from_flattened_dict(
+      {key: None for key, value in overrides.items()
+       if value == 'None' and key in config_base.OPTIONAL_KEYS})
+  PARSE_NOTES[:] = _unset_other_labelled_key(_CONFIG.value, overrides)
+  return rest
 
 
 class _OwnInfoOnly:
@@ -149,6 +182,8 @@ def main(argv):
     sys.exit(f'Error: {error}')
   if jax.process_index() != 0:  # Process 0 speaks for the run; the others only warn.
     logging.set_verbosity(logging.WARNING)
+  for note in PARSE_NOTES:
+    logging.info('%s', note)
   config, workdir = _CONFIG.value, _WORKDIR.value
   plan = stage_plan(config, workdir)
   try:

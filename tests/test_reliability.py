@@ -206,16 +206,6 @@ def test_bad_override_is_one_line_naming_the_key(tmp_path, flag, message):
   assert 'Traceback' not in err and len(err.strip().splitlines()) == 1
 
 
-def test_config_file_with_a_wrong_type_is_one_line(tmp_path):
-  bad = tmp_path / 'bad.py'
-  bad.write_text('from semi_ssl import config_base\n\ndef get_config():\n'
-                 '  c = config_base.get_base_config()\n  c.num_steps = "many"\n  return c\n')
-  rc, _, err = _finish(_main(tmp_path / 'run', [f'--config={bad}']))
-  assert rc == 1 and err.startswith(f'Config error: File "{bad}", line 5')
-  assert "<class 'str'> and cannot be casted to type <class 'int'>" in err
-  assert 'Traceback' not in err and len(err.strip().splitlines()) == 1
-
-
 def test_config_key_error_finds_the_first_unknown_key():
   config = 'configs/suave/digits.py:with_baseline'
   assert main.config_key_error(['--config.suave.temperature=1'], config) is None

@@ -11,10 +11,12 @@ import os
 
 from ml_collections import config_dict
 
-from semi_ssl import config_base
+from semi_ssl import config_base, errors
 
 
 def get_config(arg: str = ''):
+  errors.require(arg in ('', 'with_baseline'),
+                 f"unknown argument ':{arg}': use ':with_baseline' or none.")
   c = config_base.get_base_config()
   c.method = 'suave'
   c.dataset = 'digits'

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -64,6 +65,16 @@ def _floats(values: Sequence[float]) -> tuple[float, ...]:
   return tuple(float(v) for v in values)
 
 
+def _config_floats(aug, key: str) -> tuple[float, ...]:
+  """`config.augment[key]` as floats; a ValueError naming the key unless it holds numbers."""
+  values = aug[key]
+  require(isinstance(values, Sequence) and not isinstance(values, str)
+          and all(isinstance(v, numbers.Real) for v in values),
+          f'config.augment.{key}={values!r} must be a tuple of floats, e.g. '
+          f'--config.augment.{key}="(0.5, 1.0)".')
+  return _floats(values)
+
+
 def _check_crops(prefix: str, size: int, scale: tuple[float, ...], image_side: int | None) -> None:
   require(size >= 1, f'config.augment.{prefix}_size={size} must be a positive number of pixels.')
   require(image_side is None or size <= image_side,
@@ -95,17 +106,18 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
           f'config.augment.num_global_crops={aug.num_global_crops} must be >= 1.')
   require(aug.num_local_crops >= 0,
           f'config.augment.num_local_crops={aug.num_local_crops} must be >= 0 (0 = none).')
-  global_scale = _floats(aug.global_scale)
+  global_scale = _config_floats(aug, 'global_scale')
   _check_crops('global', aug.global_size, global_scale, side)
   local_crops = None
   if aug.num_local_crops:
-    local_scale = _floats(aug.local_scale)
+    local_scale = _config_floats(aug, 'local_scale')
     _check_crops('local', aug.local_size, local_scale, side)
     local_crops = CropSpec(aug.num_local_crops, aug.local_size, local_scale)
   require(aug.color_jitter >= 0.0,
           f'config.augment.color_jitter={aug.color_jitter} must be >= 0 (0 = off, SimCLR: 1.0).')
-  for key in ('blur_prob', 'solarize_prob'):
-    require(len(aug[key]) > 0, f'config.augment.{key} is empty; give one probability per '
+  per_view = {key: _config_floats(aug, key) for key in ('blur_prob', 'solarize_prob')}
+  for key, probs in per_view.items():
+    require(len(probs) > 0, f'config.augment.{key} is empty; give one probability per '
             'global view, e.g. (1.0, 0.1); the last one serves further views.')
   for key in ('grayscale_prob', 'blur_prob', 'local_blur_prob', 'solarize_prob'):
     probs = np.atleast_1d(aug[key])
@@ -121,8 +133,8 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
   return AugmentConfig(
       global_crops=CropSpec(aug.num_global_crops, aug.global_size, global_scale),
       local_crops=local_crops, flip=bool(aug.flip), color_jitter=float(aug.color_jitter),
-      grayscale_prob=float(aug.grayscale_prob), blur_prob=_floats(aug.blur_prob),
-      local_blur_prob=float(aug.local_blur_prob), solarize_prob=_floats(aug.solarize_prob),
+      grayscale_prob=float(aug.grayscale_prob), blur_prob=per_view['blur_prob'],
+      local_blur_prob=float(aug.local_blur_prob), solarize_prob=per_view['solarize_prob'],
       mean=mean, std=std)
 
 

@@ -503,7 +503,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if (labels_per_class is None) == (label_fraction is None):
     raise ValueError(
         f'config.labels_per_class={labels_per_class} and config.label_fraction={label_fraction}: '
-        'set exactly one of them, e.g. --config.labels_per_class=10.')
+        'set exactly one of them: give only one of --config.labels_per_class=N and '
+        '--config.label_fraction=F (it unsets the other), or unset one with e.g. '
+        '--config.labels_per_class=None.')
   if labels_per_class is not None and labels_per_class < 1:
     raise ValueError(f'config.labels_per_class={labels_per_class} must be at least 1.')
   if label_fraction is not None and not 0 < label_fraction <= 1:
