@@ -4,8 +4,9 @@ Any config value can be overridden, e.g. `--config.seed=3 --config.num_steps=500
 command resumes an interrupted run from DIR's latest checkpoint. A config with `stages`
 runs each stage in DIR/<stage name>, skipping the finished ones.
 
-Exit status: 0 when finished or preempted (SIGTERM: saved, resumable), 1 with a one-line
-message for bad input (config, checkpoint, data, disk) or a diverged run.
+Exit status: 0 when finished or preempted (SIGTERM: saved, resumable), 130 after Ctrl-C
+(saved, resumable; a second Ctrl-C stops at once, without saving), 1 with a one-line message
+for bad input (config, checkpoint, data, disk) or a diverged run.
 """
 from __future__ import annotations
 
@@ -138,6 +139,8 @@ def _exit_quietly(message: str) -> None:
 
 def main(argv):
   del argv
+  from semi_ssl import notices
+  notice = notices.install()  # First: a notice that comes while loading or compiling counts.
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   import jax  # After flag parsing, so --help is fast.
 
@@ -147,6 +150,8 @@ def main(argv):
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   except ValueError as error:
     sys.exit(f'Error: {error}')
+  if jax.process_count() > 1:
+    notice.hand_sigterm_to_jax()
   if jax.process_index() != 0:  # Process 0 speaks for the run; the others only warn.
     logging.set_verbosity(logging.WARNING)
   config, workdir = _CONFIG.value, _WORKDIR.value
@@ -159,10 +164,10 @@ def main(argv):
 
   try:
     rows = run_plan(plan)
-  except errors.Preempted as notice:
-    logging.warning('%s', notice)
-    print(notice, flush=True)
-    sys.exit(0)
+  except errors.Preempted as stopped:
+    if jax.process_index() == 0:
+      print(stopped, flush=True)
+    sys.exit(130 if notice.interrupted else 0)
   except errors.CheckpointWriteError as error:
     _exit_quietly(f'Error: {error}')
   except errors.UserError as error:
