@@ -26,6 +26,9 @@ _COORDINATOR = flags.DEFINE_string(
     'of process 0, with --num_processes and --process_id.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
+_CHECK_FINISHED = flags.DEFINE_bool(
+    'check_finished', False, 'Train nothing: exit 0 when the run in --workdir has finished (its '
+    'last stage wrote results.json), 3 when not. For launchers that requeue an unfinished job.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -139,6 +142,11 @@ def _exit_quietly(message: str) -> None:
 
 def main(argv):
   del argv
+  if _CHECK_FINISHED.value:
+    from etils import epath
+    from semi_ssl import train
+    last_stage_dir = stage_plan(_CONFIG.value, _WORKDIR.value)[-1][1]
+    sys.exit(0 if (epath.Path(last_stage_dir) / train.RESULTS_FILE).exists() else 3)
   from semi_ssl import notices
   notice = notices.install()  # First: a notice that comes while loading or compiling counts.
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
