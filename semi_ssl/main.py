@@ -4,8 +4,9 @@ Any config value can be overridden, e.g. `--config.seed=3 --config.num_steps=500
 command resumes an interrupted run from DIR's latest checkpoint. A config with `stages`
 runs each stage in DIR/<stage name>, skipping the finished ones.
 
-Exit status: 0 when finished or preempted (SIGTERM: saved, resumable), 1 with a one-line
-message for bad input (config, checkpoint, data, disk) or a diverged run.
+Exit status: 0 when finished or preempted (SIGTERM: saved, resumable), 130 after Ctrl-C
+(saved, resumable; a second Ctrl-C stops at once, without saving), 1 with a one-line message
+for bad input (config, checkpoint, data, disk) or a diverged run.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ _COORDINATOR = flags.DEFINE_string(
     'of process 0, with --num_processes and --process_id.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
+_CHECK_FINISHED = flags.DEFINE_bool(
+    'check_finished', False, 'Train nothing: exit 0 when the run in --workdir has finished (its '
+    'last stage wrote results.json), 3 when not. For launchers that requeue an unfinished job.')
 flags.mark_flags_as_required(['config', 'workdir'])
 # What parse_flags changed for the log: main logs it, as absl logs INFO only after parsing.
 PARSE_NOTES: list[str] = []
@@ -171,6 +175,13 @@ def _exit_quietly(message: str) -> None:
 
 def main(argv):
   del argv
+  if _CHECK_FINISHED.value:
+    from etils import epath
+    from semi_ssl import train
+    last_stage_dir = stage_plan(_CONFIG.value, _WORKDIR.value)[-1][1]
+    sys.exit(0 if (epath.Path(last_stage_dir) / train.RESULTS_FILE).exists() else 3)
+  from semi_ssl import notices
+  notice = notices.install()  # First: a notice that comes while loading or compiling counts.
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   import jax  # After flag parsing, so --help is fast.
 
@@ -180,6 +191,8 @@ def main(argv):
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   except ValueError as error:
     sys.exit(f'Error: {error}')
+  if jax.process_count() > 1:
+    notice.hand_sigterm_to_jax()
   if jax.process_index() != 0:  # Process 0 speaks for the run; the others only warn.
     logging.set_verbosity(logging.WARNING)
   for note in PARSE_NOTES:
@@ -194,10 +207,10 @@ def main(argv):
 
   try:
     rows = run_plan(plan)
-  except errors.Preempted as notice:
-    logging.warning('%s', notice)
-    print(notice, flush=True)
-    sys.exit(0)
+  except errors.Preempted as stopped:
+    if jax.process_index() == 0:
+      print(stopped, flush=True)
+    sys.exit(130 if notice.interrupted else 0)
   except errors.CheckpointWriteError as error:
     _exit_quietly(f'Error: {error}')
   except errors.UserError as error:

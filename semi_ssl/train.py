@@ -11,14 +11,13 @@ from a key derived from (seed, step), so a resumed run sees exactly the batches 
 
 A step whose loss or gradients are not finite changes nothing but the step counter; the run
 then stops naming that step (`config.nonfinite='stop'`) or goes on (`'skip'`). On SIGTERM
-the run saves at the next step boundary and raises `errors.Preempted`.
+or Ctrl-C the run saves at the next step boundary and raises `errors.Preempted` (`notices`).
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
-import signal
 import time
 from typing import Any
 
@@ -30,10 +29,9 @@ import optax
 from absl import logging
 from etils import epath
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from semi_ssl import checkpoint, config_base, evaluate, methods, metric_writer, parallel
+from semi_ssl import checkpoint, config_base, evaluate, methods, metric_writer, notices, parallel
 from semi_ssl.errors import Preempted, UserError
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
@@ -181,36 +179,6 @@ def _write_json(path: epath.Path, data: dict) -> None:
   tmp.replace(path)
 
 
-class _PreemptionNotice:
-  """Whether a preemption notice (SIGTERM) has arrived, agreed on by every process.
-
-  One process: a SIGTERM handler sets a flag. Several: JAX's distributed runtime receives the
-  notice and `reached_preemption_sync_point` names the same step on every process.
-  """
-
-  def __init__(self):
-    self.received = False
-    self._previous = None
-    if jax.process_count() == 1:
-      try:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-      except ValueError:  # Not the main thread: leave signals to the caller.
-        pass
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.received = True
-
-  def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.received
-
-  def close(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def _check_finite(state: TrainState, nonfinite: str, ckpt: checkpoint.Checkpointer,
                   reported: int) -> int:
   """Stops the run (nonfinite='stop') or warns ('skip') on new non-finite steps; their count."""
@@ -340,8 +308,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       splits, mesh, start_step=start_step, num_steps=config.num_steps, seed=config.seed,
       labelled_batch_size=config.labelled_batch_size,
       batch_size=config.batch_size if method.uses_unlabelled else None)
-  preemption = _PreemptionNotice()
+  preemption = notices.watch(ckpt.directory)
   try:
+    if preemption.stops_before_training():  # It came while the run was starting.
+      raise Preempted(f'{preemption.name} while starting: stopped at step {start_step} of '
+                      f'{config.num_steps}, with nothing new to save; run the same command to '
+                      'resume.')
     for step, batch in zip(range(start_step + 1, config.num_steps + 1), batches):
       state, metrics = step_fn(state, batch)
       preempted = preemption.reached(step)
@@ -363,8 +335,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         save(state)
       if preempted:
         ckpt.wait()
-        raise Preempted(f'Preempted: stopped at step {step} of {config.num_steps} and saved '
-                        f'{ckpt.directory}/{step}; run the same command to resume.')
+        raise Preempted(f'{preemption.name}: stopped at step {step} of {config.num_steps} and '
+                        f'saved {ckpt.directory}/{step}; run the same command to resume.')
 
     # The reported figures are the final model's, never the best periodic evaluation.
     final = run_eval(state)

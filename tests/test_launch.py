@@ -173,6 +173,10 @@ TASK_ARGS = ['python', '--config=configs/daino/cifar100.py', '--workdir=/shared/
              f'--coordinator_address=gpu017:{PORT}']
 
 
+CHECK_FINISHED = ['python', '-m', 'semi_ssl.main', '--config=configs/daino/cifar100.py',
+                  '--workdir=/shared/runs/daino c100', *SLURM_EXTRA, '--check_finished']
+
+
 def _task_command(process_id, num_processes, devices):
   return ['env', f'JAX_LOCAL_DEVICE_IDS={devices}', 'python', '-m', 'semi_ssl.main',
           '--config=configs/daino/cifar100.py', '--workdir=/shared/runs/daino c100',
@@ -182,10 +186,12 @@ def _task_command(process_id, num_processes, devices):
 
 @pytest.fixture
 def slurm_bin(bin_dir, tmp_path):
-  """bin_dir with a stub scontrol that expands the test's node list, a stub srun that runs its
-  command as 4 tasks on 2 nodes (SLURM_PROCID 0-3, SLURM_LOCALID 0-1), and a stub python that
-  writes each task's environment variable and arguments to tasks/<process id>."""
-  _stub(bin_dir, 'scontrol', '[ "$*" = "show hostnames gpu[017-018]" ] || exit 3\n'
+  """bin_dir with a stub scontrol that expands the test's node list and logs requeues, a stub
+  srun that runs its command as 4 tasks on 2 nodes (SLURM_PROCID 0-3, SLURM_LOCALID 0-1), and a
+  stub python that writes each task's environment variable and arguments to tasks/<process id>
+  and answers --check_finished with 0 when the file `finished` exists, else 3."""
+  _stub(bin_dir, 'scontrol', f'[ "$1" = requeue ] && {{ echo "$*" >> {tmp_path}/requeued; exit; }}'
+                             '\n[ "$*" = "show hostnames gpu[017-018]" ] || exit 3\n'
                              'printf "gpu017\\ngpu018\\n"\n')
   _stub(bin_dir, 'srun', 'while [[ $1 == --* ]]; do shift; done\n'
                          'for id in 0 1 2 3; do\n'
@@ -193,7 +199,10 @@ def slurm_bin(bin_dir, tmp_path):
                          '    "$@" || exit\n'
                          'done\n')
   (tmp_path / 'tasks').mkdir()
-  _stub(bin_dir, 'python', f'printf "%s\\n" "JAX_LOCAL_DEVICE_IDS=$JAX_LOCAL_DEVICE_IDS" "$@" '
+  _stub(bin_dir, 'python', f'if [ "${{*: -1}}" = --check_finished ]; then\n'
+                           f'  printf "%q " "$@" > {tmp_path}/checked\n'
+                           f'  [ -e {tmp_path}/finished ] || exit 3\n  exit\nfi\n'
+                           f'printf "%s\\n" "JAX_LOCAL_DEVICE_IDS=$JAX_LOCAL_DEVICE_IDS" "$@" '
                            f'> {tmp_path}/tasks/$SLURM_PROCID\n')
   return bin_dir
 
@@ -208,11 +217,12 @@ def _tasks(tmp_path):
 def test_slurm_dry_run_prints_srun_and_task_zero(slurm_bin, tmp_path):
   lines = _dry_run([SLURM, '--dry-run', *SLURM_ARGS, '--', *SLURM_EXTRA],
                    _env(slurm_bin, **SLURM_ENV))
-  assert len(lines) == 2
+  assert len(lines) == 3
   srun = _words(lines[0])
   assert srun[:4] == ['srun', '--kill-on-bad-exit=1', 'bash', '-c']
   assert srun[5:] == ['semi_ssl_task', *TASK_ARGS, *SLURM_EXTRA]
   assert _words(lines[1]) == _task_command(0, 16, 0)
+  assert _words(lines[2]) == CHECK_FINISHED
   assert not (tmp_path / 'called').exists()
 
   # The printed srun line, pasted: every task expands its own SLURM_PROCID and SLURM_LOCALID.
@@ -231,6 +241,50 @@ def test_slurm_job_runs_srun_with_per_task_values(slurm_bin, tmp_path):
   lines = _dry_run([SLURM, '--', *SLURM_EXTRA], {**env, 'DRY_RUN': '1'})
   assert _words(lines[0])[:5] == ['srun', '--kill-on-bad-exit=1', '--cpus-per-task=12', 'bash',
                                   '-c']
+
+
+def test_slurm_job_requeues_itself_when_the_run_stopped_before_finishing(slurm_bin, tmp_path):
+  """The header asks for SIGTERM to the tasks ahead of the time limit, and requeueing; after srun,
+  a run that stopped early (no results: --check_finished exits 3) is requeued, a finished or
+  failed one is not."""
+  header = [l for l in open(SLURM).read().splitlines() if l.startswith('#SBATCH')]
+  assert {'#SBATCH --signal=TERM@300', '#SBATCH --requeue', '#SBATCH --open-mode=append'} <= set(
+      header)
+  command = [SLURM, *SLURM_ARGS, '--', *SLURM_EXTRA]
+  result = _run(command, _env(slurm_bin, **SLURM_ENV))
+  assert result.returncode == 0, result.stderr
+  assert _words((tmp_path / 'checked').read_text()) == CHECK_FINISHED[1:]
+  assert (tmp_path / 'requeued').read_text() == 'requeue 1234\n'
+  assert 'requeueing job 1234' in result.stdout
+
+  (tmp_path / 'finished').touch()
+  result = _run(command, _env(slurm_bin, **SLURM_ENV))
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / 'requeued').read_text() == 'requeue 1234\n'  # Not again.
+
+  (tmp_path / 'finished').unlink()
+  (tmp_path / 'checked').unlink()
+  _stub(slurm_bin, 'srun', 'exit 5\n')  # A failed run: its status, no check, no requeue.
+  result = _run(command, _env(slurm_bin, **SLURM_ENV))
+  assert result.returncode == 5
+  assert not (tmp_path / 'checked').exists()
+  assert (tmp_path / 'requeued').read_text() == 'requeue 1234\n'
+
+
+def test_check_finished_looks_for_the_last_stages_results(tmp_path):
+  """The real `semi_ssl.main --check_finished` that the SLURM job runs after srun: 3 until the
+  last stage's results.json exists, then 0; nothing is trained or written."""
+  check = lambda: subprocess.run(
+      [sys.executable, '-m', 'semi_ssl.main', '--config=configs/suave/digits.py:with_baseline',
+       f'--workdir={tmp_path}', '--check_finished'], cwd=REPO, capture_output=True, text=True,
+      timeout=120).returncode
+  assert check() == 3 and os.listdir(tmp_path) == []
+  (tmp_path / 'supervised').mkdir()  # A finished first stage is not enough.
+  (tmp_path / 'supervised' / 'results.json').write_text('{}')
+  assert check() == 3
+  (tmp_path / 'suave').mkdir()
+  (tmp_path / 'suave' / 'results.json').write_text('{}')
+  assert check() == 0
 
 
 @pytest.mark.parametrize('extra_env, devices', [

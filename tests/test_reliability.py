@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from semi_ssl import checkpoint, errors, main, methods, train
+from semi_ssl import checkpoint, errors, main, methods, notices, train
 from semi_ssl.methods import supervised
 from test_train import REPO, _cpu_env, tiny_config
 
@@ -95,10 +95,81 @@ def test_sigterm_saves_at_the_next_step_and_exits_zero(tmp_path):
   process.send_signal(signal.SIGTERM)
   rc, out, err = _finish(process)
   assert rc == 0, err[-3000:]
-  assert 'Preempted: stopped at step' in out
+  assert 'Preempted: stopped at step' in out and (out + err).count(RESUME_HINT) == 1
   step = int(out.split('stopped at step ')[1].split()[0])
   assert _steps(workdir) == [step] and 0 < step < 100000
   assert int(_saved_state(workdir, step)['step']) == step
+
+
+# A tiny supervised run that trains until a signal stops it.
+ENDLESS_FLAGS = ['--config=configs/supervised/digits.py', '--config.model.width=0.25',
+                 '--config.labelled_batch_size=16', '--config.num_steps=100000',
+                 '--config.checkpoint_every=100000', '--config.log_every=2',
+                 '--config.eval_every=100000']
+RESUME_HINT = 'run the same command to resume'
+
+
+def _has_logged(workdir):
+  directory = os.path.join(workdir, 'tensorboard')
+  return os.path.isdir(directory) and any(os.path.getsize(os.path.join(directory, f)) > 200
+                                          for f in os.listdir(directory))
+
+
+def test_ctrl_c_saves_and_exits_130_and_a_second_ctrl_c_stops_at_once(tmp_path):
+  workdir = str(tmp_path / 'run')
+  process = _main(workdir, ENDLESS_FLAGS)
+  _wait_for(lambda: _has_logged(workdir), process)
+  process.send_signal(signal.SIGINT)
+  rc, out, err = _finish(process)
+  assert rc == 130, err[-3000:]
+  assert 'Traceback' not in err and 'KeyboardInterrupt' not in err
+  assert (out + err).count(RESUME_HINT) == 1, out + err[-3000:]
+  step = int(out.split('Interrupted: stopped at step ')[1].split()[0])
+  assert _steps(workdir) == [step] and int(_saved_state(workdir, step)['step']) == step
+
+  # Twice, while the run starts: the first Ctrl-C is acknowledged, the second stops it at once.
+  workdir = str(tmp_path / 'again')
+  process = _main(workdir, ENDLESS_FLAGS)
+  _wait_for(lambda: os.path.isdir(workdir), process)  # main handles Ctrl-C by then.
+  process.send_signal(signal.SIGINT)
+  seen = ''
+  while 'Ctrl-C: stopping at the next step boundary' not in seen:
+    line = process.stderr.readline()
+    assert line, seen[-3000:]
+    seen += line
+  process.send_signal(signal.SIGINT)
+  rc, out, err = _finish(process)
+  assert rc == 130, err[-3000:]
+  assert err.strip().splitlines()[-1] == (
+      'Interrupted again: stopped before training started; nothing was lost.'), err[-3000:]
+  assert 'Traceback' not in err and err.count('Interrupted') == 1
+  assert out == '' and _steps(workdir) == []
+
+
+def test_second_ctrl_c_names_the_last_complete_checkpoint(tmp_path):
+  notice = notices.Notice()
+  notice.checkpoint_dir = tmp_path / checkpoint.CHECKPOINT_DIR
+  assert notice._last_checkpoint().endswith(f'checkpoint is none yet in {tmp_path}/checkpoints.')
+  for name in ('2', '10', '12.orbax-checkpoint-tmp-1', '4.unreadable-1'):
+    (tmp_path / checkpoint.CHECKPOINT_DIR / name).mkdir(parents=True)
+  assert notice._last_checkpoint() == (
+      f'stopped without saving; the last complete checkpoint is step 10 in {tmp_path}/checkpoints.')
+
+
+def test_sigterm_while_starting_stops_with_one_message_and_the_rerun_finishes(tmp_path):
+  """Whenever the notice lands (loading, compiling, or already training), the run stops with
+  one message and exit 0; the same command then finishes the run."""
+  workdir = str(tmp_path / 'run')
+  flags = ENDLESS_FLAGS + ['--config.num_steps=6']
+  process = _main(workdir, flags)
+  _wait_for(lambda: os.path.isdir(workdir), process)  # main handles SIGTERM by then.
+  process.send_signal(signal.SIGTERM)
+  rc, out, err = _finish(process)
+  assert rc == 0, err[-3000:]
+  assert (out + err).count(RESUME_HINT) == 1 and out.startswith('Preempted'), out + err[-3000:]
+  rc, out, err = _finish(_main(workdir, flags))
+  assert rc == 0, err[-3000:]
+  assert json.load(open(os.path.join(workdir, train.RESULTS_FILE)))['steps'] == 6
 
 
 class _NaNAtStep3(supervised.Supervised):
