@@ -34,6 +34,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from semi_ssl import checkpoint, config_base, evaluate, methods, metric_writer, parallel
+from semi_ssl import workdir_lease
 from semi_ssl.errors import Preempted, UserError
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
@@ -330,6 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   run_eval = lambda state: evaluator((state.params, state.model_state, state.method_state))
 
   def save(state):
+    workdir_lease.check_held()  # Another run took the workdir over: stop before writing.
     ckpt.save(int(state.step), state,
               {'wall_seconds': previous_seconds + time.time() - start_time})
 
