@@ -12,19 +12,21 @@ it over with a warning naming the old holder, when it has not been renewed for S
 on this host and its pid is gone (a rerun right after a crash or SIGKILL resumes at once).
 
 Atomicity. On a local disk a lease is created by linking a complete temporary file to
-lease.json (os.link fails when the file exists), and a stale lease is first renamed to a name of
-the contender's own: only one rename succeeds, and the winner checks that it moved the very lease
-it judged stale (else it puts it back). Of several runs started together exactly one wins.
-gs:// (etils.epath has no exclusive create): a contender writes its lease, waits SETTLE_SECONDS
-and reads it back; it holds the lease only when its token is still there. Residual races: two
-gs:// contenders whose read and write lie more than SETTLE_SECONDS apart can both hold it; and a
-holder that renews or releases a lease just as it is taken over (possible only once it has gone
-stale) can overwrite or delete the new holder's file. In both cases a renewal of the loser then
-finds another token and its next checkpoint save stops it before it writes.
+lease.json (os.link fails when the file exists), and a stale lease is replaced (os.replace, so
+the file is never absent) only by the contender that created lease.json.takeover-DIGEST of that
+stale record exclusively (O_EXCL) and then still finds that record: of several runs started
+together exactly one wins. gs:// (etils.epath has no exclusive create): a contender writes its
+lease, waits SETTLE_SECONDS and reads it back; it holds the lease only when its token is still
+there. Residual races: two gs:// contenders whose read and write lie more than SETTLE_SECONDS
+apart can both hold it; and a holder that renews or releases its lease just as it is taken over
+(possible only once it has gone stale) can overwrite the new holder's file or let a third run
+create one. In both cases a renewal of the loser then finds another token, and its next
+checkpoint save stops it before it writes.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -45,6 +47,7 @@ RENEW_SECONDS = 30.0
 STALE_SECONDS = 300.0  # Not renewed for this long: the holder is gone; the next run takes over.
 SETTLE_SECONDS = 2.0   # gs://: how long a contender waits before reading its lease back.
 _ATTEMPTS = 5          # Contenders that keep replacing each other: give up after this many.
+_CLAIM_SECONDS = 10.0  # A takeover claim older than this was left by a contender that died.
 _MESSAGE_BYTES = 4096  # A message from process 0 to the others, UTF-8, zero-padded.
 
 
@@ -62,6 +65,12 @@ def describe(record: dict, now: float) -> str:
   age = f'{now - renewed:.0f} s ago' if renewed is not None else 'never'
   return (f"host {record.get('host', '?')}, pid {record.get('pid', '?')}, started {started}, "
           f'last renewed {age}')
+
+
+def claim_name(stale: dict) -> str:
+  """'lease.json.takeover-DIGEST': the file whose creator may replace the lease `stale`."""
+  digest = hashlib.sha1(json.dumps(stale, sort_keys=True).encode()).hexdigest()[:16]
+  return f'{LEASE_FILE}.takeover-{digest}'
 
 
 def pid_alive(pid: int) -> bool:
@@ -101,6 +110,7 @@ class WorkdirLease:
     self.stale_seconds, self.renew_seconds = stale_seconds, renew_seconds
     self.settle_seconds = settle_seconds
     self.token = uuid.uuid4().hex
+    self._tmp = self.path.with_name(f'{LEASE_FILE}.{self.token}.tmp')  # Local disk only.
     self.record: dict | None = None  # While held.
     self._lost: str | None = None    # The run that took it over, once seen.
     self._is_local = '://' not in self.workdir
@@ -119,10 +129,8 @@ class WorkdirLease:
             f'{self.workdir} is in use by another run ({describe(current, now)}): wait for it to '
             'finish, stop it, or use another --workdir (a lease not renewed for '
             f'{self.stale_seconds:.0f} s is taken over).')
-      if current is not None and not self._remove_stale(current):
-        continue
       record = new_record(self.token, time.time())
-      if self._create(record):
+      if self._replace(current, record):
         if current is not None:
           logging.warning('Took over %s from a run that %s (%s).', self.path, reason,
                           describe(current, now))
@@ -202,44 +210,57 @@ class WorkdirLease:
   def _write(self, record: dict) -> None:
     """Replaces the lease file in one step (gs:// objects are written whole)."""
     if self._is_local:
-      tmp = self.path.with_name(f'{LEASE_FILE}.{self.token}.tmp')
-      tmp.write_text(json.dumps(record))
-      tmp.replace(self.path)
+      self._tmp.write_text(json.dumps(record))
+      self._tmp.replace(self.path)
     else:
       self.path.write_text(json.dumps(record))
 
-  def _create(self, record: dict) -> bool:
-    """Writes `record` as the lease unless another run's lease is there; whether it did."""
-    if not self._is_local:
+  def _replace(self, expected: dict | None, record: dict) -> bool:
+    """Writes `record` as the lease if the lease is still `expected` (None: no lease); whether
+    it did."""
+    if not self._is_local:  # Write, let other writes land, read back.
       self.path.write_text(json.dumps(record))
-      time.sleep(self.settle_seconds)  # Another contender's write would land by now.
+      time.sleep(self.settle_seconds)
       return (self._read(self.path) or {}).get('token') == self.token
-    tmp = self.path.with_name(f'{LEASE_FILE}.{self.token}.tmp')
-    tmp.write_text(json.dumps(record))
+    self._tmp.write_text(json.dumps(record))
     try:
-      os.link(tmp, self.path)
-      return True
-    except FileExistsError:
-      return False
+      if expected is None:
+        try:
+          os.link(self._tmp, self.path)  # Fails if another run created one first.
+          return True
+        except FileExistsError:
+          return False
+      with self._claim(expected):
+        if self._read(self.path) == expected:
+          self._tmp.replace(self.path)
+          return True
+        return False
     finally:
-      tmp.unlink()
+      with contextlib.suppress(FileNotFoundError):
+        self._tmp.unlink()
 
-  def _remove_stale(self, stale: dict) -> bool:
-    """Moves the stale lease `stale` out of the way; False if another run changed it first."""
-    if not self._is_local:  # Overwritten by `_create`.
-      return True
-    moved = self.path.with_name(f'{LEASE_FILE}.{self.token}.stale')
+  @contextlib.contextmanager
+  def _claim(self, stale: dict):
+    """Holds the one right to replace the lease `stale`: its `claim_name`, created exclusively.
+    Waits while another contender holds it; removes one that stays for _CLAIM_SECONDS (its
+    contender died)."""
+    claim = self.path.with_name(claim_name(stale))
+    deadline = time.monotonic() + _CLAIM_SECONDS
+    while True:
+      try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        break
+      except FileExistsError:
+        if time.monotonic() > deadline:
+          with contextlib.suppress(FileNotFoundError):
+            claim.unlink()
+          deadline = time.monotonic() + _CLAIM_SECONDS
+        time.sleep(0.01)
     try:
-      self.path.rename(moved)
-    except FileNotFoundError:  # Another contender moved it first.
-      return False
-    if self._read(moved) == stale:
-      moved.unlink()
-      return True
-    with contextlib.suppress(FileExistsError):  # Renewed meanwhile: put it back.
-      os.link(moved, self.path)
-    moved.unlink()
-    return False
+      yield
+    finally:
+      with contextlib.suppress(FileNotFoundError):
+        claim.unlink()
 
 
 _held: dict = {}  # While `hold` holds a lease: {'lease': this process's WorkdirLease or None}.

@@ -66,6 +66,15 @@ def test_a_stale_lease_is_taken_over_with_a_warning_naming_the_old_holder(tmp_pa
   assert re.search(r'has not renewed it for \d+ s \(host elsewhere, pid 4242', caplog.text)
 
 
+def test_a_takeover_claim_left_by_a_dead_contender_is_removed(tmp_path, monkeypatch):
+  stale = _write_lease(tmp_path, age=100)
+  monkeypatch.setattr(workdir_lease, '_CLAIM_SECONDS', 0.1)
+  (tmp_path / workdir_lease.claim_name(stale)).write_text('')  # Its contender died.
+  with WorkdirLease(tmp_path, stale_seconds=50) as lease:
+    assert _read_lease(tmp_path)['token'] == lease.token
+  assert os.listdir(tmp_path) == []
+
+
 def test_the_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path, caplog):
   dead = subprocess.Popen([sys.executable, '-c', 'pass'])
   dead.wait()
