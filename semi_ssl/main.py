@@ -185,7 +185,8 @@ def main(argv):
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   import jax  # After flag parsing, so --help is fast.
 
-  from semi_ssl import config_base, errors, parallel, train
+  from etils import epath
+  from semi_ssl import config_base, errors, parallel, train, workdir_lease
 
   try:
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -205,8 +206,11 @@ def main(argv):
   except ValueError as error:
     sys.exit(f'Config error: {error}')
 
+  # One run at a time in a workdir; re-reporting a finished plan writes nothing and needs none.
+  unfinished = any(not (epath.Path(d) / train.RESULTS_FILE).exists() for _, d in plan)
   try:
-    rows = run_plan(plan)
+    with workdir_lease.hold(workdir, needed=unfinished):
+      rows = run_plan(plan)
   except errors.Preempted as stopped:
     if jax.process_index() == 0:
       print(stopped, flush=True)

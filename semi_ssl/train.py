@@ -32,6 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from semi_ssl import checkpoint, config_base, evaluate, methods, metric_writer, notices, parallel
+from semi_ssl import workdir_lease
 from semi_ssl.errors import Preempted, UserError
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
@@ -298,6 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   run_eval = lambda state: evaluator((state.params, state.model_state, state.method_state))
 
   def save(state):
+    workdir_lease.check_held()  # Another run took the workdir over: stop before writing.
     ckpt.save(int(state.step), state,
               {'wall_seconds': previous_seconds + time.time() - start_time})
 
