@@ -49,6 +49,7 @@ from semi_ssl.methods import base
 from semi_ssl.models import heads
 from semi_ssl.ops import knn, losses
 from semi_ssl.ops.ema import cosine_momentum, ema
+from semi_ssl.ops.normalize import l2_normalize
 
 
 class SemPPLModel(nnx.Module):
@@ -67,11 +68,11 @@ class SemPPLModel(nnx.Module):
     """[B, H, W, C] -> (backbone features [B, F], unit-norm predictions [B, embed_dim])."""
     features = self.backbone(x, train=train)
     projections = self.projector(features, train=train)
-    return features, heads.l2_normalize(self.predictor(projections, train=train))
+    return features, l2_normalize(self.predictor(projections, train=train))
 
   def project(self, x: jax.Array, *, train: bool) -> jax.Array:
     """[B, H, W, C] -> unit-norm projections [B, embed_dim] (the target network's output)."""
-    return heads.l2_normalize(self.projector(self.backbone(x, train=train), train=train))
+    return l2_normalize(self.projector(self.backbone(x, train=train), train=train))
 
   def classify(self, features: jax.Array) -> jax.Array:
     """Backbone features [B, F] -> class logits [B, C] float32."""
@@ -185,7 +186,7 @@ class SemPPL(base.Method):
 
     queue = enqueue(state['queue'], jnp.concatenate([t[:num_labelled] for t in targets]),
                     jnp.tile(labels, num_global))
-    queries = heads.l2_normalize(sum(p[num_labelled:] for p in predictions[:num_global]))
+    queries = l2_normalize(sum(p[num_labelled:] for p in predictions[:num_global]))
     positives, valid, votes = self._semantic_positives(key, labels, queries, queue)
 
     pairs = [contrastive_losses(h, targets[g], positives, valid, hp.temperature)

@@ -26,6 +26,7 @@ from semi_ssl.methods import base
 from semi_ssl.models import heads
 from semi_ssl.ops import losses, sinkhorn
 from semi_ssl.ops.ema import ema
+from semi_ssl.ops.normalize import l2_normalize
 
 
 class SuaveModel(nnx.Module):
@@ -40,7 +41,7 @@ class SuaveModel(nnx.Module):
 
   def embed(self, x: jax.Array, *, train: bool) -> jax.Array:
     """[B, H, W, C] -> unit-norm embeddings [B, embed_dim]."""
-    return heads.l2_normalize(self.projector(self.backbone(x, train=train), train=train))
+    return l2_normalize(self.projector(self.backbone(x, train=train), train=train))
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """[B, H, W, C] -> cosine scores [B, num_prototypes]."""
