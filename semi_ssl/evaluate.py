@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from semi_ssl import parallel
+from semi_ssl.ops.normalize import l2_normalize
 
 
 def weighted_knn_predict(queries: jax.Array, bank: jax.Array, bank_labels: jax.Array,
@@ -23,9 +24,7 @@ def weighted_knn_predict(queries: jax.Array, bank: jax.Array, bank_labels: jax.A
 
   Entries of the bank with `bank_valid` False (padding) never vote.
   """
-  q = queries / jnp.linalg.norm(queries, axis=-1, keepdims=True).clip(1e-12)
-  b = bank / jnp.linalg.norm(bank, axis=-1, keepdims=True).clip(1e-12)
-  sims = jnp.where(bank_valid[None, :], q @ b.T, -jnp.inf)
+  sims = jnp.where(bank_valid[None, :], l2_normalize(queries) @ l2_normalize(bank).T, -jnp.inf)
   top_sims, top_idx = jax.lax.top_k(sims, k)
   weights = jnp.where(jnp.isfinite(top_sims), jnp.exp(top_sims / temperature), 0.0)
   votes = jnp.sum(jax.nn.one_hot(bank_labels[top_idx], num_classes) * weights[..., None], axis=1)

@@ -137,7 +137,7 @@ def test_labelled_targets_are_labels_and_unlabelled_targets_come_from_the_teache
 
 
 class LinearScores(nnx.Module):
-  """Stand-in for SuaveModel with known scores: flattened [N, 1, 1, K] views @ W [K, K]."""
+  """Stand-in for PrototypeModel with known scores: flattened [N, 1, 1, K] views @ W [K, K]."""
 
   def __init__(self, kernel: np.ndarray):
     self.kernel = nnx.Param(jnp.asarray(kernel, jnp.float32))

@@ -16,7 +16,7 @@ from ml_collections import config_dict
 from semi_ssl import checkpoint, config_base, parallel, train
 from semi_ssl.data import datasets, pipeline
 from semi_ssl.methods import base, semppl
-from semi_ssl.ops import knn
+from semi_ssl.ops import knn, queue
 
 DIGITS = base.DataInfo(num_classes=10, image_shape=(8, 8, 1))
 
@@ -47,15 +47,15 @@ def tiny_config(**semppl_overrides):
 
 
 def test_enqueue_is_fifo_and_wraps_around():
-  queue = semppl.init_queue(5, 2)
-  np.testing.assert_array_equal(queue['labels'], [knn.EMPTY] * 5)
+  ring = queue.init(5, 2, labels=True)
+  np.testing.assert_array_equal(ring['labels'], [knn.EMPTY] * 5)
   rows = lambda labels: jnp.stack([jnp.asarray(labels, jnp.float32)] * 2, axis=1)
   for labels in ([0, 1, 2], [3, 4, 5], [6]):
-    queue = semppl.enqueue(queue, rows(labels), jnp.asarray(labels))
+    ring = queue.write(ring, rows(labels), jnp.asarray(labels))
   # 0..6 written in order over 5 slots: 5 and 6 overwrote the oldest, 0 and 1.
-  np.testing.assert_array_equal(queue['labels'], [5, 6, 2, 3, 4])
-  np.testing.assert_array_equal(queue['embeddings'][:, 0], [5, 6, 2, 3, 4])
-  assert int(queue['position']) == 2
+  np.testing.assert_array_equal(ring['labels'], [5, 6, 2, 3, 4])
+  np.testing.assert_array_equal(ring['embeddings'][:, 0], [5, 6, 2, 3, 4])
+  assert int(ring['position']) == 2
 
 
 def test_contrastive_losses_match_numpy():
@@ -92,12 +92,12 @@ def test_target_gets_no_gradient_but_is_used(tiny):
   method, graphdef, rest, batch = tiny['method'], tiny['graphdef'], tiny['rest'], tiny['batch']
   online = tiny['params']
   target = nnx.split(method.create_model(nnx.Rngs(1)), nnx.Param, ...)[1]
-  queue = semppl.init_queue(48, 8)
+  empty = queue.init(48, 8, labels=True)
 
   @jax.jit
   def total(params, target):
     model = nnx.merge(graphdef, params, rest, copy=True)
-    state = {'target': target, 'queue': queue}
+    state = {'target': target, 'queue': empty}
     return method.loss(model, state, batch, jax.random.PRNGKey(0), jnp.int32(0))[0]
 
   online_grads, target_grads = jax.grad(total, argnums=(0, 1))(online, target)
@@ -108,7 +108,7 @@ def test_target_gets_no_gradient_but_is_used(tiny):
 
 def test_semantic_weight_warms_up_linearly(tiny):
   method, graphdef, rest, batch = tiny['method'], tiny['graphdef'], tiny['rest'], tiny['batch']
-  state = {'target': tiny['params'], 'queue': semppl.init_queue(48, 8)}
+  state = {'target': tiny['params'], 'queue': queue.init(48, 8, labels=True)}
 
   @jax.jit
   def weight(step):
@@ -168,7 +168,7 @@ def test_eval_predictions_are_the_knn_pseudo_labels_of_the_predictions(tiny):
 def test_update_state_follows_the_cosine_momentum(tiny):
   method, params = tiny['method'], tiny['params']
   target = jax.tree.map(jnp.zeros_like, params)
-  state = {'target': target, 'queue': semppl.init_queue(48, 8)}
+  state = {'target': target, 'queue': queue.init(48, 8, labels=True)}
   new = jax.jit(method.update_state)(params, state, jnp.int32(2))
   m = 1 - (1 - 0.9) * (math.cos(math.pi * 2 / 4) + 1) / 2
   jax.tree.map(lambda got, p: np.testing.assert_allclose(got, (1 - m) * np.asarray(p),

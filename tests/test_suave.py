@@ -11,16 +11,17 @@ from flax import nnx
 from semi_ssl import config_base, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base, suave
-from semi_ssl.ops import sinkhorn
+from semi_ssl.methods.views import student_outputs
+from semi_ssl.ops import losses, sinkhorn
 
 
 def test_labelled_loss_equals_hand_computed_value():
   # Cosine scores (0.5, -0.5), temperature 0.1 -> logits (5, -5); smoothed target (0.995, 0.005):
   # CE = 0.995 log(1 + e^-10) + 0.005 (10 + log(1 + e^-10)) = log(1 + e^-10) + 0.05.
   scores = [jnp.array([[0.5, -0.5]]), jnp.array([[0.5, -0.5]])]
-  targets = suave.class_targets(jnp.array([0]), 2, 2, smoothing=0.01)
+  targets = losses.class_targets(jnp.array([0]), 2, 2, smoothing=0.01)
   np.testing.assert_allclose(targets, [[0.995, 0.005]], rtol=1e-6)
-  loss = suave.labelled_loss(scores, targets, temperature=0.1)
+  loss = losses.labelled_loss(scores, targets, temperature=0.1)
   np.testing.assert_allclose(loss, [np.log1p(np.exp(-10)) + 0.05], rtol=1e-5)
 
 
@@ -30,17 +31,17 @@ def test_swapped_loss_pairs_each_view_with_the_other_global_views():
   q = [jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 1.0]])]
   ce = lambda logits, t: -np.sum(np.asarray(t) * jax.nn.log_softmax(np.asarray(logits) / 0.5))
   expected = np.mean([ce(s[1], q[0]), ce(s[2], q[0]), ce(s[0], q[1]), ce(s[2], q[1])])
-  np.testing.assert_allclose(suave.swapped_assignment_loss(s, q, 0.5), [expected], rtol=1e-6)
+  np.testing.assert_allclose(losses.swapped_assignment_loss(s, q, 0.5), [expected], rtol=1e-6)
   assert expected > ce(s[0], q[0])
 
 
 def test_combine_weights_terms_by_their_share_of_the_batch():
-  loss = suave.combine(jnp.array([1.0, 1.0]), jnp.array([4.0, 4.0, 4.0, 4.0, 4.0, 4.0]))
+  loss = losses.combine(jnp.array([1.0, 1.0]), jnp.array([4.0, 4.0, 4.0, 4.0, 4.0, 4.0]))
   np.testing.assert_allclose(loss, (2 * 1.0 + 6 * 4.0) / 8)
 
 
 def test_class_targets_are_zero_on_extra_prototypes():
-  t = suave.class_targets(jnp.array([2, 0]), 3, 5, smoothing=0.0)
+  t = losses.class_targets(jnp.array([2, 0]), 3, 5, smoothing=0.0)
   np.testing.assert_array_equal(t, [[0, 0, 1, 0, 0], [1, 0, 0, 0, 0]])
 
 
@@ -98,8 +99,9 @@ def test_labelled_targets_are_the_labels(digits):
   labels = views['labelled']['labels']
   perfect = [jax.nn.one_hot(labels, 10)] * 2
   wrong = [jax.nn.one_hot((labels + 1) % 10, 10)] * 2
-  targets = suave.class_targets(labels, 10, 10, 0.0)
-  assert jnp.all(suave.labelled_loss(perfect, targets, 0.1) < suave.labelled_loss(wrong, targets, 0.1))
+  targets = losses.class_targets(labels, 10, 10, 0.0)
+  assert jnp.all(losses.labelled_loss(perfect, targets, 0.1)
+                 < losses.labelled_loss(wrong, targets, 0.1))
 
 
 def test_targets_come_from_the_same_forward_pass(digits):
@@ -118,20 +120,20 @@ def test_targets_come_from_the_same_forward_pass(digits):
     suave_model = model()
     loss, (method_state, _) = method.loss(suave_model, state.method_state, views, key, state.step)
     by_hand = model()
-    targets, embeds, scores = suave.student_outputs(
+    targets, embeds, scores = student_outputs(
         by_hand, views, key, num_classes=10, num_prototypes=10,
         label_smoothing=hp.label_smoothing, mixup_alpha=hp.mixup_alpha)
     assignments = [sinkhorn.sinkhorn(jax.lax.stop_gradient(s[num_labelled:]),
                                      epsilon=hp.sinkhorn_epsilon, num_iters=hp.sinkhorn_iters)
                    for s in scores[:2]]
-    expected = suave.combine(
-        suave.labelled_loss([s[:num_labelled] for s in scores], targets, hp.temperature),
-        suave.swapped_assignment_loss([s[num_labelled:] for s in scores], assignments,
+    expected = losses.combine(
+        losses.labelled_loss([s[:num_labelled] for s in scores], targets, hp.temperature),
+        losses.swapped_assignment_loss([s[num_labelled:] for s in scores], assignments,
                                       hp.temperature))
     # The former targets: a second pass of the unlabelled global views alone.
     second_pass = model()
-    suave.student_outputs(second_pass, views, key, num_classes=10, num_prototypes=10,
-                          label_smoothing=hp.label_smoothing, mixup_alpha=hp.mixup_alpha)
+    student_outputs(second_pass, views, key, num_classes=10, num_prototypes=10,
+                    label_smoothing=hp.label_smoothing, mixup_alpha=hp.mixup_alpha)
     for v in views['unlabelled']['views'][:2]:
       second_pass.embed(v, train=True)
     return (loss, expected, method_state, [z[num_labelled:] for z in embeds[:2]],
@@ -239,3 +241,18 @@ def test_ema_teacher_and_queue_state(digits):
   assert int(after.method_state['queue_count']) == 16
   np.testing.assert_allclose(np.linalg.norm(queue[:, :16], axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_array_equal(queue[:, 16:], 0.0)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(num_prototypes=5), 'num_prototypes=5 is below the 10 classes'),
+    (dict(ema_momentum=1.5), r'ema_momentum=1.5 must be in \[0, 1\]'),
+    (dict(queue_size=-1), 'queue_size=-1 must be >= 0'),
+    (dict(temperature=0.0), 'temperature=0.0 must be positive'),
+    (dict(sinkhorn_epsilon=0.0), 'sinkhorn_epsilon=0.0 must be positive'),
+])
+def test_bad_hyperparameters_name_the_key(overrides, message):
+  """Checked when the method is built, so `config_base.validate` stops the run first."""
+  with pytest.raises(ValueError, match=message):
+    suave.Suave(_config(**overrides), base.DataInfo(10, (8, 8, 1)), parallel.create_mesh())
+  with pytest.raises(ValueError, match=message):
+    config_base.validate(_config(**overrides), num_devices=8, workdir=None)

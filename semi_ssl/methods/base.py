@@ -87,9 +87,12 @@ class Method(abc.ABC):
   def predict(self, model: nnx.Module, images: jax.Array) -> jax.Array:
     """Class logits [B, num_classes] of normalised eval images [B, H, W, C]."""
 
-  @abc.abstractmethod
   def features(self, model: nnx.Module, images: jax.Array) -> jax.Array:
-    """Backbone features [B, D] of normalised eval images, for the kNN probe."""
+    """Backbone features [B, D] of normalised eval images, for the kNN probe.
+
+    Default: `model.backbone`'s, in eval mode.
+    """
+    return model.backbone(images, train=False)
 
   def eval_predictions(self, model: nnx.Module, state: PyTree,
                        images: jax.Array) -> dict[str, jax.Array]:

@@ -1,11 +1,12 @@
 """Daino (Fini et al., CVPR 2023, "Semi-supervised learning made simple with self-supervised
 clustering", Sec. 3): DINO turned semi-supervised the way Suave turns SwAV.
 
-The model is Suave's (backbone -> projector -> L2-normalised embedding -> cosine scores of K
-prototypes, the first C of them the class prototypes). A teacher, the EMA of the student with
-a momentum that rises from `teacher_momentum` to 1 on a cosine schedule, sees only the global
-views of the unlabelled images; its scores, centred (minus an EMA of their batch mean) and
-sharpened (divided by a teacher temperature that may warm up linearly), give the targets
+The model is Suave's `PrototypeModel` (backbone -> projector -> L2-normalised embedding ->
+cosine scores of K prototypes, the first C of them the class prototypes). A teacher, the EMA
+of the student with a momentum that rises from `teacher_momentum` to 1 on a cosine schedule
+(`methods/teacher.py`), sees only the global views of the unlabelled images; its scores,
+centred (minus an EMA of their batch mean) and sharpened (divided by a teacher temperature that
+may warm up linearly), give the targets
 
     q = softmax((teacher_scores - center) / teacher_temperature).
 
@@ -22,14 +23,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from semi_ssl.errors import require
-from semi_ssl.methods import base
-from semi_ssl.methods.suave import (SuaveModel, combine, labelled_loss, student_scores,
-                                    swapped_assignment_loss)
+from semi_ssl.methods import views
+from semi_ssl.methods.prototypes import PrototypeMethod
+from semi_ssl.methods.teacher import EMATeacher
 from semi_ssl.ops import losses
-from semi_ssl.ops.ema import cosine_momentum, ema
+from semi_ssl.ops.ema import ema
 
 
 def teacher_temperature(step: jax.Array, *, start: float, end: float,
@@ -56,16 +56,14 @@ def entropy(probs: jax.Array) -> jax.Array:
   return -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-12)), axis=-1)
 
 
-class Daino(base.Method):
+class Daino(PrototypeMethod):
   """See the module docstring; hyperparameters live in `config.daino`."""
+
+  config_key = 'daino'
 
   def __init__(self, config, data, mesh):
     super().__init__(config, data, mesh)
-    self.hp = hp = config.daino
-    self.num_prototypes = hp.num_prototypes or data.num_classes
-    require(self.num_prototypes >= data.num_classes,
-            f'config.daino.num_prototypes={self.num_prototypes} is below the '
-            f'{data.num_classes} classes: use 0 (= number of classes) or more.')
+    hp = self.hp
     for key in ('teacher_momentum', 'center_momentum'):
       require(0.0 <= hp[key] <= 1.0, f'config.daino.{key}={hp[key]} must be in [0, 1].')
     for key in ('student_temperature', 'teacher_temperature', 'teacher_temperature_warmup_start'):
@@ -77,21 +75,16 @@ class Daino(base.Method):
     require(aug.num_global_crops + aug.num_local_crops >= 2,
             'Daino needs a second view to predict the teacher from: set '
             'config.augment.num_global_crops=2 or add local crops.')
-
-  def create_model(self, rngs):
-    return SuaveModel(base.create_backbone(self.config, self.data, rngs),
-                      hidden_dim=self.hp.projector_hidden_dim, embed_dim=self.hp.embed_dim,
-                      num_layers=self.hp.projector_layers, num_prototypes=self.num_prototypes,
-                      rngs=rngs)
+    self.teacher = EMATeacher(hp.teacher_momentum, cosine_steps=config.num_steps)
 
   def init_state(self, params):
-    return {'teacher': jax.tree.map(jnp.copy, params),
+    return {'teacher': self.teacher.init(params),
             'center': jnp.zeros((self.num_prototypes,), jnp.float32)}
 
   def loss(self, model, state, batch, key, step):
     hp = self.hp
     labels = batch['labelled']['labels']
-    targets, scores = student_scores(
+    targets, scores = views.student_scores(
         model, batch, key, num_classes=self.data.num_classes,
         num_prototypes=self.num_prototypes, label_smoothing=hp.label_smoothing,
         mixup_alpha=hp.mixup_alpha)
@@ -103,9 +96,10 @@ class Daino(base.Method):
         step, start=hp.teacher_temperature_warmup_start, end=hp.teacher_temperature,
         warmup_steps=hp.teacher_temperature_warmup_steps)
     assignments = teacher_targets(teacher_scores, state['center'], temperature)
-    loss_l = labelled_loss([s[:num_labelled] for s in scores], targets, hp.student_temperature)
-    loss_u = swapped_assignment_loss([s[num_labelled:] for s in scores], assignments,
-                                     hp.student_temperature)
+    loss_l = losses.labelled_loss([s[:num_labelled] for s in scores], targets,
+                                  hp.student_temperature)
+    loss_u = losses.swapped_assignment_loss([s[num_labelled:] for s in scores], assignments,
+                                            hp.student_temperature)
     state = {**state, 'center': update_center(state['center'], teacher_scores,
                                               hp.center_momentum)}
     metrics = {'loss_labelled': jnp.mean(loss_l), 'loss_unlabelled': jnp.mean(loss_u),
@@ -116,24 +110,16 @@ class Daino(base.Method):
                'teacher_temperature': temperature,
                # Near 0: one-hot targets; near log K: uniform (collapse).
                'target_entropy': jnp.mean(jnp.stack([entropy(q) for q in assignments]))}
-    return combine(loss_l, loss_u), (state, metrics)
+    return losses.combine(loss_l, loss_u), (state, metrics)
 
-  def _teacher_scores(self, model, teacher, views):
+  def _teacher_scores(self, model, teacher, global_views):
     """Teacher scores (no gradient) G x [B_u, K] of the G global unlabelled views.
 
     The views go through the teacher together, so its BatchNorm sees all of them (DINO).
     """
-    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-    teacher_model = nnx.merge(graphdef, teacher, rest, copy=True)
-    scores = jax.lax.stop_gradient(teacher_model(jnp.concatenate(views), train=True))
-    return jnp.split(scores, len(views))
+    teacher_model = self.teacher.model(model, teacher)
+    scores = jax.lax.stop_gradient(teacher_model(jnp.concatenate(global_views), train=True))
+    return jnp.split(scores, len(global_views))
 
   def update_state(self, params, state, step):
-    m = cosine_momentum(step, self.config.num_steps, self.hp.teacher_momentum)
-    return {**state, 'teacher': ema(state['teacher'], params, m)}
-
-  def predict(self, model, images):
-    return model(images, train=False)[:, :self.data.num_classes]
-
-  def features(self, model, images):
-    return model.backbone(images, train=False)
+    return {**state, 'teacher': self.teacher.update(state['teacher'], params, step)}

@@ -45,10 +45,12 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from semi_ssl import parallel
+from semi_ssl.errors import require
 from semi_ssl.methods import base
+from semi_ssl.methods.teacher import EMATeacher
 from semi_ssl.models import heads
-from semi_ssl.ops import knn, losses
-from semi_ssl.ops.ema import cosine_momentum, ema
+from semi_ssl.ops import knn, losses, queue
+from semi_ssl.ops.normalize import l2_normalize
 
 
 class SemPPLModel(nnx.Module):
@@ -67,33 +69,15 @@ class SemPPLModel(nnx.Module):
     """[B, H, W, C] -> (backbone features [B, F], unit-norm predictions [B, embed_dim])."""
     features = self.backbone(x, train=train)
     projections = self.projector(features, train=train)
-    return features, heads.l2_normalize(self.predictor(projections, train=train))
+    return features, l2_normalize(self.predictor(projections, train=train))
 
   def project(self, x: jax.Array, *, train: bool) -> jax.Array:
     """[B, H, W, C] -> unit-norm projections [B, embed_dim] (the target network's output)."""
-    return heads.l2_normalize(self.projector(self.backbone(x, train=train), train=train))
+    return l2_normalize(self.projector(self.backbone(x, train=train), train=train))
 
   def classify(self, features: jax.Array) -> jax.Array:
     """Backbone features [B, F] -> class logits [B, C] float32."""
     return self.classifier(features).astype(jnp.float32)
-
-
-def init_queue(size: int, dim: int) -> dict[str, jax.Array]:
-  """An empty queue: zero embeddings [Q, D], `knn.EMPTY` labels [Q], write position 0."""
-  return {'embeddings': jnp.zeros((size, dim), jnp.float32),
-          'labels': jnp.full((size,), knn.EMPTY, jnp.int32),
-          'position': jnp.zeros((), jnp.int32)}
-
-
-def enqueue(queue: dict[str, jax.Array], embeddings: jax.Array,
-            labels: jax.Array) -> dict[str, jax.Array]:
-  """Writes embeddings [n, D] and labels [n] over the n oldest entries (n <= Q), in order,
-  wrapping around the end of the buffer."""
-  size = queue['labels'].shape[0]
-  index = (queue['position'] + jnp.arange(labels.shape[0])) % size
-  return {'embeddings': queue['embeddings'].at[index].set(embeddings),
-          'labels': queue['labels'].at[index].set(labels),
-          'position': (queue['position'] + labels.shape[0]) % size}
 
 
 def contrastive_losses(anchors: jax.Array, targets: jax.Array, positives: jax.Array,
@@ -133,28 +117,24 @@ class SemPPL(base.Method):
     num_devices, per_device = mesh.size, hp.queue_size // mesh.size
     aug = config.augment
     enqueued = aug.num_global_crops * config.labelled_batch_size
-    checks = [
-        (aug.num_global_crops + aug.num_local_crops >= 2,
-         'SemPPL contrasts views of one image: set config.augment.num_global_crops=2 or add '
-         'local crops.'),
-        (hp.temperature > 0,
-         f'config.semppl.temperature={hp.temperature} must be positive, e.g. 0.1.'),
-        (0.0 <= hp.target_momentum <= 1.0,
-         f'config.semppl.target_momentum={hp.target_momentum} must be in [0, 1].'),
-        (hp.queue_size % num_devices == 0,
-         f'config.semppl.queue_size={hp.queue_size} is not divisible by the {num_devices} '
-         'devices it is split over: use a multiple of them.'),
-        *[(1 <= hp[key] <= per_device,
-           f'config.semppl.{key}={hp[key]} must be in [1, {per_device}] (the queue entries per '
-           f'device: queue_size {hp.queue_size} / {num_devices} devices).')
-          for key in ('knn_k', 'num_semantic_positives')],
-        (enqueued <= hp.queue_size,
-         f'config.semppl.queue_size={hp.queue_size} is below the {enqueued} labelled '
-         'projections enqueued per step (global crops x labelled_batch_size): enlarge it.'),
-    ]
-    for ok, message in checks:
-      if not ok:
-        raise ValueError(message)
+    require(aug.num_global_crops + aug.num_local_crops >= 2,
+            'SemPPL contrasts views of one image: set config.augment.num_global_crops=2 or add '
+            'local crops.')
+    require(hp.temperature > 0,
+            f'config.semppl.temperature={hp.temperature} must be positive, e.g. 0.1.')
+    require(0.0 <= hp.target_momentum <= 1.0,
+            f'config.semppl.target_momentum={hp.target_momentum} must be in [0, 1].')
+    require(hp.queue_size % num_devices == 0,
+            f'config.semppl.queue_size={hp.queue_size} is not divisible by the {num_devices} '
+            'devices it is split over: use a multiple of them.')
+    for key in ('knn_k', 'num_semantic_positives'):
+      require(1 <= hp[key] <= per_device,
+              f'config.semppl.{key}={hp[key]} must be in [1, {per_device}] (the queue entries per '
+              f'device: queue_size {hp.queue_size} / {num_devices} devices).')
+    require(enqueued <= hp.queue_size,
+            f'config.semppl.queue_size={hp.queue_size} is below the {enqueued} labelled '
+            'projections enqueued per step (global crops x labelled_batch_size): enlarge it.')
+    self.target = EMATeacher(hp.target_momentum, cosine_steps=config.num_steps)
 
   def create_model(self, rngs):
     return SemPPLModel(base.create_backbone(self.config, self.data, rngs),
@@ -162,15 +142,14 @@ class SemPPL(base.Method):
                        embed_dim=self.hp.embed_dim, num_layers=self.hp.mlp_layers, rngs=rngs)
 
   def init_state(self, params):
-    return {'target': jax.tree.map(jnp.copy, params),
-            'queue': init_queue(self.hp.queue_size, self.hp.embed_dim)}
+    return {'target': self.target.init(params),
+            'queue': queue.init(self.hp.queue_size, self.hp.embed_dim, labels=True)}
 
   def state_sharding(self, abstract_state):
     """The trainer's rule, but the queue's rows [Q] are split over all devices, as the kNN
     vote reads them: each device stores Q / devices embeddings and labels."""
     sharding = super().state_sharding(abstract_state)
-    rows = parallel.batch_sharding(self.mesh)
-    return {**sharding, 'queue': {**sharding['queue'], 'embeddings': rows, 'labels': rows}}
+    return {**sharding, 'queue': queue.split_rows(sharding['queue'], self.mesh)}
 
   def loss(self, model, state, batch, key, step):
     hp = self.hp
@@ -183,10 +162,11 @@ class SemPPL(base.Method):
     features, predictions = zip(*[model(v, train=True) for v in views])
     targets = self._target_projections(model, state['target'], views[:num_global])
 
-    queue = enqueue(state['queue'], jnp.concatenate([t[:num_labelled] for t in targets]),
-                    jnp.tile(labels, num_global))
-    queries = heads.l2_normalize(sum(p[num_labelled:] for p in predictions[:num_global]))
-    positives, valid, votes = self._semantic_positives(key, labels, queries, queue)
+    labelled_queue = queue.write(state['queue'],
+                                 jnp.concatenate([t[:num_labelled] for t in targets]),
+                                 jnp.tile(labels, num_global))
+    queries = l2_normalize(sum(p[num_labelled:] for p in predictions[:num_global]))
+    positives, valid, votes = self._semantic_positives(key, labels, queries, labelled_queue)
 
     pairs = [contrastive_losses(h, targets[g], positives, valid, hp.temperature)
              for g in range(num_global) for v, h in enumerate(predictions) if v != g]
@@ -205,15 +185,14 @@ class SemPPL(base.Method):
                # Share of the k neighbours that voted for the pseudo-label.
                'pseudo_label_agreement': jnp.mean(jnp.max(votes, axis=-1)) / hp.knn_k,
                'semantic_positives_found': jnp.mean(valid),
-               'queue_fill': jnp.mean(queue['labels'] != knn.EMPTY),
+               'queue_fill': jnp.mean(labelled_queue['labels'] != knn.EMPTY),
                'semantic_weight': semantic_weight}
     loss = loss_augm + semantic_weight * loss_sempos + loss_classifier
-    return loss, ({**state, 'queue': queue}, metrics)
+    return loss, ({**state, 'queue': labelled_queue}, metrics)
 
   def _target_projections(self, model, target, views):
     """Unit-norm target projections (no gradient) G x [B, D] of the global views."""
-    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-    target_model = nnx.merge(graphdef, target, rest, copy=True)
+    target_model = self.target.model(model, target)
     return [jax.lax.stop_gradient(target_model.project(v, train=True)) for v in views]
 
   def _semantic_positives(self, key, labels, queries, queue):
@@ -247,8 +226,7 @@ class SemPPL(base.Method):
     return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=self.split)
 
   def update_state(self, params, state, step):
-    m = cosine_momentum(step, self.config.num_steps, self.hp.target_momentum)
-    return {**state, 'target': ema(state['target'], params, m)}
+    return {**state, 'target': self.target.update(state['target'], params, step)}
 
   def eval_predictions(self, model, state, images):
     """{'pseudo_label': int32 [B]}: the kNN pseudo-labels of normalised eval images
@@ -257,6 +235,3 @@ class SemPPL(base.Method):
 
   def predict(self, model, images):
     return model.classify(model.backbone(images, train=False))
-
-  def features(self, model, images):
-    return model.backbone(images, train=False)

@@ -40,6 +40,3 @@ class Supervised(base.Method):
 
   def predict(self, model, images):
     return model(images, train=False)
-
-  def features(self, model, images):
-    return model.backbone(images, train=False)

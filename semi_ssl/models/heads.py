@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from semi_ssl.models.resnet import batch_norm
+from semi_ssl.ops.normalize import l2_normalize
 
 
 class MLP(nnx.Module):
@@ -51,12 +52,6 @@ class _LinearBN(nnx.Module):
     if self.bn is not None:
       x = self.bn(x, use_running_average=not train)
     return x.astype(self.dtype)
-
-
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||, eps) along ``axis`` (as torch.nn.functional.normalize)."""
-  norm_sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(norm_sq, eps**2))
 
 
 class Prototypes(nnx.Module):

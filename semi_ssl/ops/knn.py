@@ -18,7 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from semi_ssl.models.heads import l2_normalize
+from semi_ssl.ops.normalize import l2_normalize
 from semi_ssl.ops.sinkhorn import AxisName
 
 EMPTY = -1  # Label of an unused queue slot.

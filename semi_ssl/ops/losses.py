@@ -20,3 +20,32 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Fraction of rows whose arg-max is the label: [N, C], [N] -> float32 scalar."""
   return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+def class_targets(labels: jax.Array, num_classes: int, num_prototypes: int,
+                  smoothing: float) -> jax.Array:
+  """Smoothed one-hot targets over the first C of K prototypes, zero on the others: [N, K]."""
+  targets = one_hot_targets(labels, num_classes, smoothing)
+  return jnp.pad(targets, ((0, 0), (0, num_prototypes - num_classes)))
+
+
+def labelled_loss(scores: list[jax.Array], targets: jax.Array, temperature: float) -> jax.Array:
+  """Mean CE of every view's scores V x [N, K] against targets [N, K]: per-example [N]."""
+  return jnp.mean(jnp.stack([cross_entropy(s / temperature, targets) for s in scores]), axis=0)
+
+
+def swapped_assignment_loss(scores: list[jax.Array], assignments: list[jax.Array],
+                            temperature: float) -> jax.Array:
+  """Mean CE of every view predicting the assignment of every *other* global view (SwAV).
+
+  scores: V x [N, K] (global views first); assignments: G x [N, K] targets of the global
+  views. Returns per-example losses [N], averaged over the (view, global view) pairs.
+  """
+  pairs = [cross_entropy(s / temperature, q)
+           for g, q in enumerate(assignments) for v, s in enumerate(scores) if v != g]
+  return jnp.mean(jnp.stack(pairs), axis=0)
+
+
+def combine(labelled: jax.Array, unlabelled: jax.Array) -> jax.Array:
+  """One loss from per-example terms [B_l], [B_u], each weighted by its share of the batch."""
+  return jnp.mean(jnp.concatenate([labelled, unlabelled]))
