@@ -2,6 +2,7 @@
 bad config keys. Each test provokes the fault for real and checks what the program does."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -134,26 +135,102 @@ def test_nonfinite_loss_is_skipped_when_the_config_says_so(tmp_path, nan_method)
   assert int(after['first_skipped']) == 3
 
 
-@pytest.mark.parametrize('damage', ['metadata', 'arrays'])
-def test_unreadable_latest_checkpoint_is_named_and_the_previous_one_restored(
-    tmp_path, damage, caplog):
-  config = tiny_config(keep_checkpoints=5)
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  """A finished tiny run with checkpoints at steps 2 and 4: copy it before changing it."""
+  workdir = str(tmp_path_factory.mktemp('finished') / 'run')
+  train.train_and_evaluate(tiny_config(keep_checkpoints=5), workdir)
+  return workdir
+
+
+def _copy_of(run, tmp_path):
+  copy = str(tmp_path / 'run')
+  shutil.copytree(run, copy)
+  return copy
+
+
+def _remove_state_metadata(step_dir, scratch):
+  os.remove(os.path.join(step_dir, 'state', '_METADATA'))
+
+
+def _truncate_array_files(step_dir, scratch):
+  """Every array file emptied: the metadata reads fine, the arrays do not."""
+  for root, _, files in os.walk(os.path.join(step_dir, 'state')):
+    for name in files:
+      if 'ocdbt' in root or name.startswith('d') or root.endswith('/d'):
+        open(os.path.join(root, name), 'w').close()
+
+
+def _flip_a_byte_of_array_data(step_dir, scratch):
+  """Flips one byte of the largest array data file of the step, one that reads back without an
+  error as a changed array (most bytes of zstd-compressed data do)."""
+  state_dir = os.path.join(step_dir, 'state')
+  files = [os.path.join(root, name) for root, _, names in os.walk(state_dir) for name in names
+           if os.path.basename(root) == 'd']
+  largest = os.path.relpath(max(files, key=os.path.getsize), state_dir)
+  original = checkpoint._flatten(checkpoint.read_state(state_dir))
+  for attempt, fraction in enumerate(np.linspace(0.05, 0.95, 10)):
+    trial = os.path.join(scratch, str(attempt))  # A new path each time: TensorStore caches.
+    shutil.copytree(state_dir, trial)
+    data = bytearray(open(os.path.join(trial, largest), 'rb').read())
+    data[int(len(data) * fraction)] ^= 0x10
+    open(os.path.join(trial, largest), 'wb').write(data)
+    try:
+      changed = checkpoint._flatten(checkpoint.read_state(trial))
+    except Exception:  # pylint: disable=broad-except
+      continue
+    if any(not np.array_equal(changed[p], original[p]) for p in original):
+      shutil.copy(os.path.join(trial, largest), os.path.join(state_dir, largest))
+      return
+  pytest.fail(f'no byte of {largest} reads back as a changed array')
+
+
+def _replace_record(step_dir, scratch):
+  with open(os.path.join(step_dir, 'record', 'metadata'), 'w') as f:
+    f.write('{"steps": 4}')
+
+
+def _edit_record(step_dir, scratch):
+  """The saved wall time changed by hand."""
+  path = os.path.join(step_dir, 'record', 'metadata')
+  text = open(path).read()
+  with open(path, 'w') as f:
+    f.write(re.sub(r'("wall_seconds": )[-+.e0-9]+', r'\g<1>1.5', text))
+
+
+# Damage to step 4 of `finished_run` and what the warning must name.
+DAMAGES = {'state metadata removed': (_remove_state_metadata, ''),
+           'array files truncated': (_truncate_array_files, ''),
+           'a byte of array data flipped': (_flip_a_byte_of_array_data, "checksum of '"),
+           'record replaced': (_replace_record, ''),
+           'record edited': (_edit_record, 'the record is not the one written')}
+
+
+@pytest.mark.parametrize('damage', DAMAGES)
+def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_one_restored(
+    finished_run, tmp_path, damage, caplog):
+  workdir = _copy_of(finished_run, tmp_path)
   os.remove(os.path.join(workdir, train.RESULTS_FILE))
-  state_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, '4', 'state')
-  if damage == 'metadata':
-    os.remove(os.path.join(state_dir, '_METADATA'))
-  else:  # Truncate every array file: the metadata reads fine, the arrays do not.
-    for root, _, files in os.walk(state_dir):
-      for name in files:
-        if 'ocdbt' in root or name.startswith('d') or root.endswith('/d'):
-          open(os.path.join(root, name), 'w').close()
+  step_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, '4')
+  damage_fn, reason = DAMAGES[damage]
+  damage_fn(step_dir, str(tmp_path / 'scratch'))
   caplog.set_level('INFO')
-  results = train.train_and_evaluate(config, workdir)
+  results = train.train_and_evaluate(tiny_config(keep_checkpoints=5), workdir)
   assert results['steps'] == 4
-  assert f'{os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "4")} is unreadable' in caplog.text
+  warning = [r.getMessage() for r in caplog.records if 'is unreadable' in r.getMessage()]
+  assert len(warning) == 1 and warning[0].startswith(f'Checkpoint {step_dir} is unreadable (')
+  assert reason in warning[0] and '\n' not in warning[0] and len(warning[0]) < 500
   assert 'at step 2.' in caplog.text
+  assert [d for d in os.listdir(os.path.dirname(step_dir)) if d.startswith('4.unreadable-')]
+
+
+def test_a_clean_checkpoint_passes_its_checksums(finished_run, tmp_path, caplog):
+  workdir = _copy_of(finished_run, tmp_path)
+  os.remove(os.path.join(workdir, train.RESULTS_FILE))
+  caplog.set_level('INFO')
+  results = train.train_and_evaluate(tiny_config(keep_checkpoints=5), workdir)
+  assert results['steps'] == 4 and 'at step 4.' in caplog.text
+  assert 'unreadable' not in caplog.text and _steps(workdir) == [2, 4]
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
@@ -169,14 +246,20 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
   assert not os.path.exists(os.path.join(workdir, train.CONFIG_FILE))  # Not written on resume.
 
 
-def test_unreadable_init_from_checkpoint_is_named(tmp_path):
-  source = str(tmp_path / 'source')
-  train.train_and_evaluate(tiny_config(num_steps=2), source)
-  shutil.rmtree(os.path.join(source, checkpoint.CHECKPOINT_DIR, '2', 'state', 'd'))
+def _remove_array_directory(step_dir, scratch):
+  shutil.rmtree(os.path.join(step_dir, 'state', 'd'))
+
+
+@pytest.mark.parametrize('damage', [_remove_array_directory, _flip_a_byte_of_array_data])
+def test_unreadable_init_from_checkpoint_is_named(finished_run, tmp_path, damage):
+  source = _copy_of(finished_run, tmp_path)
+  damage(os.path.join(source, checkpoint.CHECKPOINT_DIR, '4'), str(tmp_path / 'scratch'))
   config = tiny_config(num_steps=2)
   config.init_from.update(workdir=source, paths=('backbone',))
-  with pytest.raises(errors.UserError, match='init_from: cannot read'):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  with pytest.raises(errors.UserError, match=r'init_from: cannot read .*/4/state \(.+\); re-run '
+                     'the source run or point config.init_from.workdir elsewhere.') as error:
+    train.train_and_evaluate(config, str(tmp_path / 'target'))
+  assert '\n' not in str(error.value) and len(str(error.value)) < 500
 
 
 def test_a_full_disk_while_saving_stops_with_the_last_complete_checkpoint(tmp_path):
