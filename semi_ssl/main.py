@@ -43,6 +43,16 @@ def stage_plan(config, workdir: str) -> list[tuple[object, str]]:
   return plan
 
 
+def validate_plan(plan: list[tuple[object, str]], workdir: str, *, num_devices: int) -> None:
+  """Raises ValueError for the first stage config that cannot run, or for a workdir that cannot
+  be written while some stage has no results yet (re-reporting a finished run writes nothing)."""
+  from etils import epath
+  from semi_ssl import config_base, train
+  writes = any(not (epath.Path(stage_dir) / train.RESULTS_FILE).exists() for _, stage_dir in plan)
+  for stage_config, _ in plan:
+    config_base.validate(stage_config, num_devices=num_devices, workdir=workdir if writes else None)
+
+
 def run_plan(plan: list[tuple[object, str]]) -> list[dict]:
   """Runs each stage in order, skipping the finished ones; their results, one row each."""
   from etils import epath
@@ -141,7 +151,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   import jax  # After flag parsing, so --help is fast.
 
-  from semi_ssl import config_base, errors, parallel, train
+  from semi_ssl import errors, parallel, train
 
   try:
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -152,8 +162,7 @@ def main(argv):
   config, workdir = _CONFIG.value, _WORKDIR.value
   plan = stage_plan(config, workdir)
   try:
-    for stage_config, _ in plan:
-      config_base.validate(stage_config, num_devices=jax.device_count(), workdir=workdir)
+    validate_plan(plan, workdir, num_devices=jax.device_count())
   except ValueError as error:
     sys.exit(f'Config error: {error}')
 

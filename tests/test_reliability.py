@@ -280,6 +280,17 @@ def test_a_full_disk_while_saving_stops_with_the_last_complete_checkpoint(tmp_pa
   assert _steps(workdir) == []
 
 
+def test_a_finished_run_is_reported_from_a_read_only_workdir(tmp_path, monkeypatch):
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  plan = main.stage_plan(tiny_config(), workdir)
+  monkeypatch.setattr(os, 'access', lambda *args, **kwargs: False)  # Root ignores chmod.
+  with pytest.raises(ValueError, match='is not writable'):
+    main.validate_plan(plan, workdir, num_devices=1)
+  open(os.path.join(workdir, train.RESULTS_FILE), 'w').close()
+  main.validate_plan(plan, workdir, num_devices=1)  # Finished: nothing will be written.
+
+
 @pytest.mark.parametrize('flag, message', [
     ('--config.sede=3', "'sede' is not a key of the config (did you mean 'seed'?)"),
     ('--config.optimizer.learnin_rate=1', "'learnin_rate' is not a key of optimizer (did you mean "
