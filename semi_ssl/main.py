@@ -44,10 +44,12 @@ def stage_plan(config, workdir: str) -> list[tuple[object, str]]:
 
 
 def validate_plan(plan: list[tuple[object, str]], workdir: str, *, num_devices: int) -> None:
-  """Raises ValueError for the first stage config that cannot run, or for a workdir that cannot
-  be written while some stage has no results yet (re-reporting a finished run writes nothing)."""
+  """Raises ValueError for a workdir in a bucket that cannot be reached, for the first stage
+  config that cannot run, or for a workdir that cannot be written while some stage has no
+  results yet (re-reporting a finished run writes nothing)."""
   from etils import epath
   from semi_ssl import config_base, train
+  config_base.check_bucket(workdir)  # Before anything there is read.
   writes = any(not (epath.Path(stage_dir) / train.RESULTS_FILE).exists() for _, stage_dir in plan)
   for stage_config, _ in plan:
     config_base.validate(stage_config, num_devices=num_devices, workdir=workdir if writes else None)

@@ -12,10 +12,11 @@ import time
 import jax
 import numpy as np
 import pytest
+from etils import epath
 
 from semi_ssl import checkpoint, errors, main, methods, train
 from semi_ssl.methods import supervised
-from test_train import REPO, _cpu_env, tiny_config
+from test_train import REPO, _cpu_env, gcs_on_disk, tiny_config  # pylint: disable=unused-import
 
 # A small Suave run with every piece of state a resume must restore: EMA teacher, queue,
 # optimiser momentum, data position, PRNG key.
@@ -289,6 +290,24 @@ def test_a_finished_run_is_reported_from_a_read_only_workdir(tmp_path, monkeypat
     main.validate_plan(plan, workdir, num_devices=1)
   open(os.path.join(workdir, train.RESULTS_FILE), 'w').close()
   main.validate_plan(plan, workdir, num_devices=1)  # Finished: nothing will be written.
+
+
+def test_a_workdir_in_a_missing_bucket_is_one_line(monkeypatch, gcs_on_disk):
+  check = lambda workdir: main.validate_plan(main.stage_plan(tiny_config(), workdir), workdir,
+                                             num_devices=1)
+  with pytest.raises(ValueError, match=r'^--workdir=gs://nobucket/run: the bucket gs://nobucket does '
+                     r'not exist: create it \(gcloud storage buckets create gs://nobucket\) or'):
+    check('gs://nobucket/run')
+  (gcs_on_disk / 'bucket').mkdir(parents=True)
+  check('gs://bucket/run')
+  gs_path = type(epath.Path('gs://bucket'))
+
+  def unreachable(path):
+    raise PermissionError('403 Forbidden: no storage.buckets.get access\nmore lines')
+  monkeypatch.setattr(gs_path, 'exists', unreachable)
+  with pytest.raises(ValueError, match=r'^--workdir=gs://bucket/run: cannot reach gs://bucket '
+                     r'\(PermissionError: 403 Forbidden: no storage.buckets.get access\): check'):
+    check('gs://bucket/run')
 
 
 @pytest.mark.parametrize('flag, message', [
