@@ -49,7 +49,7 @@ class Checkpointer:
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'record': ocp.JsonCheckpointHandler()})
     self.last_complete_step = self.manager.latest_step()
-    _quiet_failed_writes()
+    _quiet_failed_io()
 
   def save(self, step: int, state: Any, record: dict) -> None:
     """Starts an asynchronous save of `state` and the JSON-able `record` (with their checksums);
@@ -156,27 +156,30 @@ class _WriteErrorLogs:
     return not (in_orbax and record.exc_info and _os_error_reason(record.exc_info[1]))
 
 
-class _ClosedLoopCallbacks:
-  """`sys.unraisablehook` less TensorStore's callbacks into the event loop of an Orbax save or
-  restore that failed and closed it ('Event loop is closed', one traceback per pending write):
-  the failure itself is reported in one line."""
+class _FailedIoLeftovers:
+  """`sys.unraisablehook` less what an Orbax save or restore that failed leaves behind: TensorStore's
+  callbacks into its closed event loop ('Event loop is closed', one traceback per pending write)
+  and the errors of its pending reads (a TensorStore spec each). The failure itself is reported
+  in one line."""
 
   def __init__(self, previous):
     self.previous = previous
 
   def __call__(self, unraisable) -> None:
-    error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+    error, code = unraisable.exc_value, getattr(unraisable.object, 'cr_code', None)
+    closed_loop = isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+    orbax_coroutine = code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename
+    if not (closed_loop or orbax_coroutine):
       self.previous(unraisable)
 
 
-def _quiet_failed_writes() -> None:
-  """Installs `_WriteErrorLogs` and `_ClosedLoopCallbacks`, once."""
+def _quiet_failed_io() -> None:
+  """Installs `_WriteErrorLogs` and `_FailedIoLeftovers`, once."""
   absl_logger = logging.get_absl_logger()
   if not any(isinstance(f, _WriteErrorLogs) for f in absl_logger.filters):
     absl_logger.addFilter(_WriteErrorLogs())
-  if not isinstance(sys.unraisablehook, _ClosedLoopCallbacks):
-    sys.unraisablehook = _ClosedLoopCallbacks(sys.unraisablehook)
+  if not isinstance(sys.unraisablehook, _FailedIoLeftovers):
+    sys.unraisablehook = _FailedIoLeftovers(sys.unraisablehook)
 
 
 def _array_checksum(x: jax.Array) -> jax.Array:
@@ -217,9 +220,11 @@ def with_checksums(state: Any, record: dict) -> dict:
 def verified_record(state: Any, saved: dict) -> dict:
   """The record of `with_checksums(state, record)` read back with `state`; raises ValueError
   when the record or an array is not what was written."""
-  checksums = saved['checksums']
-  if checksums['record'] != _record_checksum(saved['record']):
-    raise ValueError('the record is not the one written')
+  checksums = saved.get('checksums') if isinstance(saved, dict) else None
+  if not isinstance(checksums, dict):
+    raise ValueError('its record holds no checksums (replaced, or written before they were kept)')
+  if checksums.get('record') != _record_checksum(saved.get('record')):
+    raise ValueError('its record is not the one written')
   for path, checksum in state_checksums(state).items():
     if checksums['state'][path] != checksum:
       raise ValueError(f"the checksum of '{path}' differs from the one written")

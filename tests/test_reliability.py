@@ -1,5 +1,6 @@
 """Faults: preemption (SIGTERM, SIGKILL), divergence, broken or foreign checkpoints, full disk,
 bad config keys. Each test provokes the fault for real and checks what the program does."""
+import inspect
 import json
 import os
 import re
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
@@ -204,7 +206,7 @@ DAMAGES = {'state metadata removed': (_remove_state_metadata, ''),
            'array files truncated': (_truncate_array_files, ''),
            'a byte of array data flipped': (_flip_a_byte_of_array_data, "checksum of '"),
            'record replaced': (_replace_record, ''),
-           'record edited': (_edit_record, 'the record is not the one written')}
+           'record edited': (_edit_record, 'its record is not the one written')}
 
 
 @pytest.mark.parametrize('damage', DAMAGES)
@@ -281,6 +283,24 @@ def test_a_full_disk_while_saving_stops_with_the_last_complete_checkpoint(tmp_pa
   assert _steps(workdir) == []
 
 
+def test_leftovers_of_a_failed_orbax_read_or_write_are_dropped_other_unraisables_kept():
+  """What `sys.unraisablehook` gets after a failed save or restore: TensorStore's callbacks into
+  Orbax's closed event loop, and the errors of Orbax's pending reads (a TensorStore spec each)."""
+  from orbax.checkpoint._src.serialization import serialization
+  read = serialization._read_array_index_and_device_put
+  pending_read = read(**{name: None for name in inspect.signature(read).parameters})
+  kept = []
+  hook = checkpoint._FailedIoLeftovers(kept.append)
+  unraisable = lambda error, source: types.SimpleNamespace(exc_value=error, object=source)
+  hook(unraisable(RuntimeError('Event loop is closed'), None))
+  hook(unraisable(Exception('Encountered error while reading array index'), pending_read))
+  assert not kept
+  hook(unraisable(RuntimeError('Event loop is closed!'), None))
+  hook(unraisable(ValueError('unrelated'), None))
+  assert [str(u.exc_value) for u in kept] == ['Event loop is closed!', 'unrelated']
+  pending_read.close()
+
+
 def test_a_finished_run_is_reported_from_a_read_only_workdir(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
   os.makedirs(workdir)
@@ -295,8 +315,8 @@ def test_a_finished_run_is_reported_from_a_read_only_workdir(tmp_path, monkeypat
 def test_a_workdir_in_a_missing_bucket_is_one_line(monkeypatch, gcs_on_disk):
   check = lambda workdir: main.validate_plan(main.stage_plan(tiny_config(), workdir), workdir,
                                              num_devices=1)
-  with pytest.raises(ValueError, match=r'^--workdir=gs://nobucket/run: the bucket gs://nobucket does '
-                     r'not exist: create it \(gcloud storage buckets create gs://nobucket\) or'):
+  with pytest.raises(ValueError, match=r'^--workdir=gs://nobucket/run: the bucket gs://nobucket '
+                     r'does not exist: create it \(gcloud storage buckets create gs://nobucket\) or'):
     check('gs://nobucket/run')
   (gcs_on_disk / 'bucket').mkdir(parents=True)
   check('gs://bucket/run')
