@@ -157,10 +157,10 @@ class _WriteErrorLogs:
 
 
 class _FailedIoLeftovers:
-  """`sys.unraisablehook` less what an Orbax save or restore that failed leaves behind: TensorStore's
-  callbacks into its closed event loop ('Event loop is closed', one traceback per pending write)
-  and the errors of its pending reads (a TensorStore spec each). The failure itself is reported
-  in one line."""
+  """`sys.unraisablehook` less what an Orbax save or restore that failed leaves behind:
+  TensorStore's callbacks into its closed event loop ('Event loop is closed', one traceback per
+  pending write) and the errors of its pending reads (a TensorStore spec each). The failure
+  itself is reported in one line."""
 
   def __init__(self, previous):
     self.previous = previous
@@ -278,7 +278,7 @@ def load_variables(workdir: str | os.PathLike) -> dict[str, dict[str, np.ndarray
   directory = checkpoint_dir(workdir)
   manager = (ocp.CheckpointManager(directory, item_handlers={'record': ocp.JsonCheckpointHandler()})
              if directory.is_dir() else None)
-  step = manager and manager.latest_step()
+  step = manager.latest_step() if manager else None
   if step is None:
     raise UserError(f'init_from: no checkpoint in {directory}: train that run first, '
                     'or point config.init_from.workdir at a workdir that has one.')

@@ -18,7 +18,7 @@ from etils import epath
 
 from semi_ssl import checkpoint, errors, main, methods, train
 from semi_ssl.methods import supervised
-from test_train import REPO, _cpu_env, gcs_on_disk, tiny_config  # pylint: disable=unused-import
+from test_train import REPO, _cpu_env, gcs_on_disk, tiny_config  # noqa: F401 (a fixture)
 
 # A small Suave run with every piece of state a resume must restore: EMA teacher, queue,
 # optimiser momentum, data position, PRNG key.
