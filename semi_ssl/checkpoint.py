@@ -2,21 +2,26 @@
 
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so an
 interrupted save never leaves a checkpoint that `all_steps` would list. A checkpoint that is
-listed but cannot be read (a damaged disk, a file removed by hand) is named in a warning and
-the one before it is restored; a checkpoint of another model stops the run before anything
-compiles; a failed write (full or read-only disk) stops it with the last complete step.
+listed but cannot be read (a damaged disk, a file removed by hand, bytes changed: each step's
+record holds a checksum of every array and of itself) is named in a warning and the one
+before it is restored; a checkpoint of another model stops the run before anything compiles;
+a failed write (full or read-only disk) stops it with the last complete step, in one line.
 
 Workdirs are local paths or URLs (gs://BUCKET/run): every path here is an `epath.Path`.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import sys
 import time
+import zlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -44,13 +49,16 @@ class Checkpointer:
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'record': ocp.JsonCheckpointHandler()})
     self.last_complete_step = self.manager.latest_step()
+    _quiet_failed_io()
 
   def save(self, step: int, state: Any, record: dict) -> None:
-    """Starts an asynchronous save; a failed write surfaces here or in `wait`."""
+    """Starts an asynchronous save of `state` and the JSON-able `record` (with their checksums);
+    a failed write surfaces here or in `wait`."""
     self.wait()  # The previous save, so that `last_complete_step` is exact.
     with self._write_errors():
       self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
+          state=ocp.args.StandardSave(state),
+          record=ocp.args.JsonSave(with_checksums(state, record))), force=True)
 
   def wait(self) -> None:
     with self._write_errors():
@@ -91,12 +99,13 @@ class Checkpointer:
       try:
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
+        record = verified_record(out['state'], out['record'])
       except Exception as error:  # pylint: disable=broad-except
         self._set_aside(path, error)
         continue
       self.manager.reload()
       self.last_complete_step = step
-      return out['state'], out['record']
+      return out['state'], record
     if steps:
       raise UserError(f'No checkpoint in {self.directory} can be read (steps {steps}): move that '
                       'directory away to start over, or point --workdir elsewhere.')
@@ -107,8 +116,8 @@ class Checkpointer:
     aside = path.with_name(f'{path.name}.unreadable-{int(time.time())}')
     if jax.process_index() == 0:
       path.rename(aside)
-    logging.warning('Checkpoint %s is unreadable (%s: %s); moved it to %s and trying the one '
-                    'before it.', path, type(error).__name__, error, aside)
+    logging.warning('Checkpoint %s is unreadable (%s); moved it to %s and trying the one '
+                    'before it.', path, short_reason(error), aside)
 
   def close(self) -> None:
     with self._write_errors():
@@ -127,6 +136,107 @@ def _os_error_reason(error: BaseException) -> str | None:
     seen.add(id(error))
     error = error.__cause__ or error.__context__
   return None
+
+
+def short_reason(error: BaseException, limit: int = 200) -> str:
+  """'Type: first line of the message', at most `limit` characters (TensorStore's messages
+  run to dozens of lines)."""
+  lines = str(error).strip().splitlines()
+  reason = f'{type(error).__name__}: {lines[0] if lines else ""}'
+  return reason if len(reason) <= limit else reason[:limit - 3] + '...'
+
+
+class _WriteErrorLogs:
+  """Drops Orbax's log records of a failed write (its background threads log the same error
+  with its traceback, several times): `Checkpointer._write_errors` reports it in one line."""
+
+  @staticmethod
+  def filter(record) -> bool:
+    in_orbax = f'{os.sep}orbax{os.sep}' in record.pathname
+    return not (in_orbax and record.exc_info and _os_error_reason(record.exc_info[1]))
+
+
+class _FailedIoLeftovers:
+  """`sys.unraisablehook` less what an Orbax save or restore that failed leaves behind:
+  TensorStore's callbacks into its closed event loop ('Event loop is closed', one traceback per
+  pending write) and the errors of its pending reads (a TensorStore spec each). The failure
+  itself is reported in one line."""
+
+  def __init__(self, previous):
+    self.previous = previous
+
+  def __call__(self, unraisable) -> None:
+    error, code = unraisable.exc_value, getattr(unraisable.object, 'cr_code', None)
+    closed_loop = isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+    orbax_coroutine = code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename
+    if not (closed_loop or orbax_coroutine):
+      self.previous(unraisable)
+
+
+def _quiet_failed_io() -> None:
+  """Installs `_WriteErrorLogs` and `_FailedIoLeftovers`, once."""
+  absl_logger = logging.get_absl_logger()
+  if not any(isinstance(f, _WriteErrorLogs) for f in absl_logger.filters):
+    absl_logger.addFilter(_WriteErrorLogs())
+  if not isinstance(sys.unraisablehook, _FailedIoLeftovers):
+    sys.unraisablehook = _FailedIoLeftovers(sys.unraisablehook)
+
+
+def _array_checksum(x: jax.Array) -> jax.Array:
+  """uint32 scalar: sum of w_i * (2i + 1) modulo 2**32 over the 32-bit words w_i of `x` (each
+  element's bits, zero-extended when narrower, split when wider), i in row-major order. The
+  weight is odd, so a change confined to one element always changes it."""
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  bits = x.dtype.itemsize * 8
+  words = jax.lax.bitcast_convert_type(x, jnp.dtype(f'uint{min(bits, 32)}')).astype(jnp.uint32)
+  index = jnp.zeros(words.shape, jnp.uint32)
+  for axis, size in enumerate(words.shape):
+    index = index * jnp.uint32(size) + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis)
+  return jnp.sum(words * (2 * index + 1), dtype=jnp.uint32)
+
+
+_array_checksums = jax.jit(lambda leaves: [_array_checksum(x) for x in leaves])
+
+
+def state_checksums(state: Any) -> dict[str, int]:
+  """{'a/b/c': checksum} of every array of `state`, computed where the arrays are (each device
+  reduces its shards); only the scalars reach the host."""
+  flat = _flatten(state)
+  return {path: int(value)
+          for path, value in zip(flat, jax.device_get(_array_checksums(list(flat.values()))))}
+
+
+def _record_checksum(record: dict) -> int:
+  return zlib.crc32(json.dumps(record, sort_keys=True).encode())
+
+
+def with_checksums(state: Any, record: dict) -> dict:
+  """What is saved as a step's JSON record: `record` and the checksums of it and of `state`."""
+  return {'record': record, 'checksums': {'record': _record_checksum(record),
+                                          'state': state_checksums(state)}}
+
+
+def verified_record(state: Any, saved: dict) -> dict:
+  """The record of `with_checksums(state, record)` read back with `state`; raises ValueError
+  when the record or an array is not what was written.
+
+  A record of the format written before checksums were kept (`{'wall_seconds': s}` alone) is
+  read with a warning that its arrays are not verified, so runs of that code still resume.
+  """
+  if isinstance(saved, dict) and saved.keys() == {'wall_seconds'}:
+    logging.warning('This checkpoint was written before checksums were kept: its arrays are '
+                    'not verified.')
+    return saved
+  checksums = saved.get('checksums') if isinstance(saved, dict) else None
+  if not isinstance(checksums, dict):
+    raise ValueError('its record holds no checksums (replaced)')
+  if checksums.get('record') != _record_checksum(saved.get('record')):
+    raise ValueError('its record is not the one written')
+  for path, checksum in state_checksums(state).items():
+    if checksums['state'][path] != checksum:
+      raise ValueError(f"the checksum of '{path}' differs from the one written")
+  return saved['record']
 
 
 def _check_same_structure(saved: dict[str, Any], expected: dict[str, Any], path: str) -> None:
@@ -174,16 +284,20 @@ def load_variables(workdir: str | os.PathLike) -> dict[str, dict[str, np.ndarray
   """{'params': {path: array}, 'model_state': {path: array}} of `workdir`'s latest checkpoint
   (for init_from); the model state holds e.g. BatchNorm running statistics."""
   directory = checkpoint_dir(workdir)
-  step = ocp.CheckpointManager(directory).latest_step() if directory.is_dir() else None
+  manager = (ocp.CheckpointManager(directory, item_handlers={'record': ocp.JsonCheckpointHandler()})
+             if directory.is_dir() else None)
+  step = manager.latest_step() if manager else None
   if step is None:
     raise UserError(f'init_from: no checkpoint in {directory}: train that run first, '
                     'or point config.init_from.workdir at a workdir that has one.')
   path = directory / str(step) / 'state'
   try:
     restored = read_state(path)
+    verified_record(restored, manager.restore(step, args=ocp.args.Composite(
+        record=ocp.args.JsonRestore()))['record'])
   except Exception as error:  # pylint: disable=broad-except
-    raise UserError(f'init_from: cannot read {path} ({type(error).__name__}: {error}); re-run '
-                    'the source run or point config.init_from.workdir elsewhere.') from error
+    raise UserError(f'init_from: cannot read {path} ({short_reason(error)}); re-run the source '
+                    'run or point config.init_from.workdir elsewhere.') from error
   if not isinstance(restored, dict) or 'params' not in restored:
     raise UserError(f'init_from: {path} is not a semi_ssl train state (no params): point '
                     'config.init_from.workdir at a semi_ssl workdir.')

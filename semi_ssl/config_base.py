@@ -224,6 +224,31 @@ def _check_writable(workdir: str) -> None:
           f"--workdir={workdir} is not writable ('{existing}' does not allow writing): choose another directory.")
 
 
+def check_bucket(workdir: str) -> None:
+  """Raises ValueError unless the bucket of a URL workdir (gs://BUCKET/...) exists and can be
+  reached; a local workdir passes.
+
+  epath's gs:// backends (tf.io.gfile, fsspec) answer False for a missing bucket; one that
+  raises its not-found error (tf.errors.NotFoundError, google.api_core.exceptions.NotFound, as
+  Orbax's google-cloud-storage client later would) is taken as the same answer.
+  """
+  if '://' not in workdir:
+    return
+  from etils import epath
+  from semi_ssl.checkpoint import short_reason
+  scheme, _, rest = workdir.partition('://')
+  bucket = f"{scheme}://{rest.split('/')[0]}"
+  try:
+    exists = epath.Path(bucket).exists()
+  except Exception as error:  # pylint: disable=broad-except
+    if not (isinstance(error, FileNotFoundError) or type(error).__name__.startswith('NotFound')):
+      raise ValueError(f'--workdir={workdir}: cannot reach {bucket} ({short_reason(error)}): check '
+                       'the credentials and the network, or choose another --workdir.') from error
+    exists = False
+  require(exists, f'--workdir={workdir}: the bucket {bucket} does not exist: create it (gcloud '
+          f'storage buckets create {bucket}) or choose another --workdir.')
+
+
 class ConfigFileError(ValueError):
   """A config file that cannot give a config; the message is one line naming the file."""
 

@@ -49,6 +49,24 @@ def stage_plan(config, workdir: str) -> list[tuple[object, str]]:
   return plan
 
 
+def finished(plan: list[tuple[object, str]]) -> bool:
+  """Whether every stage of `plan` has written its results (a finished run writes nothing)."""
+  from etils import epath
+  from semi_ssl import train
+  return all((epath.Path(stage_dir) / train.RESULTS_FILE).exists() for _, stage_dir in plan)
+
+
+def validate_plan(plan: list[tuple[object, str]], workdir: str, *, num_devices: int) -> None:
+  """Raises ValueError for a workdir in a bucket that cannot be reached, for the first stage
+  config that cannot run, or for a workdir that cannot be written while some stage has no
+  results yet (re-reporting a finished run writes nothing)."""
+  from semi_ssl import config_base
+  config_base.check_bucket(workdir)  # Before anything there is read.
+  writes = not finished(plan)
+  for stage_config, _ in plan:
+    config_base.validate(stage_config, num_devices=num_devices, workdir=workdir if writes else None)
+
+
 def run_plan(plan: list[tuple[object, str]]) -> list[dict]:
   """Runs each stage in order, skipping the finished ones; their results, one row each."""
   from etils import epath
@@ -176,17 +194,13 @@ def _exit_quietly(message: str) -> None:
 def main(argv):
   del argv
   if _CHECK_FINISHED.value:
-    from etils import epath
-    from semi_ssl import train
-    last_stage_dir = stage_plan(_CONFIG.value, _WORKDIR.value)[-1][1]
-    sys.exit(0 if (epath.Path(last_stage_dir) / train.RESULTS_FILE).exists() else 3)
+    sys.exit(0 if finished(stage_plan(_CONFIG.value, _WORKDIR.value)) else 3)
   from semi_ssl import notices
   notice = notices.install()  # First: a notice that comes while loading or compiling counts.
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   import jax  # After flag parsing, so --help is fast.
 
-  from etils import epath
-  from semi_ssl import config_base, errors, parallel, train, workdir_lease
+  from semi_ssl import errors, parallel, train, workdir_lease
 
   try:
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -201,15 +215,12 @@ def main(argv):
   config, workdir = _CONFIG.value, _WORKDIR.value
   plan = stage_plan(config, workdir)
   try:
-    for stage_config, _ in plan:
-      config_base.validate(stage_config, num_devices=jax.device_count(), workdir=workdir)
+    validate_plan(plan, workdir, num_devices=jax.device_count())
   except ValueError as error:
     sys.exit(f'Config error: {error}')
 
-  # One run at a time in a workdir; re-reporting a finished plan writes nothing and needs none.
-  unfinished = any(not (epath.Path(d) / train.RESULTS_FILE).exists() for _, d in plan)
-  try:
-    with workdir_lease.hold(workdir, needed=unfinished):
+  try:  # One run at a time in a workdir; re-reporting a finished plan writes nothing.
+    with workdir_lease.hold(workdir, needed=not finished(plan)):
       rows = run_plan(plan)
   except errors.Preempted as stopped:
     if jax.process_index() == 0:

@@ -1,20 +1,24 @@
 """Faults: preemption (SIGTERM, SIGKILL), divergence, broken or foreign checkpoints, full disk,
 bad config keys. Each test provokes the fault for real and checks what the program does."""
+import inspect
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
 import pytest
+from etils import epath
 
 from semi_ssl import checkpoint, errors, main, methods, notices, train
 from semi_ssl.methods import supervised
-from test_train import REPO, _cpu_env, tiny_config
+from test_train import REPO, _cpu_env, gcs_on_disk, tiny_config  # noqa: F401 (a fixture)
 
 # A small Suave run with every piece of state a resume must restore: EMA teacher, queue,
 # optimiser momentum, data position, PRNG key.
@@ -205,26 +209,115 @@ def test_nonfinite_loss_is_skipped_when_the_config_says_so(tmp_path, nan_method)
   assert int(after['first_skipped']) == 3
 
 
-@pytest.mark.parametrize('damage', ['metadata', 'arrays'])
-def test_unreadable_latest_checkpoint_is_named_and_the_previous_one_restored(
-    tmp_path, damage, caplog):
-  config = tiny_config(keep_checkpoints=5)
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  """A finished tiny run with checkpoints at steps 2 and 4: copy it before changing it."""
+  workdir = str(tmp_path_factory.mktemp('finished') / 'run')
+  train.train_and_evaluate(tiny_config(keep_checkpoints=5), workdir)
+  return workdir
+
+
+def _copy_of(run, tmp_path):
+  copy = str(tmp_path / 'run')
+  shutil.copytree(run, copy)
+  return copy
+
+
+def _remove_state_metadata(step_dir, scratch):
+  os.remove(os.path.join(step_dir, 'state', '_METADATA'))
+
+
+def _truncate_array_files(step_dir, scratch):
+  """Every array file emptied: the metadata reads fine, the arrays do not."""
+  for root, _, files in os.walk(os.path.join(step_dir, 'state')):
+    for name in files:
+      if 'ocdbt' in root or name.startswith('d') or root.endswith('/d'):
+        open(os.path.join(root, name), 'w').close()
+
+
+def _flip_a_byte_of_array_data(step_dir, scratch):
+  """Flips one byte of the step's array data (the files of state/ocdbt.process_0/d: compressed
+  chunks of the arrays too large to sit in the b-tree, then bytes no longer read), one that
+  reads back without an error as a changed array, as most bytes of the chunks do."""
+  state_dir = os.path.join(step_dir, 'state')
+  data_dir = os.path.join(state_dir, 'ocdbt.process_0', 'd')
+  files = sorted(os.listdir(data_dir), key=lambda f: -os.path.getsize(os.path.join(data_dir, f)))
+  original = checkpoint._flatten(checkpoint.read_state(state_dir))
+  for attempt, (name, fraction) in enumerate(
+      (name, fraction) for name in files[:3] for fraction in (0.02, 0.05, 0.1, 0.2)):
+    trial = os.path.join(scratch, str(attempt))  # A new path each time: TensorStore caches.
+    shutil.copytree(state_dir, trial)
+    path = os.path.join(trial, 'ocdbt.process_0', 'd', name)
+    data = bytearray(open(path, 'rb').read())
+    data[int(len(data) * fraction)] ^= 0x10
+    open(path, 'wb').write(data)
+    try:
+      changed = checkpoint._flatten(checkpoint.read_state(trial))
+    except Exception:  # pylint: disable=broad-except
+      continue
+    if any(not np.array_equal(changed[p], original[p]) for p in original):
+      shutil.copy(path, os.path.join(data_dir, name))
+      return
+  pytest.fail(f'no byte tried in {data_dir} reads back as a changed array')
+
+
+def _replace_record(step_dir, scratch):
+  with open(os.path.join(step_dir, 'record', 'metadata'), 'w') as f:
+    f.write('{"steps": 4}')
+
+
+def _edit_record(step_dir, scratch):
+  """The saved wall time changed by hand."""
+  path = os.path.join(step_dir, 'record', 'metadata')
+  text = open(path).read()
+  with open(path, 'w') as f:
+    f.write(re.sub(r'("wall_seconds": )[-+.e0-9]+', r'\g<1>1.5', text))
+
+
+# Damage to step 4 of `finished_run` and what the warning must name.
+DAMAGES = {'state metadata removed': (_remove_state_metadata, ''),
+           'array files truncated': (_truncate_array_files, ''),
+           'a byte of array data flipped': (_flip_a_byte_of_array_data, "checksum of '"),
+           'record replaced': (_replace_record, ''),
+           'record edited': (_edit_record, 'its record is not the one written')}
+
+
+@pytest.mark.parametrize('damage', DAMAGES)
+def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_one_restored(
+    finished_run, tmp_path, damage, caplog):
+  workdir = _copy_of(finished_run, tmp_path)
   os.remove(os.path.join(workdir, train.RESULTS_FILE))
-  state_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, '4', 'state')
-  if damage == 'metadata':
-    os.remove(os.path.join(state_dir, '_METADATA'))
-  else:  # Truncate every array file: the metadata reads fine, the arrays do not.
-    for root, _, files in os.walk(state_dir):
-      for name in files:
-        if 'ocdbt' in root or name.startswith('d') or root.endswith('/d'):
-          open(os.path.join(root, name), 'w').close()
+  step_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, '4')
+  damage_fn, reason = DAMAGES[damage]
+  damage_fn(step_dir, str(tmp_path / 'scratch'))
   caplog.set_level('INFO')
-  results = train.train_and_evaluate(config, workdir)
+  results = train.train_and_evaluate(tiny_config(keep_checkpoints=5), workdir)
   assert results['steps'] == 4
-  assert f'{os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "4")} is unreadable' in caplog.text
+  warning = [r.getMessage() for r in caplog.records if 'is unreadable' in r.getMessage()]
+  assert len(warning) == 1 and warning[0].startswith(f'Checkpoint {step_dir} is unreadable (')
+  assert reason in warning[0] and '\n' not in warning[0] and len(warning[0]) < 500
   assert 'at step 2.' in caplog.text
+  assert [d for d in os.listdir(os.path.dirname(step_dir)) if d.startswith('4.unreadable-')]
+
+
+def test_a_clean_checkpoint_passes_its_checksums(finished_run, tmp_path, caplog):
+  workdir = _copy_of(finished_run, tmp_path)
+  os.remove(os.path.join(workdir, train.RESULTS_FILE))
+  caplog.set_level('INFO')
+  results = train.train_and_evaluate(tiny_config(keep_checkpoints=5), workdir)
+  assert results['steps'] == 4 and 'at step 4.' in caplog.text
+  assert 'unreadable' not in caplog.text and _steps(workdir) == [2, 4]
+
+
+def test_a_checkpoint_from_before_checksums_still_resumes(finished_run, tmp_path, caplog):
+  workdir = _copy_of(finished_run, tmp_path)
+  os.remove(os.path.join(workdir, train.RESULTS_FILE))
+  with open(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, '4', 'record', 'metadata'), 'w') as f:
+    f.write('{"wall_seconds": 3.5}')  # The record as the code before checksums wrote it.
+  caplog.set_level('INFO')
+  results = train.train_and_evaluate(tiny_config(keep_checkpoints=5), workdir)
+  assert results['steps'] == 4 and 'at step 4.' in caplog.text
+  assert 'written before checksums were kept' in caplog.text and 'unreadable' not in caplog.text
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
@@ -240,14 +333,20 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
   assert not os.path.exists(os.path.join(workdir, train.CONFIG_FILE))  # Not written on resume.
 
 
-def test_unreadable_init_from_checkpoint_is_named(tmp_path):
-  source = str(tmp_path / 'source')
-  train.train_and_evaluate(tiny_config(num_steps=2), source)
-  shutil.rmtree(os.path.join(source, checkpoint.CHECKPOINT_DIR, '2', 'state', 'd'))
+def _remove_array_directory(step_dir, scratch):
+  shutil.rmtree(os.path.join(step_dir, 'state', 'd'))
+
+
+@pytest.mark.parametrize('damage', [_remove_array_directory, _flip_a_byte_of_array_data])
+def test_unreadable_init_from_checkpoint_is_named(finished_run, tmp_path, damage):
+  source = _copy_of(finished_run, tmp_path)
+  damage(os.path.join(source, checkpoint.CHECKPOINT_DIR, '4'), str(tmp_path / 'scratch'))
   config = tiny_config(num_steps=2)
   config.init_from.update(workdir=source, paths=('backbone',))
-  with pytest.raises(errors.UserError, match='init_from: cannot read'):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  with pytest.raises(errors.UserError, match=r'init_from: cannot read .*/4/state \(.+\); re-run '
+                     'the source run or point config.init_from.workdir elsewhere.') as error:
+    train.train_and_evaluate(config, str(tmp_path / 'target'))
+  assert '\n' not in str(error.value) and len(str(error.value)) < 500
 
 
 def test_a_full_disk_while_saving_stops_with_the_last_complete_checkpoint(tmp_path):
@@ -258,11 +357,61 @@ def test_a_full_disk_while_saving_stops_with_the_last_complete_checkpoint(tmp_pa
                   shell_prefix='ulimit -f 20;')
   rc, _, err = _finish(process)
   assert rc == 1
-  # One line; Orbax's failing background writers may print tracebacks before it.
-  lines = [l for l in err.splitlines() if l.startswith('Error: Could not write a checkpoint to')]
-  assert len(lines) == 1, err[-3000:]
-  assert 'File too large' in lines[0] and 'last complete checkpoint (none yet)' in lines[0]
+  # One line after the progress log: not Orbax's failing background writers' tracebacks.
+  lines = err.splitlines()
+  assert lines[-1].startswith('Error: Could not write a checkpoint to'), err[-3000:]
+  assert 'File too large' in lines[-1] and 'last complete checkpoint (none yet)' in lines[-1]
+  progress = [i for i, line in enumerate(lines) if re.search(r'\] step \d+/4 ', line)]
+  assert progress and len(lines) - progress[-1] <= 3, err[-3000:]
+  assert 'Traceback' not in err and 'Could not write' not in '\n'.join(lines[:-1]), err[-3000:]
   assert _steps(workdir) == []
+
+
+def test_leftovers_of_a_failed_orbax_read_or_write_are_dropped_other_unraisables_kept():
+  """What `sys.unraisablehook` gets after a failed save or restore: TensorStore's callbacks into
+  Orbax's closed event loop, and the errors of Orbax's pending reads (a TensorStore spec each)."""
+  from orbax.checkpoint._src.serialization import serialization
+  read = serialization._read_array_index_and_device_put
+  pending_read = read(**{name: None for name in inspect.signature(read).parameters})
+  kept = []
+  hook = checkpoint._FailedIoLeftovers(kept.append)
+  unraisable = lambda error, source: types.SimpleNamespace(exc_value=error, object=source)
+  hook(unraisable(RuntimeError('Event loop is closed'), None))
+  hook(unraisable(Exception('Encountered error while reading array index'), pending_read))
+  assert not kept
+  hook(unraisable(RuntimeError('Event loop is closed!'), None))
+  hook(unraisable(ValueError('unrelated'), None))
+  assert [str(u.exc_value) for u in kept] == ['Event loop is closed!', 'unrelated']
+  pending_read.close()
+
+
+def test_a_finished_run_is_reported_from_a_read_only_workdir(tmp_path, monkeypatch):
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  plan = main.stage_plan(tiny_config(), workdir)
+  monkeypatch.setattr(os, 'access', lambda *args, **kwargs: False)  # Root ignores chmod.
+  with pytest.raises(ValueError, match='is not writable'):
+    main.validate_plan(plan, workdir, num_devices=1)
+  open(os.path.join(workdir, train.RESULTS_FILE), 'w').close()
+  main.validate_plan(plan, workdir, num_devices=1)  # Finished: nothing will be written.
+
+
+def test_a_workdir_in_a_missing_bucket_is_one_line(monkeypatch, gcs_on_disk):
+  check = lambda workdir: main.validate_plan(main.stage_plan(tiny_config(), workdir), workdir,
+                                             num_devices=1)
+  with pytest.raises(ValueError, match=r'^--workdir=gs://nobucket/run: the bucket gs://nobucket '
+                     r'does not exist: create it \(gcloud storage buckets create gs://nobucket\) or'):
+    check('gs://nobucket/run')
+  (gcs_on_disk / 'bucket').mkdir(parents=True)
+  check('gs://bucket/run')
+  gs_path = type(epath.Path('gs://bucket'))
+
+  def unreachable(path):
+    raise PermissionError('403 Forbidden: no storage.buckets.get access\nmore lines')
+  monkeypatch.setattr(gs_path, 'exists', unreachable)
+  with pytest.raises(ValueError, match=r'^--workdir=gs://bucket/run: cannot reach gs://bucket '
+                     r'\(PermissionError: 403 Forbidden: no storage.buckets.get access\): check'):
+    check('gs://bucket/run')
 
 
 @pytest.mark.parametrize('flag, message', [
