@@ -41,8 +41,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval_every = 500
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
-  # A step whose loss or gradients are not finite is never applied; then the run stops
-  # naming the step ('stop') or goes on and counts it ('skip').
+  # A step whose loss, gradients or result (parameters, state) are not finite is never
+  # applied; then the run stops naming the step ('stop') or goes on and counts it ('skip').
   c.nonfinite = 'stop'
 
   # Devices along the mesh's model axis: 1 replicates the train state on every device;
