@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 
 import ml_collections
@@ -144,6 +145,27 @@ def describe_changes(saved: dict, current: dict, keys: list[str], limit: int = 3
 
 
 
+# Numeric keys: (the values each accepts, in words); a value that fails is refused with an
+# example, the key's default in `get_base_config`.
+_COUNT = (lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0')
+_NON_NEGATIVE = (lambda v: v >= 0, 'a finite number >= 0')
+_POSITIVE = (lambda v: v > 0, 'a finite number > 0')
+_DECAY = (lambda v: 0 <= v < 1, 'a number in [0, 1)')  # Momentum, Adam's b1 and b2.
+_NUMBER_RULES = {
+    'seed': _COUNT,
+    'optimizer.learning_rate': _NON_NEGATIVE,
+    'optimizer.warmup_steps': _COUNT,
+    'optimizer.end_learning_rate_factor': _NON_NEGATIVE,
+    'optimizer.momentum': _DECAY,
+    'optimizer.weight_decay': _NON_NEGATIVE,
+    'optimizer.b1': _DECAY,
+    'optimizer.b2': _DECAY,
+    'optimizer.trust_coefficient': _POSITIVE,  # 0: LARS never updates a weight.
+    'optimizer.grad_clip_norm': _NON_NEGATIVE,  # 0: off.
+    'eval.knn_temperature': _POSITIVE,
+}
+
+
 def closest_key(key: str, candidates) -> str:
   """`did you mean 'x'?` suffix for an unknown key, or ''."""
   match = difflib.get_close_matches(key, list(candidates), n=1)
@@ -184,6 +206,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
           'a divisor of the device count (1: no parameter sharding).')
   for key in ('num_steps', 'eval_every', 'checkpoint_every', 'log_every', 'keep_checkpoints'):
     require(config[key] > 0, f'config.{key}={config[key]} must be positive.')
+  defaults = get_base_config()
+  for key, (accepts, rule) in _NUMBER_RULES.items():
+    value = config[key]
+    require(isinstance(value, (int, float)) and math.isfinite(value) and accepts(value),
+            f'config.{key}={value!r} must be {rule}; e.g. --config.{key}={defaults[key]}.')
   require(0 < config.eval.crop_fraction <= 1,
           f'config.eval.crop_fraction={config.eval.crop_fraction} must be in (0, 1] (1: no crop).')
   require(isinstance(config.eval.knn_k, int) and config.eval.knn_k > 0,

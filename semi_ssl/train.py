@@ -337,7 +337,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       preprocess=lambda x: augment.eval_view(x, config.augment.global_size, splits.mean,
                                              splits.std, config.eval.crop_fraction),
       batch_size=config.eval.batch_size, knn_k=config.eval.knn_k,
-      knn_temperature=config.eval.knn_temperature)
+      knn_temperature=config.eval.knn_temperature,
+      variables_like=(abstract.params, abstract.model_state, abstract.method_state))
   run_eval = lambda state: evaluator((state.params, state.model_state, state.method_state))
 
   def save(state):
