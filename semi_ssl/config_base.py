@@ -145,8 +145,8 @@ def describe_changes(saved: dict, current: dict, keys: list[str], limit: int = 3
 
 
 
-# Numeric keys: (the values each accepts, in words); a value that fails is refused with an
-# example, the key's default in `get_base_config`.
+# The numbers `validate` checks: key -> (accepts(value), what the value must be). A value that
+# fails is refused naming its key, and its default in `get_base_config` as an example.
 _COUNT = (lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0')
 _NON_NEGATIVE = (lambda v: v >= 0, 'a finite number >= 0')
 _POSITIVE = (lambda v: v > 0, 'a finite number > 0')
