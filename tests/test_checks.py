@@ -22,10 +22,12 @@ NAN, INF = float('nan'), float('inf')
                                       '--config.optimizer.learning_rate=0.1.'),
     ('optimizer.warmup_steps', -5, 'must be an integer >= 0; e.g. '
                                    '--config.optimizer.warmup_steps=50.'),
-    ('optimizer.end_learning_rate_factor', -1.0, 'must be a finite number >= 0; e.g. '
-                                                 '--config.optimizer.end_learning_rate_factor=0.0.'),
-    ('optimizer.momentum', 1.0, 'must be a number in [0, 1); e.g. --config.optimizer.momentum=0.9.'),
-    ('optimizer.momentum', -0.5, 'must be a number in [0, 1); e.g. --config.optimizer.momentum=0.9.'),
+    ('optimizer.end_learning_rate_factor', -1.0,
+     'must be a finite number >= 0; e.g. --config.optimizer.end_learning_rate_factor=0.0.'),
+    ('optimizer.momentum', 1.0, 'must be a number in [0, 1); e.g. '
+                                '--config.optimizer.momentum=0.9.'),
+    ('optimizer.momentum', -0.5, 'must be a number in [0, 1); e.g. '
+                                 '--config.optimizer.momentum=0.9.'),
     ('optimizer.weight_decay', -5e-4, 'must be a finite number >= 0; e.g. '
                                       '--config.optimizer.weight_decay=0.0005.'),
     ('optimizer.weight_decay', NAN, 'must be a finite number >= 0; e.g. '
