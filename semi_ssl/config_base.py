@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 
 import ml_collections
@@ -41,8 +42,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval_every = 500
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
-  # A step whose loss or gradients are not finite is never applied; then the run stops
-  # naming the step ('stop') or goes on and counts it ('skip').
+  # A step whose loss, gradients or result (parameters, state) are not finite is never
+  # applied; then the run stops naming the step ('stop') or goes on and counts it ('skip').
   c.nonfinite = 'stop'
 
   # Devices along the mesh's model axis: 1 replicates the train state on every device;
@@ -149,6 +150,27 @@ def describe_changes(saved: dict, current: dict, keys: list[str], limit: int = 3
 
 
 
+# The numbers `validate` checks: key -> (accepts(value), what the value must be). A value that
+# fails is refused naming its key, and its default in `get_base_config` as an example.
+_COUNT = (lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0')
+_NON_NEGATIVE = (lambda v: v >= 0, 'a finite number >= 0')
+_POSITIVE = (lambda v: v > 0, 'a finite number > 0')
+_DECAY = (lambda v: 0 <= v < 1, 'a number in [0, 1)')  # Momentum, Adam's b1 and b2.
+_NUMBER_RULES = {
+    'seed': _COUNT,
+    'optimizer.learning_rate': _NON_NEGATIVE,
+    'optimizer.warmup_steps': _COUNT,
+    'optimizer.end_learning_rate_factor': _NON_NEGATIVE,
+    'optimizer.momentum': _DECAY,
+    'optimizer.weight_decay': _NON_NEGATIVE,
+    'optimizer.b1': _DECAY,
+    'optimizer.b2': _DECAY,
+    'optimizer.trust_coefficient': _POSITIVE,  # 0: LARS never updates a weight.
+    'optimizer.grad_clip_norm': _NON_NEGATIVE,  # 0: off.
+    'eval.knn_temperature': _POSITIVE,
+}
+
+
 def closest_key(key: str, candidates) -> str:
   """`did you mean 'x'?` suffix for an unknown key, or ''."""
   match = difflib.get_close_matches(key, list(candidates), n=1)
@@ -189,6 +211,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
           'a divisor of the device count (1: no parameter sharding).')
   for key in ('num_steps', 'eval_every', 'checkpoint_every', 'log_every', 'keep_checkpoints'):
     require(config[key] > 0, f'config.{key}={config[key]} must be positive.')
+  defaults = get_base_config()
+  for key, (accepts, rule) in _NUMBER_RULES.items():
+    value = config[key]
+    require(isinstance(value, (int, float)) and math.isfinite(value) and accepts(value),
+            f'config.{key}={value!r} must be {rule}; e.g. --config.{key}={defaults[key]}.')
   require(0 < config.eval.crop_fraction <= 1,
           f'config.eval.crop_fraction={config.eval.crop_fraction} must be in (0, 1] (1: no crop).')
   require(isinstance(config.eval.knn_k, int) and config.eval.knn_k > 0,

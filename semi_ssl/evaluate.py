@@ -3,9 +3,14 @@
 The kNN probe (weighted vote of the k nearest labelled images by cosine similarity, weights
 exp(sim / T), as in DINO) measures the backbone's features with no trained head: the
 labelled subset is the memory bank, so no label outside the labelled subset is used.
+
+The evaluation compiles when it is made, and refuses there a batch size whose evaluation does
+not fit in a device's memory, so that a run never trains only to fail at its first evaluation.
 """
 from __future__ import annotations
 
+import math
+import os
 from typing import Any, Callable
 
 import jax
@@ -14,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from semi_ssl import parallel
+from semi_ssl.errors import UserError
 from semi_ssl.ops.normalize import l2_normalize
 
 
@@ -38,17 +44,77 @@ def _padded_batches(num: int, batch_size: int):
     yield np.minimum(idx, num - 1), idx < num
 
 
+def device_memory(device: jax.Device) -> int:
+  """Bytes one device can hold: its allocator's limit, or on CPU its share of the host's
+  available memory."""
+  stats = device.memory_stats()
+  if stats and 'bytes_limit' in stats:
+    return stats['bytes_limit']
+  available = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+  if os.path.exists('/proc/meminfo'):  # MemAvailable also counts the reclaimable page cache.
+    with open('/proc/meminfo') as meminfo:
+      available = next((int(line.split()[1]) * 1024 for line in meminfo
+                        if line.startswith('MemAvailable:')), available)
+  return available // jax.local_device_count()
+
+
+def _per_device_bytes(tree) -> int:
+  """Bytes of one device's shard of every jax.ShapeDtypeStruct (with a sharding) in `tree`."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+             for x in jax.tree.leaves(tree))
+
+
+def _require_fits(functions, requested: int, batch_size: int, num_devices: int) -> None:
+  """Raises UserError, naming a batch size that fits, when a compiled function needs more
+  memory per device than a device has. `functions`: (compiled, the abstract batch among its
+  arguments) each, compiled for `batch_size` (lowered from `requested`).
+
+  All it needs but its fixed arguments (variables, kNN bank) grows at least in proportion to
+  the batch, so the suggested batch is the one whose share of the memory left fits.
+  """
+  available = device_memory(jax.local_devices()[0])
+  needed, fits = 0, batch_size
+  for compiled, batch in functions:
+    stats = compiled.memory_analysis()
+    if stats is None:  # The backend does not tell.
+      continue
+    need = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+    fixed = stats.argument_size_in_bytes - _per_device_bytes(batch)
+    needed = max(needed, need)
+    if need > available:
+      fits = min(fits, batch_size * max(available - fixed, 0) // (need - fixed))
+  if needed > available:
+    raise UserError(
+        f'config.eval.batch_size={requested}: evaluating a batch of {batch_size} images needs '
+        f'{_size(needed)} per device, and a device has {_size(available)}: set '
+        f'--config.eval.batch_size={max(fits // num_devices, 1) * num_devices} or lower.')
+
+
+def _size(num_bytes: int) -> str:
+  return f'{num_bytes / 2**30:.1f} GiB' if num_bytes >= 2**30 else f'{num_bytes / 2**20:.1f} MiB'
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
 def make_evaluator(apply_fn: Callable, splits, mesh: Mesh, *, preprocess: Callable,
-                   batch_size: int, knn_k: int,
-                   knn_temperature: float) -> Callable[[Any], dict[str, float]]:
+                   batch_size: int, knn_k: int, knn_temperature: float,
+                   variables_like: Any) -> Callable[[Any], dict[str, float]]:
   """`evaluate(variables)` -> test_top1, test_top5 (when there are more than 5 classes),
-  knn_top1 and <name>_top1 for every further prediction, in [0, 1]; it compiles once.
+  knn_top1 and <name>_top1 for every further prediction, in [0, 1].
 
   `apply_fn(variables, images) -> (logits [B, C], features [B, D], {name: int32 [B]})` on
-  preprocessed images; `preprocess(uint8 images) -> float images`.
+  preprocessed images; `preprocess(uint8 images) -> float images`. `variables_like`: the
+  variables as jax.ShapeDtypeStructs with their shardings, from which the evaluation compiles
+  here, once. A `batch_size` beyond the larger of the two evaluated sets (labelled, test),
+  rounded up to a multiple of the devices, is lowered to it: padding is waste. Raises
+  UserError when one batch does not fit in a device's memory (`device_memory`).
   """
   num_classes = splits.num_classes
   k = min(knn_k, len(splits.labelled_labels))
+  largest_set = max(len(splits.labelled_labels), len(splits.test_labels))
+  requested, batch_size = batch_size, min(batch_size, _round_up(largest_set, mesh.size))
 
   @jax.jit
   def embed(variables, images):
@@ -67,6 +133,21 @@ def make_evaluator(apply_fn: Callable, splits, mesh: Mesh, *, preprocess: Callab
             **{f'{name}_top1': jnp.sum(valid & (predictions == labels))
                for name, predictions in further.items()}}
 
+  sharded = parallel.batch_sharding(mesh)
+  batch_like = {'images': jax.ShapeDtypeStruct((batch_size, *splits.image_shape), jnp.uint8,
+                                               sharding=sharded),
+                'labels': jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharded),
+                'valid': jax.ShapeDtypeStruct((batch_size,), jnp.bool_, sharding=sharded)}
+  features_like = jax.eval_shape(embed, variables_like, batch_like['images'])[1]
+  bank_size = _round_up(len(splits.labelled_labels), mesh.size)  # Padding cut to the minimum.
+  bank_like = [jax.ShapeDtypeStruct((bank_size, *x.shape[1:]), x.dtype, sharding=sharded)
+               for x in (features_like, batch_like['labels'], batch_like['valid'])]
+  # Compiled once, here: the calls below find these executables.
+  _require_fits([(embed.lower(variables_like, batch_like['images']).compile(),
+                  batch_like['images']),
+                 (counts.lower(variables_like, batch_like, *bank_like).compile(), batch_like)],
+                requested, batch_size, mesh.size)
+
   def run(images, labels, fn):
     outputs = []
     for idx, valid in _padded_batches(len(labels), batch_size):
@@ -79,7 +160,8 @@ def make_evaluator(apply_fn: Callable, splits, mesh: Mesh, *, preprocess: Callab
   def evaluate(variables) -> dict[str, float]:
     bank = run(splits.labelled_images, splits.labelled_labels,
                lambda b: (embed(variables, b['images'])[1], b['labels'], b['valid']))
-    bank_features, bank_labels, bank_valid = (jnp.concatenate(x) for x in zip(*bank))
+    bank_features, bank_labels, bank_valid = (
+        jax.device_put(jnp.concatenate(x)[:bank_size], sharded) for x in zip(*bank))
     totals = run(splits.test_images, splits.test_labels,
                  lambda b: counts(variables, b, bank_features, bank_labels, bank_valid))
     results = {key: float(sum(int(t[key]) for t in totals)) / len(splits.test_labels)

@@ -9,9 +9,10 @@ over the mesh's data axis and the state as `state_sharding` places it (replicate
 or the method splits it); augmentation runs inside it, on device,
 from a key derived from (seed, step), so a resumed run sees exactly the batches it would have.
 
-A step whose loss or gradients are not finite changes nothing but the step counter; the run
-then stops naming that step (`config.nonfinite='stop'`) or goes on (`'skip'`). On SIGTERM
-or Ctrl-C the run saves at the next step boundary and raises `errors.Preempted` (`notices`).
+A step whose loss or gradients, or the parameters, model or method state it produces, are
+not finite changes nothing but the step counter; the run then stops naming that step
+(`config.nonfinite='stop'`) or goes on (`'skip'`). On SIGTERM or Ctrl-C the run saves at the
+next step boundary and raises `errors.Preempted` (`notices`).
 """
 from __future__ import annotations
 
@@ -156,8 +157,9 @@ def train_step(state: TrainState, batch: dict, *, method: base.Method, graphdef,
   grad_norm = optax.global_norm(grads)
   metrics = {**metrics, 'loss': loss, 'learning_rate': schedule(state.step),
              'grad_norm': grad_norm}
-  # A non-finite loss or gradient leaves everything but the step counter as it was.
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # A non-finite loss, gradient or result leaves everything but the step counter as it was.
+  finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
+            & all_finite(model_state) & all_finite(method_state))
   updated = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                          (params, model_state, opt_state, method_state),
                          (state.params, state.model_state, state.opt_state, state.method_state))
@@ -167,6 +169,13 @@ def train_step(state: TrainState, batch: dict, *, method: base.Method, graphdef,
                        opt_state=updated[2], method_state=updated[3],
                        skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
                        first_skipped=first_skipped), metrics
+
+
+def all_finite(tree) -> jax.Array:
+  """Bool scalar: every element of every floating leaf of `tree` is finite."""
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
 def _masked(tree, mask):
@@ -186,14 +195,16 @@ def _check_finite(state: TrainState, nonfinite: str, ckpt: checkpoint.Checkpoint
   skipped = int(state.skipped_steps)
   if skipped and nonfinite == 'stop':
     ckpt.wait()
+    last_good = (f'Last good checkpoint: step {ckpt.last_complete_step} in {ckpt.directory}.'
+                 if ckpt.last_complete_step is not None else
+                 'No checkpoint was written yet; a rerun with a lower learning rate starts over.')
     raise UserError(
-        f'The loss or the gradients were not finite at step {int(state.first_skipped)}; no '
-        f'parameter was updated from it. Last good checkpoint: step {ckpt.last_complete_step} '
-        f'in {ckpt.directory}. Lower the learning rate, or set --config.nonfinite=skip to skip '
-        'such steps.')
+        f'The loss, the gradients or the parameters or state they produce were not finite at step '
+        f'{int(state.first_skipped)}; no parameter was updated from it. {last_good} Lower the '
+        'learning rate, or set --config.nonfinite=skip to skip such steps.')
   if skipped > reported:
-    logging.warning('Skipped %d steps with a non-finite loss or gradients so far (first: step '
-                    '%d).', skipped, int(state.first_skipped))
+    logging.warning('Skipped %d steps with a non-finite loss, gradients or result so far '
+                    '(first: step %d).', skipped, int(state.first_skipped))
   return skipped
 
 
@@ -295,7 +306,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       preprocess=lambda x: augment.eval_view(x, config.augment.global_size, splits.mean,
                                              splits.std, config.eval.crop_fraction),
       batch_size=config.eval.batch_size, knn_k=config.eval.knn_k,
-      knn_temperature=config.eval.knn_temperature)
+      knn_temperature=config.eval.knn_temperature,
+      variables_like=(abstract.params, abstract.model_state, abstract.method_state))
   run_eval = lambda state: evaluator((state.params, state.model_state, state.method_state))
 
   def save(state):

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 from etils import epath
+from flax import nnx
 
 from semi_ssl import checkpoint, errors, main, methods, notices, train
 from semi_ssl.methods import supervised
@@ -207,6 +208,62 @@ def test_nonfinite_loss_is_skipped_when_the_config_says_so(tmp_path, nan_method)
   assert all(np.isfinite(v).all() for p, v in after.items() if p.startswith('params/'))
   assert any(not np.array_equal(after[p], before[p]) for p in after if p.startswith('params/'))
   assert int(after['first_skipped']) == 3
+
+
+class _NaNStateAtSteps3And5(supervised.Supervised):
+  """The supervised baseline with finite losses and gradients throughout, whose step 3 makes a
+  BatchNorm mean NaN and whose step 5 makes its method state (a count of updates) NaN."""
+
+  def init_state(self, params):
+    return {'updates': jax.numpy.zeros(())}
+
+  def loss(self, model, state, batch, key, step):
+    loss, aux = super().loss(model, state, batch, key, step)
+    stats = nnx.state(model, nnx.BatchStat)
+    nnx.update(model, jax.tree.map(lambda x: jax.numpy.where(step == 2, jax.numpy.nan, x), stats))
+    return loss, aux
+
+  def update_state(self, params, state, step):
+    return {'updates': state['updates'] + jax.numpy.where(step == 4, jax.numpy.nan, 1.0)}
+
+
+def _all_finite(saved):
+  return all(np.isfinite(v).all() for v in saved.values() if np.issubdtype(v.dtype, np.inexact))
+
+
+def test_a_step_that_makes_the_model_or_method_state_nonfinite_is_skipped(tmp_path, monkeypatch):
+  monkeypatch.setitem(methods.REGISTRY, 'nan_state', _NaNStateAtSteps3And5)
+  config = tiny_config(method='nan_state', num_steps=6, log_every=2, checkpoint_every=2,
+                       keep_checkpoints=5, nonfinite='skip')
+  workdir = str(tmp_path / 'run')
+  results = train.train_and_evaluate(config, workdir)
+  assert results['skipped_steps'] == 2 and results['steps'] == 6
+  saved = _saved_state(workdir, 6)
+  assert _all_finite(saved)
+  assert int(saved['first_skipped']) == 3
+  assert float(saved['method_state/updates']) == 4  # Steps 3 and 5 changed nothing.
+
+
+def _nan_learning_rate(nonfinite):
+  """Loss and gradients stay finite; the update (learning rate x gradient) does not."""
+  config = tiny_config(nonfinite=nonfinite)
+  config.optimizer.learning_rate = float('nan')
+  return config
+
+
+def test_a_nan_learning_rate_stops_at_step_1_saying_there_is_no_checkpoint(tmp_path):
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(errors.UserError, match='not finite at step 1; .* No checkpoint was written '
+                     'yet; a rerun with a lower learning rate starts over'):
+    train.train_and_evaluate(_nan_learning_rate('stop'), workdir)
+  assert _steps(workdir) == []
+
+
+def test_a_nan_learning_rate_is_skipped_and_never_saved(tmp_path):
+  workdir = str(tmp_path / 'run')
+  results = train.train_and_evaluate(_nan_learning_rate('skip'), workdir)
+  assert results['skipped_steps'] == 4 and results['steps'] == 4
+  assert _all_finite(_saved_state(workdir, 4))
 
 
 @pytest.fixture(scope='module')
