@@ -347,7 +347,7 @@ def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_one_restored
   step_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, '4')
   damage_fn, reason = DAMAGES[damage]
   damage_fn(step_dir, str(tmp_path / 'scratch'))
-  caplog.set_level('INFO')
+  caplog.set_level('INFO', logger='absl')  # Earlier tests may lower absl's level.
   results = train.train_and_evaluate(tiny_config(keep_checkpoints=5), workdir)
   assert results['steps'] == 4
   warning = [r.getMessage() for r in caplog.records if 'is unreadable' in r.getMessage()]
@@ -360,7 +360,7 @@ def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_one_restored
 def test_a_clean_checkpoint_passes_its_checksums(finished_run, tmp_path, caplog):
   workdir = _copy_of(finished_run, tmp_path)
   os.remove(os.path.join(workdir, train.RESULTS_FILE))
-  caplog.set_level('INFO')
+  caplog.set_level('INFO', logger='absl')  # Earlier tests may lower absl's level.
   results = train.train_and_evaluate(tiny_config(keep_checkpoints=5), workdir)
   assert results['steps'] == 4 and 'at step 4.' in caplog.text
   assert 'unreadable' not in caplog.text and _steps(workdir) == [2, 4]
@@ -371,7 +371,7 @@ def test_a_checkpoint_from_before_checksums_still_resumes(finished_run, tmp_path
   os.remove(os.path.join(workdir, train.RESULTS_FILE))
   with open(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, '4', 'record', 'metadata'), 'w') as f:
     f.write('{"wall_seconds": 3.5}')  # The record as the code before checksums wrote it.
-  caplog.set_level('INFO')
+  caplog.set_level('INFO', logger='absl')  # Earlier tests may lower absl's level.
   results = train.train_and_evaluate(tiny_config(keep_checkpoints=5), workdir)
   assert results['steps'] == 4 and 'at step 4.' in caplog.text
   assert 'written before checksums were kept' in caplog.text and 'unreadable' not in caplog.text
