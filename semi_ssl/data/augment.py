@@ -112,10 +112,10 @@ def _labelled_config(labelled, mean: tuple[float, ...], std: tuple[float, ...],
   require(hasattr(labelled, 'keys'),
           f'config.augment.labelled={labelled!r} must be a ConfigDict of '
           f'{", ".join(LABELLED_KEYS)}, or None (the unlabelled views).')
-  unknown = [key for key in labelled.keys() if key not in LABELLED_KEYS]
+  for key in labelled.keys():
+    require(key in LABELLED_KEYS, f'config.augment.labelled.{key} is unknown; its keys are '
+            f'{", ".join(LABELLED_KEYS)}.')
   missing = [key for key in LABELLED_KEYS if key not in labelled]
-  require(not unknown, f'config.augment.labelled.{unknown[0] if unknown else ""} is unknown; '
-          f'its keys are {", ".join(LABELLED_KEYS)}.')
   require(not missing, f'config.augment.labelled lacks {", ".join(missing)}: give all of '
           f'{", ".join(LABELLED_KEYS)}, or set it to None (the unlabelled views).')
   require(labelled.num_crops >= 1,
