@@ -57,7 +57,10 @@ def get_base_config() -> ml_collections.ConfigDict:
       num_global_crops=2, global_size=8, global_scale=(0.5, 1.0),
       num_local_crops=0, local_size=6, local_scale=(0.2, 0.5),
       flip=False, color_jitter=0.0, grayscale_prob=0.0,
-      blur_prob=(0.0,), local_blur_prob=0.0, solarize_prob=(0.0,)))
+      blur_prob=(0.0,), local_blur_prob=0.0, solarize_prob=(0.0,),
+      # The labelled images' views: None gives them the views above; else a ConfigDict of
+      # num_crops, size, scale, flip, color_jitter, grayscale_prob, blur_prob, solarize_prob.
+      labelled=None))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name='sgd',            # sgd | lars | adamw

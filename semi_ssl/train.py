@@ -132,7 +132,7 @@ def train_step(state: TrainState, batch: dict, *, method: base.Method, graphdef,
   key = jax.random.fold_in(state.key, state.step)
   labelled_key, unlabelled_key, loss_key = jax.random.split(key, 3)
   views = {'labelled': {'views': augment.multi_crop(labelled_key, batch['labelled']['images'],
-                                                    augment_cfg),
+                                                    augment_cfg.labelled_views),
                         'labels': batch['labelled']['labels']}}
   if 'unlabelled' in batch:
     views['unlabelled'] = {'views': augment.multi_crop(

@@ -116,6 +116,13 @@ def test_views_have_the_configured_shapes(path):
                 + [(2, aug.local_size, aug.local_size, c)] * aug.num_local_crops)
     assert [v.shape for v in views] == expected
     assert all(v.dtype == jnp.float32 for v in views)
+    labelled = jax.eval_shape(functools.partial(augment.multi_crop, cfg=cfg.labelled_views),
+                              jax.random.PRNGKey(0), images)
+    if aug.labelled is None:
+      assert [v.shape for v in labelled] == expected
+    else:
+      assert [v.shape for v in labelled] == [(2, aug.labelled.size, aug.labelled.size, c)] * (
+          aug.labelled.num_crops)
 
 
 def test_imagenet_suave_views():
@@ -127,6 +134,21 @@ def test_imagenet_suave_views():
   assert (suave.augment.num_local_crops, suave.augment.local_size) == (8, 96)
   assert (finetune.augment.num_global_crops, finetune.augment.global_size) == (2, 224)
   assert finetune.augment.num_local_crops == 0
+
+
+@pytest.mark.parametrize('path', [p for p in CONFIGS if p.startswith(('configs/suave/imagenet',
+                                                                      'configs/daino/imagenet'))])
+def test_imagenet_labelled_images_get_the_official_single_crop(path):
+  """main_suave.py / main_daino.py `tr_lab`: one 224 crop with milder colour than the
+  unlabelled views, milder still in Suave's fine-tune; the crop follows the global size."""
+  for overrides, size in (((), 224), (('--config.augment.global_size=28',), 28)):
+    for stage in stages(load(path, *overrides)):
+      labelled = stage.augment.labelled
+      assert (labelled.num_crops, labelled.size, labelled.scale) == (1, size, (0.08, 1.0))
+      assert (labelled.blur_prob, labelled.solarize_prob) == (0.0, 0.0)
+      finetune = stage.name == 'finetune'
+      assert (labelled.color_jitter, labelled.grayscale_prob) == ((0.125, 0.0) if finetune
+                                                                  else (0.5, 0.2))
 
 
 @pytest.mark.parametrize('swav, first_paths', [('/swav/run', ('backbone',)), (None, None)])

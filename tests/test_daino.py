@@ -142,8 +142,14 @@ class LinearScores(nnx.Module):
   def __init__(self, kernel: np.ndarray):
     self.kernel = nnx.Param(jnp.asarray(kernel, jnp.float32))
 
-  def __call__(self, x, *, train):
-    return x.reshape(x.shape[0], -1) @ self.kernel[...]
+  def backbone(self, x, *, train):
+    return x.reshape(x.shape[0], -1)
+
+  def embed_features(self, features, *, train):
+    return features
+
+  def prototypes(self, embeddings):
+    return embeddings @ self.kernel[...]
 
 
 # A hand-made example: 1 labelled + 2 unlabelled images, K = 3 prototypes (C = 2 classes),

@@ -111,7 +111,7 @@ def test_targets_come_from_the_same_forward_pass(digits):
   views), and the queue takes that pass's embeddings."""
   config = _config(queue_size=24)  # 16 unlabelled images a step: not full, so not used yet.
   method, graphdef, state, views, _ = _setup(config, digits)
-  hp, num_labelled, key = config.suave, 8, jax.random.key(2)
+  hp, key = config.suave, jax.random.key(2)
   stats = lambda m: jax.tree.leaves(nnx.state(m, nnx.BatchStat))
 
   @jax.jit
@@ -120,23 +120,21 @@ def test_targets_come_from_the_same_forward_pass(digits):
     suave_model = model()
     loss, (method_state, _) = method.loss(suave_model, state.method_state, views, key, state.step)
     by_hand = model()
-    targets, embeds, scores = student_outputs(
+    targets, (_, labelled_scores), (embeds, scores) = student_outputs(
         by_hand, views, key, num_classes=10, num_prototypes=10,
         label_smoothing=hp.label_smoothing, mixup_alpha=hp.mixup_alpha)
-    assignments = [sinkhorn.sinkhorn(jax.lax.stop_gradient(s[num_labelled:]),
+    assignments = [sinkhorn.sinkhorn(jax.lax.stop_gradient(s),
                                      epsilon=hp.sinkhorn_epsilon, num_iters=hp.sinkhorn_iters)
                    for s in scores[:2]]
     expected = losses.combine(
-        losses.labelled_loss([s[:num_labelled] for s in scores], targets, hp.temperature),
-        losses.swapped_assignment_loss([s[num_labelled:] for s in scores], assignments,
-                                      hp.temperature))
+        losses.labelled_loss(labelled_scores, targets, hp.temperature),
+        losses.swapped_assignment_loss(scores, assignments, hp.temperature))
     # The former targets: a second pass of the unlabelled global views alone.
     second_pass = model()
     student_outputs(second_pass, views, key, num_classes=10, num_prototypes=10,
                     label_smoothing=hp.label_smoothing, mixup_alpha=hp.mixup_alpha)
-    for v in views['unlabelled']['views'][:2]:
-      second_pass.embed(v, train=True)
-    return (loss, expected, method_state, [z[num_labelled:] for z in embeds[:2]],
+    second_pass.embed(jnp.concatenate(views['unlabelled']['views'][:2]), train=True)
+    return (loss, expected, method_state, embeds[:2],
             stats(suave_model), stats(by_hand), stats(second_pass), stats(model()))
 
   loss, expected, method_state, embeds, after, by_hand, second_pass, before = run(state, views)
@@ -200,7 +198,7 @@ def test_ema_teacher_assigns_with_its_own_pass_and_prototypes(digits):
     embeds, scores, prototypes = method._sinkhorn_inputs(model, {'teacher': teacher}, views,
                                                          None, None)
     teacher_model = nnx.merge(graphdef, teacher, state.model_state, copy=True)
-    expected = [teacher_model(v, train=True) for v in views]
+    expected = jnp.split(teacher_model(jnp.concatenate(views), train=True), len(views))
     return scores, expected, prototypes(embeds[0]), stats(model)
 
   scores, expected, rescored, model_stats = run(teacher, globals_)

@@ -19,12 +19,11 @@ augmentation and Suave settings are under `config.finetune`.
 Sources: the official code, github.com/pietroastolfi/suave-daino. Stage 1:
 `suave/scripts/train_10perc.sh`; stage 2: `suave/scripts/finetune_10perc.sh`; anything they
 leave out: the defaults of `suave/main_suave.py` and the augmentation of
-`src/multicropdataset.py`; batch: the README's 8-GPU command (8 x 32 unlabelled + 8 x 16
-labelled images per step). Differences from that code: labelled images get the same views as
-unlabelled ones (multi-crop and strong colour; main_suave.py gives them one 224 crop with
-milder colour, and milder still in the fine-tune), mixup mixes the labelled batch instead of
-extending it and has no CutMix, unlabelled images are never mixed, and LARS leaves biases and
-norms out.
+`src/multicropdataset.py` (unlabelled images) and of main_suave.py's labelled loader;
+batch: the README's 8-GPU command (8 x 32 unlabelled + 8 x 16 labelled images per step).
+Differences from that code: mixup mixes the labelled batch instead of extending it and has no
+CutMix, unlabelled images are never mixed, the fine-tune's labelled colour jitter has hue 0.025
+instead of 0.1 (one SimCLR strength sets all four), and LARS leaves biases and norms out.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -85,6 +84,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.blur_prob = (0.5,)
   c.augment.local_blur_prob = 0.5
   c.augment.solarize_prob = (0.0,)
+  # Labelled images (github.com/pietroastolfi/suave-daino at 9adf13d, suave/main_suave.py
+  # lines 298-305, `tr_lab`): one RandomResizedCrop(224) of (0.08, 1) of the area, flip, colour
+  # jitter (0.4, 0.4, 0.4, 0.1) with p=0.8 (SimCLR strength 0.5), grayscale p=0.2, no blur.
+  c.augment.labelled = ml_collections.ConfigDict(dict(
+      num_crops=1, size=c.augment.get_ref('global_size'), scale=(0.08, 1.0), flip=True,
+      color_jitter=0.5, grayscale_prob=0.2, blur_prob=0.0, solarize_prob=0.0))
 
   # train_10perc.sh: --base_lr 0.4 --final_lr 0.001 --warmup_epochs 5 (from 0); main_suave.py:
   # LARS(momentum=0.9, eta=0.001), --wd 1e-6.
@@ -130,9 +135,14 @@ def get_config() -> ml_collections.ConfigDict:
       optimizer=_linked(c.optimizer, learning_rate=0.03, end_learning_rate_factor=0.0003 / 0.03,
                         warmup_steps=0),
       # --nmb_crops 2 --size_crops 224 --min_scale_crops 0.08 --max_scale_crops 1.0
-      # --color_jit_unlab false (no colour jitter, grayscale or blur).
+      # --color_jit_unlab false (no colour jitter, grayscale or blur). Labelled images:
+      # --light_augment_lab true (main_suave.py lines 315-322): one RandomResizedCrop(224),
+      # flip, colour jitter (0.1, 0.1, 0.1, 0.1) with p=0.8 (strength 0.125: hue 0.025), no
+      # grayscale.
       augment=_linked(c.augment, global_scale=(0.08, 1.0), num_local_crops=0, color_jitter=0.0,
-                      grayscale_prob=0.0, blur_prob=(0.0,), local_blur_prob=0.0),
+                      grayscale_prob=0.0, blur_prob=(0.0,), local_blur_prob=0.0,
+                      labelled=_linked(c.augment.labelled, color_jitter=0.125,
+                                       grayscale_prob=0.0)),
       suave=_linked(c.suave, label_smoothing=0.001)))  # --label_smoothing 0.001.
 
   skip = ('stages', 'finetune')

@@ -58,31 +58,82 @@ class AugmentConfig:
   solarize_prob: tuple[float, ...]  # Per global view; local views are never solarized.
   mean: tuple[float, ...]  # Per channel, of images scaled to [0, 1].
   std: tuple[float, ...]
+  # The labelled images' views (one crop family, no local crops); None: the views above.
+  labelled: AugmentConfig | None = None
 
+  @property
+  def labelled_views(self) -> AugmentConfig:
+    """What `multi_crop` gives the labelled images: `labelled`, or else these views."""
+    return self.labelled or self
 
 
 def _floats(values: Sequence[float]) -> tuple[float, ...]:
   return tuple(float(v) for v in values)
 
 
-def _config_floats(aug, key: str) -> tuple[float, ...]:
-  """`config.augment[key]` as floats; a ValueError naming the key unless it holds numbers."""
+def _config_floats(aug, key: str, prefix: str = '') -> tuple[float, ...]:
+  """`aug[key]` as floats; a ValueError naming `config.augment.<prefix><key>` unless it holds
+  numbers."""
   values = aug[key]
   require(isinstance(values, Sequence) and not isinstance(values, str)
           and all(isinstance(v, numbers.Real) for v in values),
-          f'config.augment.{key}={values!r} must be a tuple of floats, e.g. '
-          f'--config.augment.{key}="(0.5, 1.0)".')
+          f'config.augment.{prefix}{key}={values!r} must be a tuple of floats, e.g. '
+          f'--config.augment.{prefix}{key}="(0.5, 1.0)".')
   return _floats(values)
 
 
-def _check_crops(prefix: str, size: int, scale: tuple[float, ...], image_side: int | None) -> None:
-  require(size >= 1, f'config.augment.{prefix}_size={size} must be a positive number of pixels.')
+def _check_crops(size_key: str, size: int, scale_key: str, scale: tuple[float, ...],
+                 image_side: int | None) -> None:
+  require(size >= 1, f'config.augment.{size_key}={size} must be a positive number of pixels.')
   require(image_side is None or size <= image_side,
-          f'config.augment.{prefix}_size={size} is larger than the stored images '
+          f'config.augment.{size_key}={size} is larger than the stored images '
           f'({image_side} pixels); set it <= {image_side}.')
   require(len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0,
-          f'config.augment.{prefix}_scale={scale} must be an ordered (low, high) area fraction '
+          f'config.augment.{scale_key}={scale} must be an ordered (low, high) area fraction '
           'with 0 < low <= high <= 1, e.g. (0.08, 1.0).')
+
+
+def _check_probability(key: str, value) -> None:
+  probs = np.atleast_1d(value)
+  require(bool(np.all((probs >= 0.0) & (probs <= 1.0))),
+          f'config.augment.{key}={value} is not a probability; set it in [0, 1].')
+
+
+# The keys of `config.augment.labelled`, all required when it is set.
+LABELLED_KEYS = ('num_crops', 'size', 'scale', 'flip', 'color_jitter', 'grayscale_prob',
+                 'blur_prob', 'solarize_prob')
+
+
+def _labelled_config(labelled, mean: tuple[float, ...], std: tuple[float, ...],
+                     side: int | None) -> AugmentConfig:
+  """The labelled images' views from `config.augment.labelled`: `num_crops` crops of `size`
+  pixels covering `scale` of the image's area, each flipped, jittered, grayed, blurred and
+  solarized with the given strength and probabilities (one for every view)."""
+  require(hasattr(labelled, 'keys'),
+          f'config.augment.labelled={labelled!r} must be a ConfigDict of '
+          f'{", ".join(LABELLED_KEYS)}, or None (the unlabelled views).')
+  for key in labelled.keys():
+    require(key in LABELLED_KEYS, f'config.augment.labelled.{key} is unknown; its keys are '
+            f'{", ".join(LABELLED_KEYS)}.')
+  missing = [key for key in LABELLED_KEYS if key not in labelled]
+  require(not missing, f'config.augment.labelled lacks {", ".join(missing)}: give all of '
+          f'{", ".join(LABELLED_KEYS)}, or set it to None (the unlabelled views).')
+  require(labelled.num_crops >= 1,
+          f'config.augment.labelled.num_crops={labelled.num_crops} must be >= 1.')
+  scale = _config_floats(labelled, 'scale', prefix='labelled.')
+  _check_crops('labelled.size', labelled.size, 'labelled.scale', scale, side)
+  require(labelled.color_jitter >= 0.0,
+          f'config.augment.labelled.color_jitter={labelled.color_jitter} must be >= 0 (0 = off).')
+  for key in ('grayscale_prob', 'blur_prob', 'solarize_prob'):
+    require(isinstance(labelled[key], numbers.Real),
+            f'config.augment.labelled.{key}={labelled[key]!r} must be one probability, for '
+            'every labelled view.')
+    _check_probability(f'labelled.{key}', labelled[key])
+  return AugmentConfig(
+      global_crops=CropSpec(labelled.num_crops, labelled.size, scale), local_crops=None,
+      flip=bool(labelled.flip), color_jitter=float(labelled.color_jitter),
+      grayscale_prob=float(labelled.grayscale_prob), blur_prob=(float(labelled.blur_prob),),
+      local_blur_prob=0.0, solarize_prob=(float(labelled.solarize_prob),), mean=mean, std=std)
 
 
 def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
@@ -92,7 +143,8 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
   Args:
     config: the run's ConfigDict; reads num_global_crops, global_size, global_scale,
       num_local_crops, local_size, local_scale, flip, color_jitter, grayscale_prob, blur_prob,
-      local_blur_prob and solarize_prob under `config.augment`.
+      local_blur_prob and solarize_prob under `config.augment`, and `labelled` (absent or None:
+      labelled images get these views too; else a ConfigDict of `LABELLED_KEYS`).
     mean, std: per-channel statistics of images scaled to [0, 1].
     image_shape: (H, W, C) of the stored images; when given, crop sizes must fit in them and
       mean/std must have C entries.
@@ -107,11 +159,11 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
   require(aug.num_local_crops >= 0,
           f'config.augment.num_local_crops={aug.num_local_crops} must be >= 0 (0 = none).')
   global_scale = _config_floats(aug, 'global_scale')
-  _check_crops('global', aug.global_size, global_scale, side)
+  _check_crops('global_size', aug.global_size, 'global_scale', global_scale, side)
   local_crops = None
   if aug.num_local_crops:
     local_scale = _config_floats(aug, 'local_scale')
-    _check_crops('local', aug.local_size, local_scale, side)
+    _check_crops('local_size', aug.local_size, 'local_scale', local_scale, side)
     local_crops = CropSpec(aug.num_local_crops, aug.local_size, local_scale)
   require(aug.color_jitter >= 0.0,
           f'config.augment.color_jitter={aug.color_jitter} must be >= 0 (0 = off, SimCLR: 1.0).')
@@ -120,9 +172,7 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
     require(len(probs) > 0, f'config.augment.{key} is empty; give one probability per '
             'global view, e.g. (1.0, 0.1); the last one serves further views.')
   for key in ('grayscale_prob', 'blur_prob', 'local_blur_prob', 'solarize_prob'):
-    probs = np.atleast_1d(aug[key])
-    require(bool(np.all((probs >= 0.0) & (probs <= 1.0))),
-            f'config.augment.{key}={aug[key]} is not a probability; set it in [0, 1].')
+    _check_probability(key, aug[key])
   mean, std = _floats(mean), _floats(std)
   require(len(mean) == len(std) and all(s > 0 for s in std),
           f'mean={mean} and std={std} must have one entry per channel and std > 0.')
@@ -135,7 +185,9 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
       local_crops=local_crops, flip=bool(aug.flip), color_jitter=float(aug.color_jitter),
       grayscale_prob=float(aug.grayscale_prob), blur_prob=per_view['blur_prob'],
       local_blur_prob=float(aug.local_blur_prob), solarize_prob=per_view['solarize_prob'],
-      mean=mean, std=std)
+      mean=mean, std=std,
+      labelled=(None if aug.get('labelled') is None
+                else _labelled_config(aug.labelled, mean, std, side)))
 
 
 # --- Geometry (one example) ------------------------------------------------------------------

@@ -7,11 +7,15 @@ the run's one mesh and hands it to the method's constructor; a method never crea
 
 `batch` as a method sees it (global arrays, batch axis sharded over the mesh's data axis):
 
-    {'labelled':   {'views': [V x float32 [B_l, h, w, C]], 'labels': int32 [B_l]},
-     'unlabelled': {'views': [V x float32 [B_u, h, w, C]]}}
+    {'labelled':   {'views': [V_l x float32 [B_l, h, w, C]], 'labels': int32 [B_l]},
+     'unlabelled': {'views': [V_u x float32 [B_u, h, w, C]]}}
 
-Views are the global crops first, then the local crops. `unlabelled` is absent for methods
-with `uses_unlabelled = False`; unlabelled images never come with labels.
+Unlabelled views are the global crops first, then the local crops (`config.augment`).
+Labelled views are the same by default; with `config.augment.labelled` set, they are its
+`num_crops` crops of its `size` instead, so V_l, and h and w, may differ from the unlabelled
+ones. Views of one size go through a network in one call (`methods/views.py`, `by_size`).
+`unlabelled` is absent for methods with `uses_unlabelled = False`; unlabelled images never
+come with labels.
 """
 from __future__ import annotations
 

@@ -83,29 +83,25 @@ class Daino(PrototypeMethod):
 
   def loss(self, model, state, batch, key, step):
     hp = self.hp
-    labels = batch['labelled']['labels']
-    targets, scores = views.student_scores(
+    targets, (_, labelled_scores), (_, scores) = views.student_outputs(
         model, batch, key, num_classes=self.data.num_classes,
         num_prototypes=self.num_prototypes, label_smoothing=hp.label_smoothing,
         mixup_alpha=hp.mixup_alpha)
-    unlabelled_views = batch['unlabelled']['views']
-    num_labelled = labels.shape[0]
     teacher_scores = self._teacher_scores(
-        model, state['teacher'], unlabelled_views[:self.config.augment.num_global_crops])
+        model, state['teacher'],
+        batch['unlabelled']['views'][:self.config.augment.num_global_crops])
     temperature = teacher_temperature(
         step, start=hp.teacher_temperature_warmup_start, end=hp.teacher_temperature,
         warmup_steps=hp.teacher_temperature_warmup_steps)
     assignments = teacher_targets(teacher_scores, state['center'], temperature)
-    loss_l = losses.labelled_loss([s[:num_labelled] for s in scores], targets,
-                                  hp.student_temperature)
-    loss_u = losses.swapped_assignment_loss([s[num_labelled:] for s in scores], assignments,
-                                            hp.student_temperature)
+    loss_l = losses.labelled_loss(labelled_scores, targets, hp.student_temperature)
+    loss_u = losses.swapped_assignment_loss(scores, assignments, hp.student_temperature)
     state = {**state, 'center': update_center(state['center'], teacher_scores,
                                               hp.center_momentum)}
     metrics = {'loss_labelled': jnp.mean(loss_l), 'loss_unlabelled': jnp.mean(loss_u),
                # Against the dominant class of the targets: the label, or with mixup the
                # label of the larger share.
-               'train_top1': losses.accuracy(scores[0][:num_labelled, :self.data.num_classes],
+               'train_top1': losses.accuracy(labelled_scores[0][:, :self.data.num_classes],
                                              jnp.argmax(targets, axis=-1)),
                'teacher_temperature': temperature,
                # Near 0: one-hot targets; near log K: uniform (collapse).
@@ -115,11 +111,12 @@ class Daino(PrototypeMethod):
   def _teacher_scores(self, model, teacher, global_views):
     """Teacher scores (no gradient) G x [B_u, K] of the G global unlabelled views.
 
-    The views go through the teacher together, so its BatchNorm sees all of them (DINO).
+    The views go through the teacher together (`views.by_size`), so its BatchNorm sees all of
+    them (DINO; main_daino.py: `teacher(images[:2])`).
     """
-    teacher_model = self.teacher.model(model, teacher)
-    scores = jax.lax.stop_gradient(teacher_model(jnp.concatenate(global_views), train=True))
-    return jnp.split(scores, len(global_views))
+    _, scores = views.prototype_outputs(self.teacher.model(model, teacher), global_views,
+                                        train=True)
+    return [jax.lax.stop_gradient(s) for s in scores]
 
   def update_state(self, params, state, step):
     return {**state, 'teacher': self.teacher.update(state['teacher'], params, step)}

@@ -46,7 +46,7 @@ from jax.sharding import PartitionSpec as P
 
 from semi_ssl import parallel
 from semi_ssl.errors import require
-from semi_ssl.methods import base
+from semi_ssl.methods import base, views
 from semi_ssl.methods.teacher import EMATeacher
 from semi_ssl.models import heads
 from semi_ssl.ops import knn, losses, queue
@@ -68,12 +68,16 @@ class SemPPLModel(nnx.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
     """[B, H, W, C] -> (backbone features [B, F], unit-norm predictions [B, embed_dim])."""
     features = self.backbone(x, train=train)
-    projections = self.projector(features, train=train)
-    return features, l2_normalize(self.predictor(projections, train=train))
+    return features, self.predict_features(features, train=train)
 
-  def project(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """[B, H, W, C] -> unit-norm projections [B, embed_dim] (the target network's output)."""
-    return l2_normalize(self.projector(self.backbone(x, train=train), train=train))
+  def predict_features(self, features: jax.Array, *, train: bool) -> jax.Array:
+    """Backbone features [B, F] -> unit-norm predictions [B, embed_dim] (the online output)."""
+    return l2_normalize(self.predictor(self.projector(features, train=train), train=train))
+
+  def project_features(self, features: jax.Array, *, train: bool) -> jax.Array:
+    """Backbone features [B, F] -> unit-norm projections [B, embed_dim] (the target
+    network's output)."""
+    return l2_normalize(self.projector(features, train=train))
 
   def classify(self, features: jax.Array) -> jax.Array:
     """Backbone features [B, F] -> class logits [B, C] float32."""
@@ -120,6 +124,9 @@ class SemPPL(base.Method):
     require(aug.num_global_crops + aug.num_local_crops >= 2,
             'SemPPL contrasts views of one image: set config.augment.num_global_crops=2 or add '
             'local crops.')
+    require(aug.get('labelled') is None,
+            'SemPPL contrasts the views of labelled and unlabelled images alike, so both need '
+            'the same views: leave config.augment.labelled unset (None).')
     require(hp.temperature > 0,
             f'config.semppl.temperature={hp.temperature} must be positive, e.g. 0.1.')
     require(0.0 <= hp.target_momentum <= 1.0,
@@ -155,12 +162,14 @@ class SemPPL(base.Method):
     hp = self.hp
     labels = batch['labelled']['labels']
     num_labelled, num_global = labels.shape[0], self.config.augment.num_global_crops
-    # Labelled and unlabelled crops of one view go through the network together, so
-    # BatchNorm sees the whole batch.
-    views = [jnp.concatenate([l, u])
-             for l, u in zip(batch['labelled']['views'], batch['unlabelled']['views'])]
-    features, predictions = zip(*[model(v, train=True) for v in views])
-    targets = self._target_projections(model, state['target'], views[:num_global])
+    # Labelled and unlabelled crops of one view, and the views of one size, go through the
+    # backbone together (`views.by_size`), the heads once on all: BatchNorm sees the whole batch.
+    inputs = [jnp.concatenate([l, u])
+              for l, u in zip(batch['labelled']['views'], batch['unlabelled']['views'])]
+    features, predictions = zip(*views.by_size(
+        functools.partial(model.backbone, train=True), inputs,
+        lambda f: (f, model.predict_features(f, train=True))))
+    targets = self._target_projections(model, state['target'], inputs[:num_global])
 
     labelled_queue = queue.write(state['queue'],
                                  jnp.concatenate([t[:num_labelled] for t in targets]),
@@ -190,10 +199,13 @@ class SemPPL(base.Method):
     loss = loss_augm + semantic_weight * loss_sempos + loss_classifier
     return loss, ({**state, 'queue': labelled_queue}, metrics)
 
-  def _target_projections(self, model, target, views):
+  def _target_projections(self, model, target, global_views):
     """Unit-norm target projections (no gradient) G x [B, D] of the global views."""
     target_model = self.target.model(model, target)
-    return [jax.lax.stop_gradient(target_model.project(v, train=True)) for v in views]
+    projections = views.by_size(functools.partial(target_model.backbone, train=True),
+                                global_views,
+                                functools.partial(target_model.project_features, train=True))
+    return [jax.lax.stop_gradient(t) for t in projections]
 
   def _semantic_positives(self, key, labels, queries, queue):
     """Queue entries of the labelled images' labels [B_l] and of the unlabelled images'

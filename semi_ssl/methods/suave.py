@@ -59,22 +59,19 @@ class Suave(PrototypeMethod):
   def loss(self, model, state, batch, key, step):
     hp = self.hp
     labels = batch['labelled']['labels']
-    targets, embeds, scores = views.student_outputs(
+    targets, (_, labelled_scores), (embeds, scores) = views.student_outputs(
         model, batch, key, num_classes=self.data.num_classes,
         num_prototypes=self.num_prototypes, label_smoothing=hp.label_smoothing,
         mixup_alpha=hp.mixup_alpha)
-    num_labelled = labels.shape[0]
     num_global = self.config.augment.num_global_crops
     sk_embeds, sk_scores, prototypes = self._sinkhorn_inputs(
-        model, state, batch['unlabelled']['views'][:num_global],
-        [z[num_labelled:] for z in embeds[:num_global]],
-        [s[num_labelled:] for s in scores[:num_global]])
+        model, state, batch['unlabelled']['views'][:num_global], embeds[:num_global],
+        scores[:num_global])
     assignments, state = self._assign(state, sk_embeds, sk_scores, prototypes)
-    loss_l = losses.labelled_loss([s[:num_labelled] for s in scores], targets, hp.temperature)
-    loss_u = losses.swapped_assignment_loss([s[num_labelled:] for s in scores], assignments,
-                                            hp.temperature)
+    loss_l = losses.labelled_loss(labelled_scores, targets, hp.temperature)
+    loss_u = losses.swapped_assignment_loss(scores, assignments, hp.temperature)
     metrics = {'loss_labelled': jnp.mean(loss_l), 'loss_unlabelled': jnp.mean(loss_u),
-               'train_top1': losses.accuracy(scores[0][:num_labelled, :self.data.num_classes],
+               'train_top1': losses.accuracy(labelled_scores[0][:, :self.data.num_classes],
                                              labels)}
     return losses.combine(loss_l, loss_u), (state, metrics)
 
@@ -84,17 +81,17 @@ class Suave(PrototypeMethod):
 
     Without a teacher: `embeds` and `scores`, the student's own pass (main_suave.py:
     `output_for_sk = unlab_output`, `embedding[lab_bs:].detach()`). With the EMA teacher: the
-    teacher's pass over `global_views` and its prototypes (main_suave.py:
-    `model_for_sk = ema_model`); its BatchNorm updates stay on the teacher's copy of the model
-    state and are dropped.
+    teacher's pass over `global_views` together and its prototypes (main_suave.py:
+    `model_for_sk = ema_model`, `ema_model(inputs[:nmb_crops[0]])`); its BatchNorm updates
+    stay on the teacher's copy of the model state and are dropped.
     """
     if 'teacher' not in state:
       return ([jax.lax.stop_gradient(z) for z in embeds],
               [jax.lax.stop_gradient(s) for s in scores], model.prototypes)
     teacher = self.teacher.model(model, state['teacher'])
-    embeds = [jax.lax.stop_gradient(teacher.embed(v, train=True)) for v in global_views]
-    return (embeds, [jax.lax.stop_gradient(teacher.prototypes(z)) for z in embeds],
-            teacher.prototypes)
+    embeds, scores = views.prototype_outputs(teacher, global_views, train=True)
+    return ([jax.lax.stop_gradient(z) for z in embeds],
+            [jax.lax.stop_gradient(s) for s in scores], teacher.prototypes)
 
   def _assign(self, state, embeds, scores, prototypes):
     """Sinkhorn assignments G x [B_u, K] of the global views from their `scores` G x [B_u, K].

@@ -1,11 +1,68 @@
-"""What methods do with the views of a batch before their loss: labelled targets, mixup, and
-the student's passes over labelled and unlabelled crops together (not a method)."""
+"""How methods pass views through their networks (one call per view size), and what they do
+with the views of a batch before their loss: labelled targets, mixup, and the student's joint
+pass over labelled and unlabelled views (not a method)."""
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from semi_ssl.ops import losses
+
+PyTree = Any
+
+
+def by_size(network: Callable[[jax.Array], PyTree], views: Sequence[jax.Array],
+            head: Callable[[PyTree], PyTree] | None = None) -> list[PyTree]:
+  """`head(network(view))` of every view [B_v, h, w, C], with one `network` call per view size.
+
+  The views of one size (h, w, C) are concatenated along the batch axis, in their order in
+  `views`, and go through `network` in one call: BatchNorm normalises them together and moves
+  its running statistics once per size, not once per view. `head` (optional) then runs once
+  on the outputs of all views together, sizes in order of first appearance. This is the
+  multi-crop forward of SwAV (github.com/facebookresearch/swav, src/resnet50.py lines 308-323,
+  `ResNet.forward`: `idx_crops = cumsum(unique_consecutive(sizes, return_counts=True)[1])`,
+  one `forward_backbone` per run of equal sizes, one `forward_head` on all), as the Suave and
+  Daino code runs it (github.com/pietroastolfi/suave-daino: src/resnet50.py lines 351-368,
+  daino/utils.py `MultiCropWrapper.forward` lines 538-557). Here views of one size need not be
+  consecutive: labelled views may come before the unlabelled ones and still share their call.
+
+  Returns:
+    One output per view, in the order of `views`: the pytree of `head` (or `network`) with
+    that view's B_v rows.
+  """
+  shapes = list(dict.fromkeys(v.shape[1:] for v in views))
+  groups = [[i for i, v in enumerate(views) if v.shape[1:] == shape] for shape in shapes]
+  outputs = [network(jnp.concatenate([views[i] for i in group])) for group in groups]
+  if head is not None:
+    outputs = [head(jax.tree.map(lambda *parts: jnp.concatenate(parts), *outputs))]
+    groups = [[i for group in groups for i in group]]
+  per_view = {}
+  for group, output in zip(groups, outputs):
+    starts = np.cumsum([0] + [views[i].shape[0] for i in group])
+    for i, start in zip(group, starts):
+      per_view[i] = _rows(output, int(start), int(start) + views[i].shape[0])
+  return [per_view[i] for i in range(len(views))]
+
+
+def _rows(tree: PyTree, start: int, stop: int) -> PyTree:
+  return jax.tree.map(lambda x: x[start:stop], tree)
+
+
+def prototype_outputs(model, views: Sequence[jax.Array], *,
+                      train: bool) -> tuple[list[jax.Array], list[jax.Array]]:
+  """(embeddings V x [B_v, D], scores V x [B_v, K]) of a `PrototypeModel`'s views, `by_size`:
+  one backbone call per view size, the projector and prototypes once on all views."""
+  def head(features):
+    embeddings = model.embed_features(features, train=train)
+    return embeddings, model.prototypes(embeddings)
+
+  outputs = by_size(functools.partial(model.backbone, train=train), views, head)
+  return [z for z, _ in outputs], [s for _, s in outputs]
 
 
 def mixup(key: jax.Array, views: list[jax.Array], targets: jax.Array, alpha: float):
@@ -17,35 +74,34 @@ def mixup(key: jax.Array, views: list[jax.Array], targets: jax.Array, alpha: flo
   return [mix(v) for v in views], mix(targets)
 
 
-def student_inputs(batch: dict, key: jax.Array, *, num_classes: int, num_prototypes: int,
-                   label_smoothing: float, mixup_alpha: float):
-  """(targets [B_l, K] of the labelled images, inputs V x [B_l + B_u, ...] of every view).
+def labelled_inputs(batch: dict, key: jax.Array, *, num_classes: int, num_prototypes: int,
+                    label_smoothing: float, mixup_alpha: float):
+  """(targets [B_l, K], the labelled views V_l x [B_l, ...]).
 
   Targets are the smoothed one-hot labels over the first C of K prototypes, mixed up with the
-  labelled views when `mixup_alpha` > 0. A view's input holds its labelled and unlabelled
-  crops, labelled rows first: they go through the network together, so BatchNorm sees the
-  whole batch.
+  labelled views when `mixup_alpha` > 0.
   """
   targets = losses.class_targets(batch['labelled']['labels'], num_classes, num_prototypes,
                                  label_smoothing)
   labelled_views = batch['labelled']['views']
   if mixup_alpha:
     labelled_views, targets = mixup(key, labelled_views, targets, mixup_alpha)
-  return targets, [jnp.concatenate([l, u])
-                   for l, u in zip(labelled_views, batch['unlabelled']['views'])]
-
-
-def student_scores(model, batch: dict, key: jax.Array, **kwargs):
-  """(targets [B_l, K], scores V x [B_l + B_u, K]): one `model` pass per view of
-  `student_inputs`."""
-  targets, inputs = student_inputs(batch, key, **kwargs)
-  return targets, [model(x, train=True) for x in inputs]
+  return targets, labelled_views
 
 
 def student_outputs(model, batch: dict, key: jax.Array, **kwargs):
-  """(targets [B_l, K], embeddings V x [B_l + B_u, D], scores V x [B_l + B_u, K]) of a
-  `PrototypeModel`: `student_scores` that also keeps the embeddings the scores come from (the
-  same pass)."""
-  targets, inputs = student_inputs(batch, key, **kwargs)
-  embeds = [model.embed(x, train=True) for x in inputs]
-  return targets, embeds, [model.prototypes(z) for z in embeds]
+  """(targets [B_l, K], labelled, unlabelled) of a `PrototypeModel` student, where
+  labelled = (embeddings V_l x [B_l, D], scores V_l x [B_l, K]) of the (mixed) labelled views
+  of `labelled_inputs` and unlabelled = (V_u x [B_u, D], V_u x [B_u, K]).
+
+  One joint pass over the labelled views, then the unlabelled ones (main_suave.py and
+  main_daino.py of github.com/pietroastolfi/suave-daino: `model([lab_inputs] + inputs)`), by
+  `prototype_outputs`: labelled and unlabelled views of one size share a backbone call and
+  BatchNorm sees the whole batch, whatever the labelled views' number and size.
+  """
+  targets, labelled_views = labelled_inputs(batch, key, **kwargs)
+  embeds, scores = prototype_outputs(model, [*labelled_views, *batch['unlabelled']['views']],
+                                     train=True)
+  num_labelled_views = len(labelled_views)
+  return (targets, (embeds[:num_labelled_views], scores[:num_labelled_views]),
+          (embeds[num_labelled_views:], scores[num_labelled_views:]))

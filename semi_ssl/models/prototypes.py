@@ -22,7 +22,11 @@ class PrototypeModel(nnx.Module):
 
   def embed(self, x: jax.Array, *, train: bool) -> jax.Array:
     """[B, H, W, C] -> unit-norm embeddings [B, embed_dim]."""
-    return l2_normalize(self.projector(self.backbone(x, train=train), train=train))
+    return self.embed_features(self.backbone(x, train=train), train=train)
+
+  def embed_features(self, features: jax.Array, *, train: bool) -> jax.Array:
+    """Backbone features [B, F] -> unit-norm embeddings [B, embed_dim]."""
+    return l2_normalize(self.projector(features, train=train))
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """[B, H, W, C] -> cosine scores [B, num_prototypes]."""
