@@ -93,15 +93,45 @@ def test_unlabelled_term_never_sees_a_label(digits):
   assert abs(float(after['loss_labelled']) - float(before['loss_labelled'])) > 1e-3
 
 
-def test_labelled_targets_are_the_labels(digits):
-  """With every prototype score equal to the label's one-hot, the labelled term is minimal."""
-  method, graphdef, state, views, _ = _setup(_config(label_smoothing=0.0), digits)
-  labels = views['labelled']['labels']
-  perfect = [jax.nn.one_hot(labels, 10)] * 2
-  wrong = [jax.nn.one_hot((labels + 1) % 10, 10)] * 2
-  targets = losses.class_targets(labels, 10, 10, 0.0)
-  assert jnp.all(losses.labelled_loss(perfect, targets, 0.1)
-                 < losses.labelled_loss(wrong, targets, 0.1))
+class ScoresAreInputs:
+  """Stand-in for PrototypeModel whose prototype scores are its input views [N, 1, 1, K]."""
+
+  def embed(self, x, *, train):
+    return x.reshape(x.shape[0], -1)
+
+  def prototypes(self, z):
+    return z
+
+  def __call__(self, x, *, train):
+    return self.prototypes(self.embed(x, train=train))
+
+
+def test_labelled_targets_are_the_labels():
+  """Where each view's scores / temperature are the log of the smoothed one-hot of a class,
+  the cross-entropy against exactly that target has zero gradient, against any other a large
+  one: labelled rows get zero gradient for their labels and a large one for other labels,
+  unlabelled rows (Sinkhorn targets, not labels) a large one."""
+  method = suave.Suave(_config(label_smoothing=0.1, mixup_alpha=0.0), base.DataInfo(10, (8, 8, 1)),
+                       parallel.create_mesh())
+  smoothed = lambda classes: 0.9 * np.eye(10)[classes] + 0.01
+  views_of = lambda classes: [jnp.asarray(0.1 * np.log(smoothed(classes)),
+                                          jnp.float32).reshape(-1, 1, 1, 10)] * 2
+  labels = np.array([3, 0, 7, 3])
+
+  @jax.jit
+  def gradients(labelled_views, unlabelled_views, labels):
+    def loss(labelled_views, unlabelled_views):
+      batch = {'labelled': {'views': labelled_views, 'labels': labels},
+               'unlabelled': {'views': unlabelled_views}}
+      return method.loss(ScoresAreInputs(), {}, batch, jax.random.key(0), jnp.int32(0))[0]
+    return jax.grad(loss, argnums=(0, 1))(labelled_views, unlabelled_views)
+
+  unlabelled = views_of(np.array([1, 1, 4, 5, 9, 9]))
+  labelled_grads, unlabelled_grads = gradients(views_of(labels), unlabelled, labels)
+  np.testing.assert_allclose(np.stack(labelled_grads), 0.0, atol=1e-6)
+  assert np.abs(np.stack(unlabelled_grads)).max() > 1e-2
+  other_labels = gradients(views_of(labels), unlabelled, (labels + 1) % 10)[0]
+  assert np.abs(np.stack(other_labels)).max() > 1e-2
 
 
 def test_targets_come_from_the_same_forward_pass(digits):
