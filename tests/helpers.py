@@ -44,9 +44,9 @@ def tiny_config(method: str = 'supervised', **overrides) -> ml_collections.Confi
   c.eval_every = 2
   c.checkpoint_every = 2
   c.model.width = 0.25
-  if method in _TINY:
-    c[method] = config_base.load_config_file(f'{REPO}/configs/{method}/digits.py')[method]
-    c.update(_TINY[method])
+  section = method if method in _TINY else 'supervised'  # Test methods extend the baseline.
+  c[section] = config_base.load_config_file(f'{REPO}/configs/{section}/digits.py')[section]
+  c.update(_TINY[section])
   c.update(overrides)
   return c
 
