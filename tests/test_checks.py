@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from helpers import tiny_config
 from semi_ssl import checkpoint, config_base, errors, evaluate, parallel, train
 from semi_ssl.data import datasets
-from test_train import tiny_config
 
 NAN, INF = float('nan'), float('inf')
 

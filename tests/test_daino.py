@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from ml_collections import config_dict
 
-from semi_ssl import checkpoint, config_base, methods, metric_writer, parallel, train
+import helpers
+from semi_ssl import checkpoint, methods, metric_writer, parallel, train
 from semi_ssl.methods import base, daino
 from semi_ssl.ops import ema
 
@@ -17,25 +17,15 @@ DIGITS = base.DataInfo(num_classes=10, image_shape=(8, 8, 1))
 
 
 def tiny_config(**daino_overrides):
-  """Digits, a tiny model, 2 global 8x8 views and 1 local 6x6 view, 3 steps."""
-  c = config_base.get_base_config()
-  c.method = 'daino'
-  c.labels_per_class = 5
-  c.labelled_batch_size = 8
-  c.batch_size = 8
-  c.num_steps = 3
-  c.log_every = 1
-  c.eval_every = 3
-  c.checkpoint_every = 3
-  c.model.width = 0.25
-  c.augment.num_local_crops = 1
-  c.daino = config_dict.ConfigDict(dict(
-      projector_hidden_dim=16, embed_dim=8, projector_layers=2, num_prototypes=0,
-      student_temperature=0.1, label_smoothing=0.1, teacher_temperature=0.07,
-      teacher_temperature_warmup_start=0.04, teacher_temperature_warmup_steps=10,
-      teacher_momentum=0.99, center_momentum=0.9, mixup_alpha=0.0))
-  c.daino.update(daino_overrides)
-  return c
+  """Digits, a tiny model, 2 global 8x8 views and 1 local 6x6 view, 8 + 8 images, 3 steps; no
+  mixup, a slow teacher whose temperature warms up over 10 steps."""
+  return helpers.tiny_config(
+      'daino', labelled_batch_size=8, batch_size=8, num_steps=3, log_every=1, eval_every=3,
+      checkpoint_every=3, daino={
+          **dict(label_smoothing=0.1, teacher_temperature=0.07,
+                 teacher_temperature_warmup_start=0.04, teacher_temperature_warmup_steps=10,
+                 teacher_momentum=0.99, mixup_alpha=0.0),
+          **daino_overrides})
 
 
 def random_batch(seed, num_labelled=4, num_unlabelled=6):

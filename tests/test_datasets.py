@@ -3,7 +3,6 @@ import dataclasses
 import io
 import json
 import socket
-import time
 import zipfile
 
 import ml_collections
@@ -160,10 +159,8 @@ def test_missing_tfds_dataset_fails_fast_without_calling_tfds(overrides, missing
     raise AssertionError('tfds was called for a dataset that is not prepared')
   for fn in ('load', 'data_source', 'builder'):
     monkeypatch.setattr(tfds, fn, refuse)
-  start = time.perf_counter()
   with pytest.raises(ValueError, match=missing) as error:
     datasets.load(_config(data_dir=str(tmp_path), **overrides))
-  assert time.perf_counter() - start < 2
   message = str(error.value)
   assert f"tfds build {overrides['dataset']} " in message and f'--data_dir={tmp_path}' in message
   assert 'config.data_dir' in message

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -12,9 +13,8 @@ import pytest
 from semi_ssl import parallel
 from semi_ssl.data import datasets, pipeline
 from semi_ssl.ops import knn, sinkhorn
-from test_reliability import _saved_state
 from distributed_worker import knn_inputs
-from test_train import REPO, _cpu_env, tiny_config
+from helpers import REPO, cpu_env, saved_state, tiny_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 def _run_group(commands, devices_per_process=1, timeout=400):
   """Runs one command per process, all at once; fails with the stderr of a failed one."""
-  processes = [subprocess.Popen(c, cwd=REPO, env=_cpu_env(devices_per_process), text=True,
+  processes = [subprocess.Popen(c, cwd=REPO, env=cpu_env(devices_per_process), text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in commands]
   outputs = [p.communicate(timeout=timeout) for p in processes]
   for p, (_, err) in zip(processes, outputs):
@@ -82,10 +82,8 @@ def test_training_in_two_processes_equals_one_process(tmp_path):
   _run_group([main + flags + [f'--workdir={two}', f'--coordinator_address={coordinator}',
                               '--num_processes=2', f'--process_id={i}'] for i in range(2)])
   _run_group([main + flags + [f'--workdir={one}']], devices_per_process=2)
-  expected, got = _saved_state(str(one), 6), _saved_state(str(two), 6)
-  assert expected.keys() == got.keys()
-  for path in expected:
-    np.testing.assert_allclose(got[path], expected[path], rtol=1e-4, atol=1e-5, err_msg=path)
+  chex.assert_trees_all_close(saved_state(str(two), 6), saved_state(str(one), 6), rtol=1e-4,
+                              atol=1e-5)
   assert (two / 'results.json').exists()
 
 

@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 from jax.experimental import multihost_utils
 
+from helpers import checkpoint_steps, finish, start_main, tiny_config, wait_for
 from semi_ssl import errors, train, workdir_lease
 from semi_ssl.workdir_lease import LEASE_FILE, WorkdirLease
-from test_reliability import _finish, _main, _steps, _wait_for
-from test_train import gcs_on_disk, tiny_config  # pylint: disable=unused-import  # A fixture.
 
 
 def _write_lease(directory, host='elsewhere', pid=4242, age=0.0, token='other'):
@@ -173,7 +172,7 @@ def test_a_run_that_lost_its_lease_saves_no_checkpoint(tmp_path):
     with workdir_lease.hold(workdir, needed=True):
       _write_lease(workdir, host='thief')  # Taken over before the first save.
       train.train_and_evaluate(tiny_config(num_steps=2), workdir)
-  assert _steps(workdir) == [] and _read_lease(workdir)['host'] == 'thief'
+  assert checkpoint_steps(workdir) == [] and _read_lease(workdir)['host'] == 'thief'
   workdir_lease.check_held()  # Outside `hold`: nothing to check.
 
 
@@ -209,12 +208,12 @@ def test_a_second_run_in_the_same_workdir_is_refused_naming_the_first(tmp_path):
   workdir = str(tmp_path / 'run')
   flags = ['--config=configs/supervised/digits.py', '--config.num_steps=4',
            '--config.model.width=0.25', '--config.eval_every=100', '--config.checkpoint_every=2']
-  first = _main(workdir, flags)
+  first = start_main(workdir, flags)
   lease = os.path.join(workdir, LEASE_FILE)
-  _wait_for(lambda: os.path.exists(lease), first)
+  wait_for(lambda: os.path.exists(lease), first)
   first.send_signal(signal.SIGSTOP)  # Holds the lease, still alive, until SIGCONT.
   try:
-    rc, _, err = _finish(_main(workdir, flags + ['--config.seed=1']))
+    rc, _, err = finish(start_main(workdir, flags + ['--config.seed=1']))
   finally:
     first.send_signal(signal.SIGCONT)
   assert rc == 1, err[-3000:]
@@ -222,9 +221,9 @@ def test_a_second_run_in_the_same_workdir_is_refused_naming_the_first(tmp_path):
       f'Error: {workdir} is in use by another run (host {socket.gethostname()}, pid {first.pid}, '
       'started '), err[-3000:]
   assert 'Traceback' not in err
-  rc, _, err = _finish(first)
+  rc, _, err = finish(first)
   assert rc == 0, err[-3000:]
   for name in (train.CONFIG_FILE, train.RESULTS_FILE):
     with open(os.path.join(workdir, name)) as f:
       assert json.load(f)['seed'] == 0, name
-  assert _steps(workdir) == [2, 4] and not os.path.exists(lease)
+  assert checkpoint_steps(workdir) == [2, 4] and not os.path.exists(lease)

@@ -12,11 +12,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-import test_daino
+import helpers
 import test_references
-import test_semppl
-import test_suave
-import test_train
 from semi_ssl import checkpoint, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
@@ -28,10 +25,8 @@ def method_config(name):
   """The method's tiny digits config, with every piece of method state in use: Suave with
   its EMA teacher and a queue that is full from the second step on, SemPPL's queue, Daino's
   teacher and center. No warm-up, so that the first steps already move the parameters."""
-  config = {'supervised': test_train.tiny_config,
-            'suave': functools.partial(test_suave._config, ema_momentum=0.9, queue_size=16),
-            'daino': test_daino.tiny_config,
-            'semppl': test_semppl.tiny_config}[name]()
+  config = helpers.tiny_config(
+      name, **({'suave': dict(ema_momentum=0.9, queue_size=16)} if name == 'suave' else {}))
   config.optimizer.warmup_steps = 0
   return config
 

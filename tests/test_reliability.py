@@ -6,20 +6,18 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import time
 import types
 
+import chex
 import jax
 import numpy as np
 import pytest
 from etils import epath
 from flax import nnx
 
+from helpers import checkpoint_steps, finish, saved_state, start_main, tiny_config, wait_for
 from semi_ssl import checkpoint, errors, main, methods, notices, train
 from semi_ssl.methods import supervised
-from test_train import REPO, _cpu_env, gcs_on_disk, tiny_config  # noqa: F401 (a fixture)
 
 # A small Suave run with every piece of state a resume must restore: EMA teacher, queue,
 # optimiser momentum, data position, PRNG key.
@@ -31,60 +29,47 @@ SUAVE_FLAGS = ['--config=configs/suave/digits.py', '--config.num_steps=40',
                '--config.augment.num_local_crops=0']  # Fewer crops: a quicker compile.
 
 
-def _main(workdir, flags, shell_prefix=''):
-  """The main command in a subprocess; `shell_prefix` (e.g. 'ulimit -f 20;') runs before it."""
-  command = [sys.executable, '-m', 'semi_ssl.main', f'--workdir={workdir}', *flags]
-  if shell_prefix:
-    command = ['bash', '-c', f'{shell_prefix} exec "$@"', 'bash', *command]
-  return subprocess.Popen(command, cwd=REPO, env=_cpu_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+# The main command, but the process stops itself (SIGSTOP) as soon as it has started the
+# (asynchronous) save of step {step}: killed there, it dies in the middle of that write or
+# just after it, wherever the writer threads are.
+STOP_AFTER_SAVE = """
+import os, runpy, signal
+from semi_ssl import checkpoint
+save = checkpoint.Checkpointer.save
+def save_then_stop(self, step, *args, **kwargs):
+  save(self, step, *args, **kwargs)
+  if step == {step}:
+    os.kill(os.getpid(), signal.SIGSTOP)
+checkpoint.Checkpointer.save = save_then_stop
+runpy.run_module('semi_ssl.main', run_name='__main__', alter_sys=True)
+"""
 
 
-def _finish(process, timeout=300):
-  out, err = process.communicate(timeout=timeout)
-  return process.returncode, out, err
-
-
-def _steps(workdir):
-  directory = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
-
-
-def _saved_state(workdir, step):
-  """Every array of the train state saved at `step`: {path: np.ndarray}."""
-  path = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(step), 'state')
-  return checkpoint._flatten(checkpoint.read_state(path))
-
-
-def _wait_for(condition, process, timeout=240):
-  deadline = time.time() + timeout
-  while not condition():
-    assert process.poll() is None, _finish(process)[2][-3000:]
-    assert time.time() < deadline, 'timed out'
-    time.sleep(0.05)
+def _stopped(process):
+  """Whether `process` is stopped (SIGSTOP); reaps it if it ended."""
+  pid, status = os.waitpid(process.pid, os.WUNTRACED | os.WNOHANG)
+  return pid != 0 and os.WIFSTOPPED(status)
 
 
 def test_sigkill_then_rerun_is_bit_identical_to_an_uninterrupted_run(tmp_path):
   straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
-  rc, _, err = _finish(_main(straight, SUAVE_FLAGS))
+  rc, _, err = finish(start_main(straight, SUAVE_FLAGS))
   assert rc == 0, err[-3000:]
 
-  process = _main(killed, SUAVE_FLAGS)
-  _wait_for(lambda: _steps(killed) and _steps(killed)[-1] >= 20, process)
-  process.send_signal(signal.SIGKILL)  # Possibly in the middle of writing step 30.
-  process.wait()
+  process = start_main(killed, SUAVE_FLAGS, entry=('-c', STOP_AFTER_SAVE.format(step=30)))
+  wait_for(lambda: _stopped(process), process)
+  process.send_signal(signal.SIGKILL)  # Step 20 is saved, step 30 being written or just done.
+  assert finish(process)[0] == -signal.SIGKILL
   assert not os.path.exists(os.path.join(killed, train.RESULTS_FILE))
-  assert _steps(killed)[-1] < 40
-  rc, _, err = _finish(_main(killed, SUAVE_FLAGS))
+  saved = checkpoint_steps(killed)
+  assert saved in ([10, 20], [10, 20, 30])
+  rc, _, err = finish(start_main(killed, SUAVE_FLAGS))
   assert rc == 0, err[-3000:]
-  assert 'Resumed from' in err
+  assert f'at step {saved[-1]}.' in err and 'Resumed from' in err, err[-3000:]
 
-  expected, resumed = _saved_state(straight, 40), _saved_state(killed, 40)
-  assert any(p.startswith('method_state/queue') for p in expected)
-  assert any(p.startswith('method_state/teacher') for p in expected)
-  assert expected.keys() == resumed.keys()
-  for path in expected:
-    np.testing.assert_array_equal(resumed[path], expected[path], err_msg=path)
+  expected = saved_state(straight, 40)
+  assert {'queue', 'teacher'} <= set(expected['method_state'])
+  chex.assert_trees_all_equal(saved_state(killed, 40), expected)
   results = [json.load(open(os.path.join(d, train.RESULTS_FILE))) for d in (straight, killed)]
   assert results[0]['test_top1'] == results[1]['test_top1']
   assert results[0]['knn_top1'] == results[1]['knn_top1']
@@ -93,17 +78,17 @@ def test_sigkill_then_rerun_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 def test_sigterm_saves_at_the_next_step_and_exits_zero(tmp_path):
   workdir = str(tmp_path / 'run')
   flags = SUAVE_FLAGS + ['--config.num_steps=100000', '--config.checkpoint_every=100000']
-  process = _main(workdir, flags)
-  _wait_for(lambda: os.path.exists(os.path.join(workdir, 'tensorboard')) and
+  process = start_main(workdir, flags)
+  wait_for(lambda: os.path.exists(os.path.join(workdir, 'tensorboard')) and
             any(os.path.getsize(os.path.join(workdir, 'tensorboard', f)) > 200
                 for f in os.listdir(os.path.join(workdir, 'tensorboard'))), process)
   process.send_signal(signal.SIGTERM)
-  rc, out, err = _finish(process)
+  rc, out, err = finish(process)
   assert rc == 0, err[-3000:]
   assert 'Preempted: stopped at step' in out and (out + err).count(RESUME_HINT) == 1
   step = int(out.split('stopped at step ')[1].split()[0])
-  assert _steps(workdir) == [step] and 0 < step < 100000
-  assert int(_saved_state(workdir, step)['step']) == step
+  assert checkpoint_steps(workdir) == [step] and 0 < step < 100000
+  assert int(saved_state(workdir, step)['step']) == step
 
 
 # A tiny supervised run that trains until a signal stops it.
@@ -122,20 +107,20 @@ def _has_logged(workdir):
 
 def test_ctrl_c_saves_and_exits_130_and_a_second_ctrl_c_stops_at_once(tmp_path):
   workdir = str(tmp_path / 'run')
-  process = _main(workdir, ENDLESS_FLAGS)
-  _wait_for(lambda: _has_logged(workdir), process)
+  process = start_main(workdir, ENDLESS_FLAGS)
+  wait_for(lambda: _has_logged(workdir), process)
   process.send_signal(signal.SIGINT)
-  rc, out, err = _finish(process)
+  rc, out, err = finish(process)
   assert rc == 130, err[-3000:]
   assert 'Traceback' not in err and 'KeyboardInterrupt' not in err
   assert (out + err).count(RESUME_HINT) == 1, out + err[-3000:]
   step = int(out.split('Interrupted: stopped at step ')[1].split()[0])
-  assert _steps(workdir) == [step] and int(_saved_state(workdir, step)['step']) == step
+  assert checkpoint_steps(workdir) == [step] and int(saved_state(workdir, step)['step']) == step
 
   # Twice, while the run starts: the first Ctrl-C is acknowledged, the second stops it at once.
   workdir = str(tmp_path / 'again')
-  process = _main(workdir, ENDLESS_FLAGS)
-  _wait_for(lambda: os.path.isdir(workdir), process)  # main handles Ctrl-C by then.
+  process = start_main(workdir, ENDLESS_FLAGS)
+  wait_for(lambda: os.path.isdir(workdir), process)  # main handles Ctrl-C by then.
   process.send_signal(signal.SIGINT)
   seen = ''
   while 'Ctrl-C: stopping at the next step boundary' not in seen:
@@ -143,12 +128,12 @@ def test_ctrl_c_saves_and_exits_130_and_a_second_ctrl_c_stops_at_once(tmp_path):
     assert line, seen[-3000:]
     seen += line
   process.send_signal(signal.SIGINT)
-  rc, out, err = _finish(process)
+  rc, out, err = finish(process)
   assert rc == 130, err[-3000:]
   assert err.strip().splitlines()[-1] == (
       'Interrupted again: stopped before training started; nothing was lost.'), err[-3000:]
   assert 'Traceback' not in err and err.count('Interrupted') == 1
-  assert out == '' and _steps(workdir) == []
+  assert out == '' and checkpoint_steps(workdir) == []
 
 
 def test_second_ctrl_c_names_the_last_complete_checkpoint(tmp_path):
@@ -166,13 +151,13 @@ def test_sigterm_while_starting_stops_with_one_message_and_the_rerun_finishes(tm
   one message and exit 0; the same command then finishes the run."""
   workdir = str(tmp_path / 'run')
   flags = ENDLESS_FLAGS + ['--config.num_steps=6']
-  process = _main(workdir, flags)
-  _wait_for(lambda: os.path.isdir(workdir), process)  # main handles SIGTERM by then.
+  process = start_main(workdir, flags)
+  wait_for(lambda: os.path.isdir(workdir), process)  # main handles SIGTERM by then.
   process.send_signal(signal.SIGTERM)
-  rc, out, err = _finish(process)
+  rc, out, err = finish(process)
   assert rc == 0, err[-3000:]
   assert (out + err).count(RESUME_HINT) == 1 and out.startswith('Preempted'), out + err[-3000:]
-  rc, out, err = _finish(_main(workdir, flags))
+  rc, out, err = finish(start_main(workdir, flags))
   assert rc == 0, err[-3000:]
   assert json.load(open(os.path.join(workdir, train.RESULTS_FILE)))['steps'] == 6
 
@@ -196,7 +181,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_p
   workdir = str(tmp_path / 'run')
   with pytest.raises(errors.UserError, match='not finite at step 3.*Last good checkpoint: step 2'):
     train.train_and_evaluate(nan_method, workdir)
-  assert _steps(workdir) == [2]  # Nothing was saved after the bad step.
+  assert checkpoint_steps(workdir) == [2]  # Nothing was saved after the bad step.
 
 
 def test_nonfinite_loss_is_skipped_when_the_config_says_so(tmp_path, nan_method):
@@ -204,9 +189,10 @@ def test_nonfinite_loss_is_skipped_when_the_config_says_so(tmp_path, nan_method)
   workdir = str(tmp_path / 'run')
   results = train.train_and_evaluate(nan_method, workdir)
   assert results['skipped_steps'] == 1 and results['steps'] == 6
-  before, after = _saved_state(workdir, 2), _saved_state(workdir, 4)
-  assert all(np.isfinite(v).all() for p, v in after.items() if p.startswith('params/'))
-  assert any(not np.array_equal(after[p], before[p]) for p in after if p.startswith('params/'))
+  before, after = saved_state(workdir, 2), saved_state(workdir, 4)
+  assert _all_finite(after['params'])
+  assert any(not np.array_equal(new, old) for new, old in zip(jax.tree.leaves(after['params']),
+                                                               jax.tree.leaves(before['params'])))
   assert int(after['first_skipped']) == 3
 
 
@@ -228,7 +214,8 @@ class _NaNStateAtSteps3And5(supervised.Supervised):
 
 
 def _all_finite(saved):
-  return all(np.isfinite(v).all() for v in saved.values() if np.issubdtype(v.dtype, np.inexact))
+  return all(np.isfinite(v).all() for v in jax.tree.leaves(saved)
+             if np.issubdtype(v.dtype, np.inexact))
 
 
 def test_a_step_that_makes_the_model_or_method_state_nonfinite_is_skipped(tmp_path, monkeypatch):
@@ -238,10 +225,10 @@ def test_a_step_that_makes_the_model_or_method_state_nonfinite_is_skipped(tmp_pa
   workdir = str(tmp_path / 'run')
   results = train.train_and_evaluate(config, workdir)
   assert results['skipped_steps'] == 2 and results['steps'] == 6
-  saved = _saved_state(workdir, 6)
+  saved = saved_state(workdir, 6)
   assert _all_finite(saved)
   assert int(saved['first_skipped']) == 3
-  assert float(saved['method_state/updates']) == 4  # Steps 3 and 5 changed nothing.
+  assert float(saved['method_state']['updates']) == 4  # Steps 3 and 5 changed nothing.
 
 
 def _nan_learning_rate(nonfinite):
@@ -256,14 +243,14 @@ def test_a_nan_learning_rate_stops_at_step_1_saying_there_is_no_checkpoint(tmp_p
   with pytest.raises(errors.UserError, match='not finite at step 1; .* No checkpoint was written '
                      'yet; a rerun with a lower learning rate starts over'):
     train.train_and_evaluate(_nan_learning_rate('stop'), workdir)
-  assert _steps(workdir) == []
+  assert checkpoint_steps(workdir) == []
 
 
 def test_a_nan_learning_rate_is_skipped_and_never_saved(tmp_path):
   workdir = str(tmp_path / 'run')
   results = train.train_and_evaluate(_nan_learning_rate('skip'), workdir)
   assert results['skipped_steps'] == 4 and results['steps'] == 4
-  assert _all_finite(_saved_state(workdir, 4))
+  assert _all_finite(saved_state(workdir, 4))
 
 
 @pytest.fixture(scope='module')
@@ -363,7 +350,7 @@ def test_a_clean_checkpoint_passes_its_checksums(finished_run, tmp_path, caplog)
   caplog.set_level('INFO', logger='absl')  # Earlier tests may lower absl's level.
   results = train.train_and_evaluate(tiny_config(keep_checkpoints=5), workdir)
   assert results['steps'] == 4 and 'at step 4.' in caplog.text
-  assert 'unreadable' not in caplog.text and _steps(workdir) == [2, 4]
+  assert 'unreadable' not in caplog.text and checkpoint_steps(workdir) == [2, 4]
 
 
 def test_a_checkpoint_from_before_checksums_still_resumes(finished_run, tmp_path, caplog):
@@ -409,11 +396,11 @@ def test_unreadable_init_from_checkpoint_is_named(finished_run, tmp_path, damage
 def test_a_full_disk_while_saving_stops_with_the_last_complete_checkpoint(tmp_path):
   """Files may not grow past 20 KiB (as on a full disk): the first checkpoint cannot be written."""
   workdir = str(tmp_path / 'run')
-  process = _main(workdir, ['--config=configs/supervised/digits.py', '--config.num_steps=4',
+  process = start_main(workdir, ['--config=configs/supervised/digits.py', '--config.num_steps=4',
                             '--config.checkpoint_every=2', '--config.model.width=0.25'],
                   # No compilation cache: its entries would be truncated for the later tests.
                   shell_prefix='ulimit -f 20; unset JAX_COMPILATION_CACHE_DIR;')
-  rc, _, err = _finish(process)
+  rc, _, err = finish(process)
   assert rc == 1
   # One line after the progress log: not Orbax's failing background writers' tracebacks.
   lines = err.splitlines()
@@ -422,7 +409,7 @@ def test_a_full_disk_while_saving_stops_with_the_last_complete_checkpoint(tmp_pa
   progress = [i for i, line in enumerate(lines) if re.search(r'\] step \d+/4 ', line)]
   assert progress and len(lines) - progress[-1] <= 3, err[-3000:]
   assert 'Traceback' not in err and 'Could not write' not in '\n'.join(lines[:-1]), err[-3000:]
-  assert _steps(workdir) == []
+  assert checkpoint_steps(workdir) == []
 
 
 def test_leftovers_of_a_failed_orbax_read_or_write_are_dropped_other_unraisables_kept():
@@ -479,7 +466,7 @@ def test_a_workdir_in_a_missing_bucket_is_one_line(monkeypatch, gcs_on_disk):
     ('--config.seed=abc', "--config.seed=abc: invalid literal for int()"),
 ])
 def test_bad_override_is_one_line_naming_the_key(tmp_path, flag, message):
-  rc, out, err = _finish(_main(tmp_path, ['--config=configs/suave/digits.py', flag]))
+  rc, out, err = finish(start_main(tmp_path, ['--config=configs/suave/digits.py', flag]))
   assert rc == 1 and message in err
   assert 'Traceback' not in err and len(err.strip().splitlines()) == 1
 
@@ -497,7 +484,7 @@ def test_resume_under_another_config_is_refused_before_anything_is_restored(tmp_
   first = train.train_and_evaluate(config, workdir)
   records = {name: open(os.path.join(workdir, name)).read()
              for name in (train.CONFIG_FILE, train.SPLIT_FILE)}
-  final = _saved_state(workdir, 4)
+  final = saved_state(workdir, 4)
 
   def changed(**overrides):
     new = config.copy_and_resolve_references()
@@ -536,14 +523,12 @@ def test_resume_under_another_config_is_refused_before_anything_is_restored(tmp_
       train.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, train.SPLIT_FILE), 'w') as f:
     f.write(records[train.SPLIT_FILE])
-  assert _steps(workdir) == [2]
+  assert checkpoint_steps(workdir) == [2]
 
   # Evaluating or saving at other steps is allowed: the run ends as it would have.
   again = train.train_and_evaluate(changed(eval_every=3, checkpoint_every=3), workdir)
   assert again['steps'] == 4 and again['test_top1'] == first['test_top1']
-  assert _steps(workdir) == [2, 3, 4]
-  resumed = _saved_state(workdir, 4)
-  for path in final:
-    np.testing.assert_array_equal(resumed[path], final[path], err_msg=path)
+  assert checkpoint_steps(workdir) == [2, 3, 4]
+  chex.assert_trees_all_equal(saved_state(workdir, 4), final)
   for name, text in records.items():  # The records still describe how the run started.
     assert open(os.path.join(workdir, name)).read() == text, name

@@ -7,12 +7,11 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
-from ml_collections import config_dict
 
-from semi_ssl import checkpoint, config_base, parallel, train
+import helpers
+from semi_ssl import checkpoint, parallel, train
 from semi_ssl.data import datasets, pipeline
 from semi_ssl.methods import base, semppl
 from semi_ssl.ops import knn, queue
@@ -22,27 +21,13 @@ DIGITS = base.DataInfo(num_classes=10, image_shape=(8, 8, 1))
 
 def tiny_config(**semppl_overrides):
   """Digits, a tiny model, 2 global 8x8 views and 1 local 6x6 view, 8 + 8 images, 4 steps."""
-  c = config_base.get_base_config()
-  c.method = 'semppl'
-  c.labels_per_class = 5
-  c.labelled_batch_size = 8
-  c.batch_size = 8
-  c.num_steps = 4
-  c.log_every = 1
-  c.eval_every = 4
-  c.checkpoint_every = 2
-  c.keep_checkpoints = 5
-  c.eval.batch_size = 64
-  c.model.width = 0.25
-  c.augment.num_local_crops = 1
-  c.semppl = config_dict.ConfigDict(dict(
-      mlp_hidden_dim=16, embed_dim=8, mlp_layers=2, temperature=0.1,
-      queue_size=48,  # 6 entries per device; 16 enqueued per step, so it wraps at step 3.
-      knn_k=3, knn_approximate=False, num_semantic_positives=2, semantic_weight=1.0,
-      semantic_warmup_steps=2,
-      classifier_trains_backbone=False, target_momentum=0.9))
-  c.semppl.update(semppl_overrides)
-  return c
+  return helpers.tiny_config(
+      'semppl', labelled_batch_size=8, batch_size=8, log_every=1, eval_every=4,
+      keep_checkpoints=5, eval=dict(batch_size=64), semppl={
+          # 6 queue entries per device; 16 enqueued per step, so it wraps at step 3.
+          **dict(temperature=0.1, queue_size=48, semantic_weight=1.0,
+                 classifier_trains_backbone=False, target_momentum=0.9),
+          **semppl_overrides})
 
 
 def test_enqueue_is_fifo_and_wraps_around():
@@ -211,8 +196,7 @@ def test_queue_rows_are_split_over_the_devices_in_the_train_state():
 
 
 def _saved_method_state(workdir, step):
-  path = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(step), 'state')
-  return ocp.StandardCheckpointer().restore(path)['method_state']
+  return helpers.saved_state(workdir, step)['method_state']
 
 
 @pytest.mark.parametrize('model_axis', [1, 2])

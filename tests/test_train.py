@@ -5,34 +5,16 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-import conftest
+from helpers import REPO, cpu_env, saved_state, tiny_config
 from semi_ssl import checkpoint, config_base, main, methods, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-  """Supervised digits with a tiny model and few steps."""
-  c = config_base.get_base_config()
-  c.labels_per_class = 5
-  c.labelled_batch_size = 16
-  c.batch_size = 16
-  c.num_steps = 4
-  c.log_every = 2
-  c.eval_every = 2
-  c.checkpoint_every = 2
-  c.model.width = 0.25
-  c.supervised = {'label_smoothing': 0.1}
-  c.update(overrides)
-  return c
-
 
 def step_on(devices, config, batch_np):
   """(loss, params) after one train step with the batch sharded over `devices`."""
@@ -59,15 +41,7 @@ def test_sharded_step_equals_single_device_step():
   loss_8, params_8 = step_on(jax.devices()[:8], config, batch)
   assert len(jax.devices()) == 8
   np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               params_8, params_1)
-
-
-def _params(workdir, step):
-  ckpt = checkpoint.Checkpointer(workdir, keep=5)
-  flat = checkpoint._flatten(ckpt.manager.restore(step)['state']['params'])
-  ckpt.close()
-  return flat
+  chex.assert_trees_all_close(params_8, params_1, rtol=1e-4, atol=1e-5)
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
@@ -75,7 +49,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
   workdir = str(tmp_path / 'run')
   first = train.train_and_evaluate(config, workdir)
   assert first['steps'] == 4
-  final = _params(workdir, 4)
+  final = saved_state(workdir, 4)['params']
   # Lose the last checkpoint and the results, as if killed between steps 2 and 4.
   ckpt = checkpoint.Checkpointer(workdir, keep=5)
   ckpt.manager.delete(4)
@@ -84,9 +58,8 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
   assert checkpoint.Checkpointer(workdir, keep=5).last_complete_step == 2
   again = train.train_and_evaluate(config, workdir)
   assert again['steps'] == 4
-  resumed = _params(workdir, 4)
-  for path in final:  # Same data, same keys: the resumed run ends where the first one did.
-    np.testing.assert_array_equal(resumed[path], final[path], err_msg=path)
+  # Same data, same keys: the resumed run ends where the first one did.
+  chex.assert_trees_all_equal(saved_state(workdir, 4)['params'], final)
   assert again['test_top1'] == first['test_top1']
 
 
@@ -100,9 +73,8 @@ def test_copy_subtrees_replaces_only_the_named_paths():
   source_flat = checkpoint._flatten(jax.device_get(source.params))
   before = checkpoint._flatten(jax.device_get(target.params))
   after = checkpoint._flatten(checkpoint.copy_subtrees(target.params, source_flat, ('backbone',)))
-  for path in after:
-    expected = source_flat[path] if path.startswith('backbone/') else before[path]
-    np.testing.assert_array_equal(after[path], expected, err_msg=path)
+  chex.assert_trees_all_equal(after, {path: source_flat[path] if path.startswith('backbone/')
+                                       else before[path] for path in before})
   assert any(p.startswith('head/') for p in after)
 
 
@@ -132,12 +104,11 @@ def test_two_stage_config_with_init_from_and_skip_of_finished_stage(tmp_path, mo
   assert plan[1][0].init_from.workdir == str(tmp_path / 'pretrain')
   rows = main.run_plan(plan)
   assert [r['stage'] for r in rows] == ['pretrain', 'finetune']
-  pre_params, fine_params = _params(plan[0][1], 4), _params(plan[1][1], 2)
-  for path, value in fine_params.items():
-    if path.startswith('backbone/'):
-      np.testing.assert_array_equal(value, pre_params[path], err_msg=path)
-  assert any(not np.array_equal(v, pre_params[p]) for p, v in fine_params.items()
-             if p.startswith('head/'))
+  pre_params = saved_state(plan[0][1], 4)['params']
+  fine_params = saved_state(plan[1][1], 2)['params']
+  chex.assert_trees_all_equal(fine_params['backbone'], pre_params['backbone'])
+  assert any(not np.array_equal(fine, pre) for fine, pre in zip(
+      jax.tree.leaves(fine_params['head']), jax.tree.leaves(pre_params['head'])))
   results = tmp_path / 'pretrain' / train.RESULTS_FILE
   mtime = results.stat().st_mtime_ns
   assert main.run_plan(plan) == rows  # Both stages finished: nothing runs again.
@@ -171,48 +142,12 @@ def test_init_from_copies_batchnorm_statistics_and_rebuilds_the_teacher(tmp_path
   fresh = jax.device_get(jax.jit(init, out_shardings=sharding)())
   state = train.initialise_from(jax.jit(init, out_shardings=sharding)(), source, ('backbone',),
                                 method, sharding)
-  teacher = checkpoint._flatten(state.method_state['teacher'])
   for name, tree in (('params', state.params), ('model_state', state.model_state)):
     before = checkpoint._flatten(getattr(fresh, name))
-    for path, value in checkpoint._flatten(tree).items():
-      copied = path.startswith('backbone/')
-      np.testing.assert_array_equal(value, source[name][path] if copied else before[path], path)
-      if name == 'params':
-        np.testing.assert_array_equal(teacher[path], value, path)
-
-
-@pytest.fixture
-def gcs_on_disk(tmp_path, monkeypatch):
-  """gs://BUCKET/X is stored at DIR/BUCKET/X, DIR the directory returned: no bucket can be
-  reached offline, so the three layers that serve gs:// URLs (epath, which Orbax uses too;
-  Orbax's TensorStore GCS driver; tf.summary) get the local disk underneath, while the URL
-  still takes their gs:// code paths (Orbax: commit files instead of renames)."""
-  import tensorflow as tf
-  from etils.epath import backend, gpath
-  from orbax.checkpoint._src.path import gcs_utils
-
-  root = tmp_path / 'gcs'
-
-  def local(arg):
-    is_url = isinstance(arg, (str, os.PathLike)) and os.fspath(arg).startswith('gs://')
-    return str(root / os.fspath(arg)[len('gs://'):]) if is_url else arg
-
-  class LocalGcs:
-    def __getattr__(self, name):
-      method = getattr(backend.os_backend, name)
-      return lambda *args, **kwargs: method(*map(local, args),
-                                            **{k: local(v) for k, v in kwargs.items()})
-
-  monkeypatch.setattr(gpath, '_is_tf_installed', lambda: False)  # Else tf.io.gfile serves gs://.
-  monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, 'gs', LocalGcs())
-  monkeypatch.setattr(gcs_utils, 'get_kvstore_for_gcs',
-                      lambda path: {'driver': 'file', 'path': local(path)})
-  # Orbax asks google-cloud-storage whether the bucket has a hierarchical namespace.
-  monkeypatch.setattr(gcs_utils, 'is_hierarchical_namespace_enabled', lambda path: False)
-  create_writer = tf.summary.create_file_writer
-  monkeypatch.setattr(tf.summary, 'create_file_writer',
-                      lambda logdir, **kwargs: create_writer(local(logdir), **kwargs))
-  return root
+    chex.assert_trees_all_equal(checkpoint._flatten(tree), {
+        path: source[name][path] if path.startswith('backbone/') else value
+        for path, value in before.items()})
+  chex.assert_trees_all_equal(state.method_state['teacher'], state.params)
 
 
 def test_gcs_workdir_holds_the_records_and_checkpoints(tmp_path, monkeypatch, gcs_on_disk):
@@ -234,12 +169,6 @@ def test_gcs_workdir_holds_the_records_and_checkpoints(tmp_path, monkeypatch, gc
   mtime = (run / train.RESULTS_FILE).stat().st_mtime_ns
   assert main.run_plan(plan) == rows  # Finished: read back from gs://, not trained again.
   assert (run / train.RESULTS_FILE).stat().st_mtime_ns == mtime
-
-
-def _cpu_env(num_devices=1):
-  """The environment of a subprocess on `num_devices` CPU devices, compiling as the tests do."""
-  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-      f'--xla_force_host_platform_device_count={num_devices} {conftest.FAST_COMPILE}'))
 
 
 @pytest.mark.parametrize('override, message', [
@@ -282,7 +211,7 @@ def test_main_command_end_to_end(tmp_path):
   cmd = [sys.executable, '-m', 'semi_ssl.main', '--config=configs/supervised/digits.py',
          f'--workdir={workdir}', '--config.num_steps=6', '--config.log_every=3',
          '--config.eval_every=3', '--config.checkpoint_every=3', '--config.model.width=0.25']
-  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_cpu_env(), timeout=300)
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=cpu_env(), timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads((workdir / train.RESULTS_FILE).read_text())
   for key in ('method', 'dataset', 'labels_per_class', 'seed', 'steps', 'test_top1', 'knn_top1',
@@ -293,7 +222,7 @@ def test_main_command_end_to_end(tmp_path):
   assert (workdir / 'split.json').exists() and list((workdir / 'tensorboard').iterdir())
   # The same workdir with another seed: one line, before anything compiles.
   out = subprocess.run(cmd + ['--config.seed=1'], cwd=REPO, capture_output=True, text=True,
-                       env=_cpu_env(), timeout=300)
+                       env=cpu_env(), timeout=300)
   assert out.returncode == 1 and out.stderr.strip().splitlines() == [
       f'Error: {workdir} holds a run that started with other settings ({workdir}/config.json): '
       'seed was 0, now 1. Use a new --workdir, or rerun with the original value.'], out.stderr
@@ -331,9 +260,8 @@ def test_fsdp_splits_large_arrays_and_trains_like_data_parallelism(tmp_path):
   fsdp.mesh.model = 4
   train.train_and_evaluate(config, str(tmp_path / 'dp'))
   train.train_and_evaluate(fsdp, str(tmp_path / 'fsdp'))
-  expected, got = _params(str(tmp_path / 'dp'), 2), _params(str(tmp_path / 'fsdp'), 2)
-  for path in expected:
-    np.testing.assert_allclose(got[path], expected[path], rtol=1e-4, atol=1e-5, err_msg=path)
+  chex.assert_trees_all_close(saved_state(str(tmp_path / 'fsdp'), 2)['params'],
+                              saved_state(str(tmp_path / 'dp'), 2)['params'], rtol=1e-4, atol=1e-5)
 
 
 class _GuessesZero(methods.supervised.Supervised):

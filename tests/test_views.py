@@ -15,7 +15,7 @@ from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base, supervised, views
 from semi_ssl.models import resnet
 from semi_ssl.models.prototypes import PrototypeModel
-from test_train import tiny_config
+from helpers import tiny_config
 
 DIGITS = base.DataInfo(num_classes=10, image_shape=(8, 8, 1))
 # A labelled spec unlike the unlabelled views of the digits configs: one 6-pixel crop.
