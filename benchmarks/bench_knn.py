@@ -9,6 +9,7 @@ op on one device, and, when there are several devices, the op split over all of 
 `jax.shard_map` (queries and keys on the data axis, as SemPPL runs it). Every row's labels are
 checked against numpy's. Each time is the median of REPEATS calls after one warm-up call.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,14 +35,15 @@ def numpy_knn(queries: np.ndarray, keys: np.ndarray, key_labels: np.ndarray) -> 
   queries, keys = unit(queries), unit(keys)
   labels = []
   for start in range(0, len(queries), BLOCK):
-    sims = queries[start:start + BLOCK] @ keys.T
+    sims = queries[start : start + BLOCK] @ keys.T
     nearest = np.argpartition(-sims, K, axis=1)[:, :K]
     top = np.take_along_axis(sims, nearest, axis=1)
     rows = np.repeat(np.arange(len(sims)), K)
     cells = rows * NUM_CLASSES + key_labels[nearest].ravel()
     votes = np.bincount(cells, minlength=len(sims) * NUM_CLASSES).reshape(len(sims), -1)
     summed = np.bincount(cells, top.ravel(), minlength=len(sims) * NUM_CLASSES).reshape(
-        len(sims), -1)
+      len(sims), -1
+    )
     tied = votes == votes.max(axis=1, keepdims=True)
     labels.append(np.argmax(np.where(tied, summed, -np.inf), axis=1))
   return np.concatenate(labels)
@@ -63,9 +65,11 @@ def main() -> None:
   keys = rng.normal(size=(NUM_KEYS, DIM)).astype(np.float32)
   key_labels = rng.integers(0, NUM_CLASSES, NUM_KEYS).astype(np.int32)
   devices = jax.devices()
-  print(f'{NUM_QUERIES} queries, {NUM_KEYS} keys of dimension {DIM}, k={K}, '
-        f'{NUM_CLASSES} classes; {len(devices)} x {devices[0].platform} '
-        f'({devices[0].device_kind})')
+  print(
+    f'{NUM_QUERIES} queries, {NUM_KEYS} keys of dimension {DIM}, k={K}, '
+    f'{NUM_CLASSES} classes; {len(devices)} x {devices[0].platform} '
+    f'({devices[0].device_kind})'
+  )
 
   want = numpy_knn(queries, keys, key_labels)
   rows = [('numpy brute force', median_ms(lambda: numpy_knn(queries, keys, key_labels)), 1.0)]
@@ -74,15 +78,21 @@ def main() -> None:
   runs = [('knn_pseudo_labels, 1 device', lambda: vote(*args))]
   if len(devices) > 1:
     mesh = Mesh(np.asarray(devices), ('data',))
-    split = jax.jit(jax.shard_map(functools.partial(vote, axis_name='data'), mesh=mesh,
-                                  in_specs=P('data'), out_specs=P('data')))
+    split = jax.jit(
+      jax.shard_map(
+        functools.partial(vote, axis_name='data'),
+        mesh=mesh,
+        in_specs=P('data'),
+        out_specs=P('data'),
+      )
+    )
     sharded = jax.device_put((queries, keys, key_labels), NamedSharding(mesh, P('data')))
     runs.append((f'knn_pseudo_labels, {len(devices)} devices', lambda: split(*sharded)))
   for name, run in runs:
     agree = np.mean(np.asarray(run()[0]) == want)
     rows.append((name, median_ms(run), agree))
 
-  print(f"{'':<32}{'ms':>10}{'x numpy':>10}{'labels = numpy':>16}")
+  print(f'{"":<32}{"ms":>10}{"x numpy":>10}{"labels = numpy":>16}')
   for name, ms, agree in rows:
     print(f'{name:<32}{ms:>10.1f}{rows[0][1] / ms:>10.2f}{100 * agree:>15.2f}%')
 

@@ -5,6 +5,7 @@
 Scores are uniform in [-1, 1] (cosine similarities), epsilon 0.05, 3 iterations,
 as in SwAV. Each figure is the median of 20 calls after one warm-up call.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,7 +23,7 @@ NUM_ITERS = 3
 REPEATS = 20
 
 
-@functools.partial(jax.jit, static_argnames=("epsilon", "num_iters"))
+@functools.partial(jax.jit, static_argnames=('epsilon', 'num_iters'))
 def swav_exp_domain(scores: jax.Array, *, epsilon: float, num_iters: int) -> jax.Array:
   """SwAV's loop as published (exp after subtracting the max), the baseline: [N, K] -> [N, K]."""
   q = jnp.exp((scores - jnp.max(scores)) / epsilon).T  # [K, N]
@@ -46,15 +47,21 @@ def median_ms(fn: Callable[[jax.Array], jax.Array], scores: jax.Array) -> float:
 
 def main() -> None:
   device = jax.devices()[0]
-  print(f"device: {device.platform} ({device.device_kind}), epsilon {EPSILON}, {NUM_ITERS} iterations")
-  print(f"{'N':>6} {'K':>6} {'sinkhorn ms':>12} {'SwAV exp ms':>12} {'ratio':>6}")
+  print(
+    f'device: {device.platform} ({device.device_kind}), epsilon {EPSILON}, {NUM_ITERS} iterations'
+  )
+  print(f'{"N":>6} {"K":>6} {"sinkhorn ms":>12} {"SwAV exp ms":>12} {"ratio":>6}')
   for n in (256, 4096):
     for k in (10, 3000):
-      scores = jax.device_put(jax.random.uniform(jax.random.key(0), (n, k), minval=-1.0, maxval=1.0), device)
-      ours, swav = (median_ms(functools.partial(fn, epsilon=EPSILON, num_iters=NUM_ITERS), scores)
-                    for fn in (sinkhorn, swav_exp_domain))
-      print(f"{n:>6} {k:>6} {ours:>12.3f} {swav:>12.3f} {ours / swav:>6.2f}")
+      scores = jax.device_put(
+        jax.random.uniform(jax.random.key(0), (n, k), minval=-1.0, maxval=1.0), device
+      )
+      ours, swav = (
+        median_ms(functools.partial(fn, epsilon=EPSILON, num_iters=NUM_ITERS), scores)
+        for fn in (sinkhorn, swav_exp_domain)
+      )
+      print(f'{n:>6} {k:>6} {ours:>12.3f} {swav:>12.3f} {ours / swav:>6.2f}')
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   main()

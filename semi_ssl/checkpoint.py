@@ -9,6 +9,7 @@ a failed write (full or read-only disk) stops it with the last complete step, in
 
 Workdirs are local paths or URLs (gs://BUCKET/run): every path here is an `epath.Path`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,9 +46,13 @@ class Checkpointer:
   def __init__(self, workdir: str | os.PathLike, *, keep: int):
     self.directory = checkpoint_dir(workdir)
     self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'record': ocp.JsonCheckpointHandler()})
+      self.directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      item_handlers={
+        'state': ocp.StandardCheckpointHandler(),
+        'record': ocp.JsonCheckpointHandler(),
+      },
+    )
     self.last_complete_step = self.manager.latest_step()
     _quiet_failed_io()
 
@@ -56,9 +61,14 @@ class Checkpointer:
     a failed write surfaces here or in `wait`."""
     self.wait()  # The previous save, so that `last_complete_step` is exact.
     with self._write_errors():
-      self.manager.save(step, args=ocp.args.Composite(
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
-          record=ocp.args.JsonSave(with_checksums(state, record))), force=True)
+          record=ocp.args.JsonSave(with_checksums(state, record)),
+        ),
+        force=True,
+      )
 
   def wait(self) -> None:
     with self._write_errors():
@@ -74,10 +84,11 @@ class Checkpointer:
       if reason is None:
         raise
       raise CheckpointWriteError(
-          f'Could not write a checkpoint to {self.directory}: {reason}. Free '
-          'space or make it writable (or choose another --workdir), then run the same command '
-          'again: it resumes from the last complete checkpoint '
-          f'({self.last_complete_step or "none yet"}).') from error
+        f'Could not write a checkpoint to {self.directory}: {reason}. Free '
+        'space or make it writable (or choose another --workdir), then run the same command '
+        'again: it resumes from the last complete checkpoint '
+        f'({self.last_complete_step or "none yet"}).'
+      ) from error
 
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
     """(state, record) of the newest readable checkpoint, or None when there is none.
@@ -97,8 +108,12 @@ class Checkpointer:
         continue
       _check_same_structure(_flatten(saved), _flatten(abstract_state), path)
       try:
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
+        out = self.manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()
+          ),
+        )
         record = verified_record(out['state'], out['record'])
       except Exception as error:  # pylint: disable=broad-except
         self._set_aside(path, error)
@@ -107,8 +122,10 @@ class Checkpointer:
       self.last_complete_step = step
       return out['state'], record
     if steps:
-      raise UserError(f'No checkpoint in {self.directory} can be read (steps {steps}): move that '
-                      'directory away to start over, or point --workdir elsewhere.')
+      raise UserError(
+        f'No checkpoint in {self.directory} can be read (steps {steps}): move that '
+        'directory away to start over, or point --workdir elsewhere.'
+      )
     return None
 
   def _set_aside(self, path: epath.Path, error: Exception) -> None:
@@ -116,8 +133,12 @@ class Checkpointer:
     aside = path.with_name(f'{path.name}.unreadable-{int(time.time())}')
     if jax.process_index() == 0:
       path.rename(aside)
-    logging.warning('Checkpoint %s is unreadable (%s); moved it to %s and trying the one '
-                    'before it.', path, short_reason(error), aside)
+    logging.warning(
+      'Checkpoint %s is unreadable (%s); moved it to %s and trying the one before it.',
+      path,
+      short_reason(error),
+      aside,
+    )
 
   def close(self) -> None:
     with self._write_errors():
@@ -143,7 +164,7 @@ def short_reason(error: BaseException, limit: int = 200) -> str:
   run to dozens of lines)."""
   lines = str(error).strip().splitlines()
   reason = f'{type(error).__name__}: {lines[0] if lines else ""}'
-  return reason if len(reason) <= limit else reason[:limit - 3] + '...'
+  return reason if len(reason) <= limit else reason[: limit - 3] + '...'
 
 
 class _WriteErrorLogs:
@@ -203,8 +224,10 @@ def state_checksums(state: Any) -> dict[str, int]:
   """{'a/b/c': checksum} of every array of `state`, computed where the arrays are (each device
   reduces its shards); only the scalars reach the host."""
   flat = _flatten(state)
-  return {path: int(value)
-          for path, value in zip(flat, jax.device_get(_array_checksums(list(flat.values()))))}
+  return {
+    path: int(value)
+    for path, value in zip(flat, jax.device_get(_array_checksums(list(flat.values()))))
+  }
 
 
 def _record_checksum(record: dict) -> int:
@@ -213,8 +236,10 @@ def _record_checksum(record: dict) -> int:
 
 def with_checksums(state: Any, record: dict) -> dict:
   """What is saved as a step's JSON record: `record` and the checksums of it and of `state`."""
-  return {'record': record, 'checksums': {'record': _record_checksum(record),
-                                          'state': state_checksums(state)}}
+  return {
+    'record': record,
+    'checksums': {'record': _record_checksum(record), 'state': state_checksums(state)},
+  }
 
 
 def verified_record(state: Any, saved: dict) -> dict:
@@ -225,8 +250,9 @@ def verified_record(state: Any, saved: dict) -> dict:
   read with a warning that its arrays are not verified, so runs of that code still resume.
   """
   if isinstance(saved, dict) and saved.keys() == {'wall_seconds'}:
-    logging.warning('This checkpoint was written before checksums were kept: its arrays are '
-                    'not verified.')
+    logging.warning(
+      'This checkpoint was written before checksums were kept: its arrays are not verified.'
+    )
     return saved
   checksums = saved.get('checksums') if isinstance(saved, dict) else None
   if not isinstance(checksums, dict):
@@ -244,14 +270,16 @@ def _check_same_structure(saved: dict[str, Any], expected: dict[str, Any], path:
   for name in sorted(set(saved) | set(expected)):
     if name not in saved or name not in expected:
       raise UserError(
-          f"{path} was written by a different model or method: '{name}' exists only in "
-          f"{'the checkpoint' if name in saved else 'this config'}. Use a new --workdir for "
-          'this config, or run the config that wrote it.')
+        f"{path} was written by a different model or method: '{name}' exists only in "
+        f'{"the checkpoint" if name in saved else "this config"}. Use a new --workdir for '
+        'this config, or run the config that wrote it.'
+      )
     if tuple(saved[name].shape) != tuple(expected[name].shape):
       raise UserError(
-          f"{path} was written by a different model or method: '{name}' has shape "
-          f'{tuple(saved[name].shape)} there but {tuple(expected[name].shape)} in this config. '
-          'Use a new --workdir for this config, or run the config that wrote it.')
+        f"{path} was written by a different model or method: '{name}' has shape "
+        f'{tuple(saved[name].shape)} there but {tuple(expected[name].shape)} in this config. '
+        'Use a new --workdir for this config, or run the config that wrote it.'
+      )
 
 
 def _flatten(tree: Any) -> dict[str, Any]:
@@ -268,8 +296,10 @@ def read_state(path: str | os.PathLike) -> Any:
   devices and processes that wrote it."""
   checkpointer = ocp.StandardCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        checkpointer.metadata(path).item_metadata)
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+    checkpointer.metadata(path).item_metadata,
+  )
   return checkpointer.restore(path, target)
 
 
@@ -284,28 +314,44 @@ def load_variables(workdir: str | os.PathLike) -> dict[str, dict[str, np.ndarray
   """{'params': {path: array}, 'model_state': {path: array}} of `workdir`'s latest checkpoint
   (for init_from); the model state holds e.g. BatchNorm running statistics."""
   directory = checkpoint_dir(workdir)
-  manager = (ocp.CheckpointManager(directory, item_handlers={'record': ocp.JsonCheckpointHandler()})
-             if directory.is_dir() else None)
+  manager = (
+    ocp.CheckpointManager(directory, item_handlers={'record': ocp.JsonCheckpointHandler()})
+    if directory.is_dir()
+    else None
+  )
   step = manager.latest_step() if manager else None
   if step is None:
-    raise UserError(f'init_from: no checkpoint in {directory}: train that run first, '
-                    'or point config.init_from.workdir at a workdir that has one.')
+    raise UserError(
+      f'init_from: no checkpoint in {directory}: train that run first, '
+      'or point config.init_from.workdir at a workdir that has one.'
+    )
   path = directory / str(step) / 'state'
   try:
     restored = read_state(path)
-    verified_record(restored, manager.restore(step, args=ocp.args.Composite(
-        record=ocp.args.JsonRestore()))['record'])
+    verified_record(
+      restored,
+      manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))['record'],
+    )
   except Exception as error:  # pylint: disable=broad-except
-    raise UserError(f'init_from: cannot read {path} ({short_reason(error)}); re-run the source '
-                    'run or point config.init_from.workdir elsewhere.') from error
+    raise UserError(
+      f'init_from: cannot read {path} ({short_reason(error)}); re-run the source '
+      'run or point config.init_from.workdir elsewhere.'
+    ) from error
   if not isinstance(restored, dict) or 'params' not in restored:
-    raise UserError(f'init_from: {path} is not a semi_ssl train state (no params): point '
-                    'config.init_from.workdir at a semi_ssl workdir.')
+    raise UserError(
+      f'init_from: {path} is not a semi_ssl train state (no params): point '
+      'config.init_from.workdir at a semi_ssl workdir.'
+    )
   return {name: _flatten(restored.get(name) or {}) for name in ('params', 'model_state')}
 
 
-def copy_subtrees(params: nnx.State, source: dict[str, np.ndarray],
-                  prefixes: tuple[str, ...], *, each_prefix_matches: bool = True) -> nnx.State:
+def copy_subtrees(
+  params: nnx.State,
+  source: dict[str, np.ndarray],
+  prefixes: tuple[str, ...],
+  *,
+  each_prefix_matches: bool = True,
+) -> nnx.State:
   """`params` with every leaf under one of `prefixes` replaced by the same path of `source`.
 
   Raises UserError naming the first path that is missing from `source` or differs in shape,
@@ -316,18 +362,25 @@ def copy_subtrees(params: nnx.State, source: dict[str, np.ndarray],
   selected = [p for p in flat if any(p == q or p.startswith(q + '/') for q in prefixes)]
   for prefix in prefixes if each_prefix_matches else ():
     if not any(p == prefix or p.startswith(prefix + '/') for p in selected):
-      raise UserError(f"init_from.paths: '{prefix}' matches no parameter of this model; "
-                       f"top-level names are {sorted({p.split('/')[0] for p in flat})}.")
+      raise UserError(
+        f"init_from.paths: '{prefix}' matches no parameter of this model; "
+        f'top-level names are {sorted({p.split("/")[0] for p in flat})}.'
+      )
   for path in selected:
     if path not in source:
-      raise UserError(f"init_from: parameter '{path}' {tuple(flat[path].shape)} is missing from "
-                       'the source checkpoint: check init_from.paths and the source model config.')
+      raise UserError(
+        f"init_from: parameter '{path}' {tuple(flat[path].shape)} is missing from "
+        'the source checkpoint: check init_from.paths and the source model config.'
+      )
     if tuple(source[path].shape) != tuple(flat[path].shape):
-      raise UserError(f"init_from: parameter '{path}' has shape {tuple(source[path].shape)} in the "
-                       f'source checkpoint but {tuple(flat[path].shape)} here: the model configs differ.')
+      raise UserError(
+        f"init_from: parameter '{path}' has shape {tuple(source[path].shape)} in the "
+        f'source checkpoint but {tuple(flat[path].shape)} here: the model configs differ.'
+      )
     target = flat[path]  # Copied in this run's dtype and sharding.
-    flat[path] = jax.device_put(np.asarray(source[path], dtype=target.dtype),
-                                getattr(target, 'sharding', None))
+    flat[path] = jax.device_put(
+      np.asarray(source[path], dtype=target.dtype), getattr(target, 'sharding', None)
+    )
 
   def rebuild(tree, prefix=''):
     if isinstance(tree, dict):

@@ -4,6 +4,7 @@ A config file in `configs/` starts from `get_base_config()` and changes what its
 benchmark need, so every run can be changed the same way from the command line
 (`--config.seed=3`, `--config.optimizer.learning_rate=0.1`, ...).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -50,39 +51,57 @@ def get_base_config() -> ml_collections.ConfigDict:
   # more splits its large arrays over that many devices (FSDP), for models too big for one.
   c.mesh = ml_collections.ConfigDict(dict(model=1))
 
-  c.model = ml_collections.ConfigDict(dict(
-      backbone='resnet_tiny', width=1.0, stem='tiny', dtype='float32'))
+  c.model = ml_collections.ConfigDict(
+    dict(backbone='resnet_tiny', width=1.0, stem='tiny', dtype='float32')
+  )
 
-  c.augment = ml_collections.ConfigDict(dict(
-      num_global_crops=2, global_size=8, global_scale=(0.5, 1.0),
-      num_local_crops=0, local_size=6, local_scale=(0.2, 0.5),
-      flip=False, color_jitter=0.0, grayscale_prob=0.0,
-      blur_prob=(0.0,), local_blur_prob=0.0, solarize_prob=(0.0,),
+  c.augment = ml_collections.ConfigDict(
+    dict(
+      num_global_crops=2,
+      global_size=8,
+      global_scale=(0.5, 1.0),
+      num_local_crops=0,
+      local_size=6,
+      local_scale=(0.2, 0.5),
+      flip=False,
+      color_jitter=0.0,
+      grayscale_prob=0.0,
+      blur_prob=(0.0,),
+      local_blur_prob=0.0,
+      solarize_prob=(0.0,),
       # The labelled images' views: None gives them the views above; else a ConfigDict of
       # num_crops, size, scale, flip, color_jitter, grayscale_prob, blur_prob, solarize_prob.
-      labelled=None))
+      labelled=None,
+    )
+  )
 
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name='sgd',            # sgd | lars | adamw
-      learning_rate=0.1,     # peak learning rate, reached after the warm-up
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name='sgd',  # sgd | lars | adamw
+      learning_rate=0.1,  # peak learning rate, reached after the warm-up
       warmup_steps=50,
       end_learning_rate_factor=0.0,  # cosine decays to peak * this factor
       momentum=0.9,
       nesterov=False,
-      weight_decay=5e-4,     # not applied to biases and normalisation parameters
-      b1=0.9, b2=0.999,      # adamw
+      weight_decay=5e-4,  # not applied to biases and normalisation parameters
+      b1=0.9,
+      b2=0.999,  # adamw
       trust_coefficient=0.001,  # lars
-      grad_clip_norm=0.0))   # 0 = off
+      grad_clip_norm=0.0,
+    )
+  )  # 0 = off
 
   # Evaluation: test top-1/top-5 of the method's classifier and a weighted kNN probe on
   # backbone features with the labelled subset as the memory bank.
-  c.eval = ml_collections.ConfigDict(dict(batch_size=512, knn_k=20, knn_temperature=0.07,
-                                          crop_fraction=1.0))  # ImageNet: 0.875 (256 -> 224)
+  c.eval = ml_collections.ConfigDict(
+    dict(batch_size=512, knn_k=20, knn_temperature=0.07, crop_fraction=1.0)
+  )  # ImageNet: 0.875 (256 -> 224)
 
   # Initialise parameter subtrees (e.g. 'backbone') from another run's latest checkpoint:
   # `workdir` is a path, or `stage` names an earlier stage of this run.
-  c.init_from = ml_collections.ConfigDict(dict(
-      workdir=config_dict.placeholder(str), stage=config_dict.placeholder(str), paths=()))
+  c.init_from = ml_collections.ConfigDict(
+    dict(workdir=config_dict.placeholder(str), stage=config_dict.placeholder(str), paths=())
+  )
 
   # Multi-stage pipelines: a tuple of full configs, each with a `name`; empty for one stage.
   c.stages = ()
@@ -94,13 +113,15 @@ def get_base_config() -> ml_collections.ConfigDict:
 # stops it): they change what is logged, evaluated, kept or where things are found, never
 # the parameters a step computes.
 RESUME_MAY_CHANGE = (
-    'log_every', 'eval_every',            # How often the run reports; evaluation reads the state.
-    'checkpoint_every', 'keep_checkpoints',  # What is saved, not what is trained.
-    'eval.batch_size',                    # Memory of the evaluation; each image is predicted alone.
-    'nonfinite',                          # stop/skip a diverged step; results.json counts skips.
-    'data_dir',                           # Where TFDS data is read; split.json is compared instead.
-    'init_from.workdir',                  # Read only when a run starts fresh; a stage's follows
-                                          # --workdir, so it moves with it.
+  'log_every',
+  'eval_every',  # How often the run reports; evaluation reads the state.
+  'checkpoint_every',
+  'keep_checkpoints',  # What is saved, not what is trained.
+  'eval.batch_size',  # Memory of the evaluation; each image is predicted alone.
+  'nonfinite',  # stop/skip a diverged step; results.json counts skips.
+  'data_dir',  # Where TFDS data is read; split.json is compared instead.
+  'init_from.workdir',  # Read only when a run starts fresh; a stage's follows
+  # --workdir, so it moves with it.
 )
 
 
@@ -115,8 +136,9 @@ def flatten(tree: dict, prefix: str = '') -> dict:
 
 
 # The keys that are None unless a config sets them; `--config.KEY=None` unsets them again.
-OPTIONAL_KEYS = tuple(key for key, value in flatten(get_base_config().to_dict()).items()
-                      if value is None)
+OPTIONAL_KEYS = tuple(
+  key for key, value in flatten(get_base_config().to_dict()).items() if value is None
+)
 
 
 def changed_keys(saved: dict, current: dict, ignore=RESUME_MAY_CHANGE) -> list[str]:
@@ -152,7 +174,6 @@ def describe_changes(saved: dict, current: dict, keys: list[str], limit: int = 3
   return '; '.join(parts) + more
 
 
-
 # The numbers `validate` checks: key -> (accepts(value), what the value must be). A value that
 # fails is refused naming its key, and its default in `get_base_config` as an example.
 _COUNT = (lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0')
@@ -160,17 +181,17 @@ _NON_NEGATIVE = (lambda v: v >= 0, 'a finite number >= 0')
 _POSITIVE = (lambda v: v > 0, 'a finite number > 0')
 _DECAY = (lambda v: 0 <= v < 1, 'a number in [0, 1)')  # Momentum, Adam's b1 and b2.
 _NUMBER_RULES = {
-    'seed': _COUNT,
-    'optimizer.learning_rate': _NON_NEGATIVE,
-    'optimizer.warmup_steps': _COUNT,
-    'optimizer.end_learning_rate_factor': _NON_NEGATIVE,
-    'optimizer.momentum': _DECAY,
-    'optimizer.weight_decay': _NON_NEGATIVE,
-    'optimizer.b1': _DECAY,
-    'optimizer.b2': _DECAY,
-    'optimizer.trust_coefficient': _POSITIVE,  # 0: LARS never updates a weight.
-    'optimizer.grad_clip_norm': _NON_NEGATIVE,  # 0: off.
-    'eval.knn_temperature': _POSITIVE,
+  'seed': _COUNT,
+  'optimizer.learning_rate': _NON_NEGATIVE,
+  'optimizer.warmup_steps': _COUNT,
+  'optimizer.end_learning_rate_factor': _NON_NEGATIVE,
+  'optimizer.momentum': _DECAY,
+  'optimizer.weight_decay': _NON_NEGATIVE,
+  'optimizer.b1': _DECAY,
+  'optimizer.b2': _DECAY,
+  'optimizer.trust_coefficient': _POSITIVE,  # 0: LARS never updates a weight.
+  'optimizer.grad_clip_norm': _NON_NEGATIVE,  # 0: off.
+  'eval.knn_temperature': _POSITIVE,
 }
 
 
@@ -195,48 +216,76 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
   from semi_ssl.data import augment, datasets
   from semi_ssl.methods import base
 
-  require(config.method in methods.REGISTRY,
-          f"config.method='{config.method}' is unknown{closest_key(config.method, methods.REGISTRY)}; "
-          f"valid methods: {', '.join(sorted(methods.REGISTRY))}.")
+  require(
+    config.method in methods.REGISTRY,
+    f"config.method='{config.method}' is unknown{closest_key(config.method, methods.REGISTRY)}; "
+    f'valid methods: {", ".join(sorted(methods.REGISTRY))}.',
+  )
   datasets.check_config(config)
   shape = datasets.image_shape(config)
   augment.augment_config_from(config, (0.0,) * shape[-1], (1.0,) * shape[-1], shape)
-  for name, value in (('batch_size', config.batch_size),
-                      ('labelled_batch_size', config.labelled_batch_size),
-                      ('eval.batch_size', config.eval.batch_size)):
-    require(isinstance(value, int) and value > 0, f'config.{name}={value!r} must be a positive integer.')
-    require(value % num_devices == 0,
-            f'config.{name}={value} is not divisible by the {num_devices} devices: '
-            f'set it to a multiple of {num_devices}, e.g. --config.{name}={value - value % num_devices or num_devices}.')
-  require(isinstance(config.mesh.model, int) and config.mesh.model > 0
-          and num_devices % config.mesh.model == 0,
-          f'config.mesh.model={config.mesh.model} does not divide the {num_devices} devices: use '
-          'a divisor of the device count (1: no parameter sharding).')
+  for name, value in (
+    ('batch_size', config.batch_size),
+    ('labelled_batch_size', config.labelled_batch_size),
+    ('eval.batch_size', config.eval.batch_size),
+  ):
+    require(
+      isinstance(value, int) and value > 0, f'config.{name}={value!r} must be a positive integer.'
+    )
+    require(
+      value % num_devices == 0,
+      f'config.{name}={value} is not divisible by the {num_devices} devices: '
+      f'set it to a multiple of {num_devices}, e.g. '
+      f'--config.{name}={value - value % num_devices or num_devices}.',
+    )
+  require(
+    isinstance(config.mesh.model, int)
+    and config.mesh.model > 0
+    and num_devices % config.mesh.model == 0,
+    f'config.mesh.model={config.mesh.model} does not divide the {num_devices} devices: use '
+    'a divisor of the device count (1: no parameter sharding).',
+  )
   for key in ('num_steps', 'eval_every', 'checkpoint_every', 'log_every', 'keep_checkpoints'):
     require(config[key] > 0, f'config.{key}={config[key]} must be positive.')
   defaults = get_base_config()
   for key, (accepts, rule) in _NUMBER_RULES.items():
     value = config[key]
-    require(isinstance(value, (int, float)) and math.isfinite(value) and accepts(value),
-            f'config.{key}={value!r} must be {rule}; e.g. --config.{key}={defaults[key]}.')
-  require(0 < config.eval.crop_fraction <= 1,
-          f'config.eval.crop_fraction={config.eval.crop_fraction} must be in (0, 1] (1: no crop).')
-  require(isinstance(config.eval.knn_k, int) and config.eval.knn_k > 0,
-          f'config.eval.knn_k={config.eval.knn_k!r} must be a positive integer.')
-  require(config.optimizer.name in ('sgd', 'lars', 'adamw'),
-          f"config.optimizer.name='{config.optimizer.name}' is unknown; use sgd, lars or adamw.")
-  require(config.nonfinite in ('stop', 'skip'),
-          f"config.nonfinite='{config.nonfinite}' is unknown; use stop or skip.")
-  require(config.model.dtype in ('float32', 'bfloat16'),
-          f"config.model.dtype='{config.model.dtype}' is unknown; use float32 or bfloat16.")
+    require(
+      isinstance(value, (int, float)) and math.isfinite(value) and accepts(value),
+      f'config.{key}={value!r} must be {rule}; e.g. --config.{key}={defaults[key]}.',
+    )
+  require(
+    0 < config.eval.crop_fraction <= 1,
+    f'config.eval.crop_fraction={config.eval.crop_fraction} must be in (0, 1] (1: no crop).',
+  )
+  require(
+    isinstance(config.eval.knn_k, int) and config.eval.knn_k > 0,
+    f'config.eval.knn_k={config.eval.knn_k!r} must be a positive integer.',
+  )
+  require(
+    config.optimizer.name in ('sgd', 'lars', 'adamw'),
+    f"config.optimizer.name='{config.optimizer.name}' is unknown; use sgd, lars or adamw.",
+  )
+  require(
+    config.nonfinite in ('stop', 'skip'),
+    f"config.nonfinite='{config.nonfinite}' is unknown; use stop or skip.",
+  )
+  require(
+    config.model.dtype in ('float32', 'bfloat16'),
+    f"config.model.dtype='{config.model.dtype}' is unknown; use float32 or bfloat16.",
+  )
   init = config.init_from
-  require(not (init.workdir and init.stage),
-          'config.init_from: set either workdir or stage, not both.')
-  require(bool(init.workdir or init.stage) == bool(init.paths),
-          'config.init_from: name both a source (workdir or stage) and the parameter paths to copy, '
-          "e.g. --config.init_from.paths=\"('backbone',)\".")
-  mesh = AbstractMesh((num_devices // config.mesh.model, config.mesh.model),
-                      (parallel.DATA_AXIS, parallel.MODEL_AXIS))
+  require(
+    not (init.workdir and init.stage), 'config.init_from: set either workdir or stage, not both.'
+  )
+  require(
+    bool(init.workdir or init.stage) == bool(init.paths),
+    'config.init_from: name both a source (workdir or stage) and the parameter paths to copy, '
+    'e.g. --config.init_from.paths="(\'backbone\',)".',
+  )
+  mesh = AbstractMesh(
+    (num_devices // config.mesh.model, config.mesh.model), (parallel.DATA_AXIS, parallel.MODEL_AXIS)
+  )
   data = base.DataInfo(num_classes=datasets.num_classes(config), image_shape=shape)
   method = methods.REGISTRY[config.method](config, data, mesh)
   nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
@@ -250,8 +299,11 @@ def _check_writable(workdir: str) -> None:
   existing = workdir
   while not os.path.exists(existing):
     existing = os.path.dirname(os.path.abspath(existing))
-  require(os.path.isdir(existing) and os.access(existing, os.W_OK),
-          f"--workdir={workdir} is not writable ('{existing}' does not allow writing): choose another directory.")
+  require(
+    os.path.isdir(existing) and os.access(existing, os.W_OK),
+    f"--workdir={workdir} is not writable ('{existing}' does not allow writing): "
+    'choose another directory.',
+  )
 
 
 def check_bucket(workdir: str) -> None:
@@ -266,17 +318,23 @@ def check_bucket(workdir: str) -> None:
     return
   from etils import epath
   from semi_ssl.checkpoint import short_reason
+
   scheme, _, rest = workdir.partition('://')
-  bucket = f"{scheme}://{rest.split('/')[0]}"
+  bucket = f'{scheme}://{rest.split("/")[0]}'
   try:
     exists = epath.Path(bucket).exists()
   except Exception as error:  # pylint: disable=broad-except
     if not (isinstance(error, FileNotFoundError) or type(error).__name__.startswith('NotFound')):
-      raise ValueError(f'--workdir={workdir}: cannot reach {bucket} ({short_reason(error)}): check '
-                       'the credentials and the network, or choose another --workdir.') from error
+      raise ValueError(
+        f'--workdir={workdir}: cannot reach {bucket} ({short_reason(error)}): check '
+        'the credentials and the network, or choose another --workdir.'
+      ) from error
     exists = False
-  require(exists, f'--workdir={workdir}: the bucket {bucket} does not exist: create it (gcloud '
-          f'storage buckets create {bucket}) or choose another --workdir.')
+  require(
+    exists,
+    f'--workdir={workdir}: the bucket {bucket} does not exist: create it (gcloud '
+    f'storage buckets create {bucket}) or choose another --workdir.',
+  )
 
 
 class ConfigFileError(ValueError):
@@ -294,6 +352,7 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
   import importlib.util
   import inspect
   import traceback
+
   if not os.path.isfile(path):
     raise ConfigFileError(f'{path}: no such config file (e.g. configs/suave/digits.py).')
   args = () if arg is None else (arg,)
@@ -308,30 +367,45 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
       inspect.signature(get_config).bind(*args)
     except TypeError:
       raise ConfigFileError(
-          f'{path}:{arg}: its get_config() takes no argument; use --config={path}.' if args
-          else f'{path}: its get_config() needs an argument; use --config={path}:ARG.') from None
+        f'{path}:{arg}: its get_config() takes no argument; use --config={path}.'
+        if args
+        else f'{path}: its get_config() needs an argument; use --config={path}:ARG.'
+      ) from None
     return get_config(*args)
   except ConfigFileError:
     raise
   except SyntaxError as error:
-    raise ConfigFileError(f'File "{error.filename}", line {error.lineno}: '
-                          f'{type(error).__name__}: {error.msg}') from None
+    raise ConfigFileError(
+      f'File "{error.filename}", line {error.lineno}: {type(error).__name__}: {error.msg}'
+    ) from None
   except Exception as error:  # pylint: disable=broad-except
     here = os.path.abspath(path)
-    lines = [f', line {frame.lineno}' for frame in traceback.extract_tb(error.__traceback__)
-             if os.path.abspath(frame.filename) == here]  # Its innermost line in the file.
+    lines = [
+      f', line {frame.lineno}'
+      for frame in traceback.extract_tb(error.__traceback__)
+      if os.path.abspath(frame.filename) == here
+    ]  # Its innermost line in the file.
     message = ' '.join(str(error).split())
-    raise ConfigFileError(f'File "{path}"{lines[-1] if lines else ""}: {type(error).__name__}: '
-                          f'{message}') from None
+    raise ConfigFileError(
+      f'File "{path}"{lines[-1] if lines else ""}: {type(error).__name__}: {message}'
+    ) from None
 
 
 # The keys that choose the images, the split and the labelled subset.
-DATA_KEYS = ('seed', 'dataset', 'data_file', 'data_dir', 'decode_size', 'labels_per_class',
-             'label_fraction')
+DATA_KEYS = (
+  'seed',
+  'dataset',
+  'data_file',
+  'data_dir',
+  'decode_size',
+  'labels_per_class',
+  'label_fraction',
+)
 
 
-def with_baseline(config: ml_collections.ConfigDict,
-                  baseline: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def with_baseline(
+  config: ml_collections.ConfigDict, baseline: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
   """`config` preceded by a `baseline` stage on the same labelled images, for one table.
 
   The method's stage follows every top-level key, so command-line overrides change it as

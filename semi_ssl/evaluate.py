@@ -7,6 +7,7 @@ labelled subset is the memory bank, so no label outside the labelled subset is u
 The evaluation compiles when it is made, and refuses there a batch size whose evaluation does
 not fit in a device's memory, so that a run never trains only to fail at its first evaluation.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,9 +24,16 @@ from semi_ssl.errors import UserError
 from semi_ssl.ops.normalize import l2_normalize
 
 
-def weighted_knn_predict(queries: jax.Array, bank: jax.Array, bank_labels: jax.Array,
-                         bank_valid: jax.Array, *, k: int, temperature: float,
-                         num_classes: int) -> jax.Array:
+def weighted_knn_predict(
+  queries: jax.Array,
+  bank: jax.Array,
+  bank_labels: jax.Array,
+  bank_valid: jax.Array,
+  *,
+  k: int,
+  temperature: float,
+  num_classes: int,
+) -> jax.Array:
   """Class predictions int32 [N] of queries [N, D] from a bank [M, D] with labels [M].
 
   Entries of the bank with `bank_valid` False (padding) never vote.
@@ -53,15 +61,18 @@ def device_memory(device: jax.Device) -> int:
   available = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
   if os.path.exists('/proc/meminfo'):  # MemAvailable also counts the reclaimable page cache.
     with open('/proc/meminfo') as meminfo:
-      available = next((int(line.split()[1]) * 1024 for line in meminfo
-                        if line.startswith('MemAvailable:')), available)
+      available = next(
+        (int(line.split()[1]) * 1024 for line in meminfo if line.startswith('MemAvailable:')),
+        available,
+      )
   return available // jax.local_device_count()
 
 
 def _per_device_bytes(tree) -> int:
   """Bytes of one device's shard of every jax.ShapeDtypeStruct (with a sharding) in `tree`."""
-  return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
-             for x in jax.tree.leaves(tree))
+  return sum(
+    math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)
+  )
 
 
 def _require_fits(functions, requested: int, batch_size: int, num_devices: int) -> None:
@@ -85,9 +96,10 @@ def _require_fits(functions, requested: int, batch_size: int, num_devices: int) 
       fits = min(fits, batch_size * max(available - fixed, 0) // (need - fixed))
   if needed > available:
     raise UserError(
-        f'config.eval.batch_size={requested}: evaluating a batch of {batch_size} images needs '
-        f'{_size(needed)} per device, and a device has {_size(available)}: set '
-        f'--config.eval.batch_size={max(fits // num_devices, 1) * num_devices} or lower.')
+      f'config.eval.batch_size={requested}: evaluating a batch of {batch_size} images needs '
+      f'{_size(needed)} per device, and a device has {_size(available)}: set '
+      f'--config.eval.batch_size={max(fits // num_devices, 1) * num_devices} or lower.'
+    )
 
 
 def _size(num_bytes: int) -> str:
@@ -98,9 +110,17 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
-def make_evaluator(apply_fn: Callable, splits, mesh: Mesh, *, preprocess: Callable,
-                   batch_size: int, knn_k: int, knn_temperature: float,
-                   variables_like: Any) -> Callable[[Any], dict[str, float]]:
+def make_evaluator(
+  apply_fn: Callable,
+  splits,
+  mesh: Mesh,
+  *,
+  preprocess: Callable,
+  batch_size: int,
+  knn_k: int,
+  knn_temperature: float,
+  variables_like: Any,
+) -> Callable[[Any], dict[str, float]]:
   """`evaluate(variables)` -> test_top1, test_top5 (when there are more than 5 classes),
   knn_top1 and <name>_top1 for every further prediction, in [0, 1].
 
@@ -125,47 +145,77 @@ def make_evaluator(apply_fn: Callable, splits, mesh: Mesh, *, preprocess: Callab
     logits, feats, further = embed(variables, batch['images'])
     labels, valid = batch['labels'], batch['valid']
     top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
-    knn = weighted_knn_predict(feats, bank_features, bank_labels, bank_valid, k=k,
-                               temperature=knn_temperature, num_classes=num_classes)
-    return {'test_top1': jnp.sum(valid & (top5[:, 0] == labels)),
-            'test_top5': jnp.sum(valid & jnp.any(top5 == labels[:, None], axis=-1)),
-            'knn_top1': jnp.sum(valid & (knn == labels)),
-            **{f'{name}_top1': jnp.sum(valid & (predictions == labels))
-               for name, predictions in further.items()}}
+    knn = weighted_knn_predict(
+      feats,
+      bank_features,
+      bank_labels,
+      bank_valid,
+      k=k,
+      temperature=knn_temperature,
+      num_classes=num_classes,
+    )
+    return {
+      'test_top1': jnp.sum(valid & (top5[:, 0] == labels)),
+      'test_top5': jnp.sum(valid & jnp.any(top5 == labels[:, None], axis=-1)),
+      'knn_top1': jnp.sum(valid & (knn == labels)),
+      **{
+        f'{name}_top1': jnp.sum(valid & (predictions == labels))
+        for name, predictions in further.items()
+      },
+    }
 
   sharded = parallel.batch_sharding(mesh)
-  batch_like = {'images': jax.ShapeDtypeStruct((batch_size, *splits.image_shape), jnp.uint8,
-                                               sharding=sharded),
-                'labels': jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharded),
-                'valid': jax.ShapeDtypeStruct((batch_size,), jnp.bool_, sharding=sharded)}
+  batch_like = {
+    'images': jax.ShapeDtypeStruct((batch_size, *splits.image_shape), jnp.uint8, sharding=sharded),
+    'labels': jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharded),
+    'valid': jax.ShapeDtypeStruct((batch_size,), jnp.bool_, sharding=sharded),
+  }
   features_like = jax.eval_shape(embed, variables_like, batch_like['images'])[1]
   bank_size = _round_up(len(splits.labelled_labels), mesh.size)  # Padding cut to the minimum.
-  bank_like = [jax.ShapeDtypeStruct((bank_size, *x.shape[1:]), x.dtype, sharding=sharded)
-               for x in (features_like, batch_like['labels'], batch_like['valid'])]
+  bank_like = [
+    jax.ShapeDtypeStruct((bank_size, *x.shape[1:]), x.dtype, sharding=sharded)
+    for x in (features_like, batch_like['labels'], batch_like['valid'])
+  ]
   # Compiled once, here: the calls below find these executables.
-  _require_fits([(embed.lower(variables_like, batch_like['images']).compile(),
-                  batch_like['images']),
-                 (counts.lower(variables_like, batch_like, *bank_like).compile(), batch_like)],
-                requested, batch_size, mesh.size)
+  _require_fits(
+    [
+      (embed.lower(variables_like, batch_like['images']).compile(), batch_like['images']),
+      (counts.lower(variables_like, batch_like, *bank_like).compile(), batch_like),
+    ],
+    requested,
+    batch_size,
+    mesh.size,
+  )
 
   def run(images, labels, fn):
     outputs = []
     for idx, valid in _padded_batches(len(labels), batch_size):
       rows = parallel.process_slice(batch_size)
-      local = {'images': np.asarray(images[idx[rows]]), 'labels': labels[idx[rows]],
-               'valid': valid[rows]}
+      local = {
+        'images': np.asarray(images[idx[rows]]),
+        'labels': labels[idx[rows]],
+        'valid': valid[rows],
+      }
       outputs.append(fn(parallel.global_batch(local, mesh)))
     return outputs
 
   def evaluate(variables) -> dict[str, float]:
-    bank = run(splits.labelled_images, splits.labelled_labels,
-               lambda b: (embed(variables, b['images'])[1], b['labels'], b['valid']))
+    bank = run(
+      splits.labelled_images,
+      splits.labelled_labels,
+      lambda b: (embed(variables, b['images'])[1], b['labels'], b['valid']),
+    )
     bank_features, bank_labels, bank_valid = (
-        jax.device_put(jnp.concatenate(x)[:bank_size], sharded) for x in zip(*bank))
-    totals = run(splits.test_images, splits.test_labels,
-                 lambda b: counts(variables, b, bank_features, bank_labels, bank_valid))
-    results = {key: float(sum(int(t[key]) for t in totals)) / len(splits.test_labels)
-               for key in totals[0]}
+      jax.device_put(jnp.concatenate(x)[:bank_size], sharded) for x in zip(*bank)
+    )
+    totals = run(
+      splits.test_images,
+      splits.test_labels,
+      lambda b: counts(variables, b, bank_features, bank_labels, bank_valid),
+    )
+    results = {
+      key: float(sum(int(t[key]) for t in totals)) / len(splits.test_labels) for key in totals[0]
+    }
     if num_classes <= 5:
       del results['test_top5']
     return results

@@ -8,6 +8,7 @@ Exit status: 0 when finished or preempted (SIGTERM: saved, resumable), 130 after
 (saved, resumable; a second Ctrl-C stops at once, without saving), 1 with a one-line message
 for bad input (config, checkpoint, data, disk) or a diverged run.
 """
+
 from __future__ import annotations
 
 import logging as python_logging
@@ -18,17 +19,24 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Path to a config file.', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard events, results.json.')
 _COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'Multi-process runs without SLURM or Cloud TPU: HOST:PORT '
-    'of process 0, with --num_processes and --process_id.')
+  'coordinator_address',
+  None,
+  'Multi-process runs without SLURM or Cloud TPU: HOST:PORT '
+  'of process 0, with --num_processes and --process_id.',
+)
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
 _CHECK_FINISHED = flags.DEFINE_bool(
-    'check_finished', False, 'Train nothing: exit 0 when the run in --workdir has finished (its '
-    'last stage wrote results.json), 3 when not. For launchers that requeue an unfinished job.')
+  'check_finished',
+  False,
+  'Train nothing: exit 0 when the run in --workdir has finished (its '
+  'last stage wrote results.json), 3 when not. For launchers that requeue an unfinished job.',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 # What parse_flags changed for the log: main logs it, as absl logs INFO only after parsing.
 PARSE_NOTES: list[str] = []
@@ -53,6 +61,7 @@ def finished(plan: list[tuple[object, str]]) -> bool:
   """Whether every stage of `plan` has written its results (a finished run writes nothing)."""
   from etils import epath
   from semi_ssl import train
+
   return all((epath.Path(stage_dir) / train.RESULTS_FILE).exists() for _, stage_dir in plan)
 
 
@@ -61,6 +70,7 @@ def validate_plan(plan: list[tuple[object, str]], workdir: str, *, num_devices: 
   config that cannot run, or for a workdir that cannot be written while some stage has no
   results yet (re-reporting a finished run writes nothing)."""
   from semi_ssl import config_base
+
   config_base.check_bucket(workdir)  # Before anything there is read.
   writes = not finished(plan)
   for stage_config, _ in plan:
@@ -71,6 +81,7 @@ def run_plan(plan: list[tuple[object, str]]) -> list[dict]:
   """Runs each stage in order, skipping the finished ones; their results, one row each."""
   from etils import epath
   from semi_ssl import train
+
   rows = []
   for stage_config, stage_dir in plan:
     results_path = epath.Path(stage_dir) / train.RESULTS_FILE  # A local path or gs://.
@@ -86,14 +97,28 @@ def run_plan(plan: list[tuple[object, str]]) -> list[dict]:
 
 def format_table(rows: list[dict]) -> str:
   """A short results table, one row per stage."""
-  columns = ['stage', 'method', 'dataset', 'labels', 'seed', 'steps', 'test_top1', 'test_top5',
-             'knn_top1', 'wall_s']
+  columns = [
+    'stage',
+    'method',
+    'dataset',
+    'labels',
+    'seed',
+    'steps',
+    'test_top1',
+    'test_top5',
+    'knn_top1',
+    'wall_s',
+  ]
+
   def cell(row, col):
-    value = {'labels': row.get('labels_per_class') or row.get('label_fraction'),
-             'wall_s': row.get('wall_seconds')}.get(col, row.get(col))
+    value = {
+      'labels': row.get('labels_per_class') or row.get('label_fraction'),
+      'wall_s': row.get('wall_seconds'),
+    }.get(col, row.get(col))
     if isinstance(value, float) and col != 'wall_s':
       return f'{100 * value:.2f}%' if col.endswith('top1') or col.endswith('top5') else f'{value:g}'
     return '-' if value is None else str(value)
+
   table = [columns] + [[cell(r, c) for c in columns] for r in rows]
   widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
   fmt = lambda line: '  '.join(v.rjust(w) for v, w in zip(line, widths))
@@ -104,19 +129,21 @@ def config_key_error(argv: list[str], config_arg: str) -> str | None:
   """One line naming the first `--config.a.b=` override whose key does not exist, or None."""
   from ml_collections import config_dict
   from semi_ssl import config_base
+
   path, _, arg = config_arg.partition(':')
   config = config_base.load_config_file(path, arg or None)
   for flag in argv:
     if not flag.startswith('--config.'):
       continue
-    name = flag[len('--config.'):].split('=')[0]
+    name = flag[len('--config.') :].split('=')[0]
     node = config
     for depth, key in enumerate(name.split('.')):
       if not isinstance(node, config_dict.ConfigDict) or key not in node:
         keys = node.keys() if isinstance(node, config_dict.ConfigDict) else ()
         known = '.'.join(name.split('.')[:depth]) or 'the config'
-        return (f"--config.{name}: '{key}' is not a key of {known}"
-                f"{config_base.closest_key(key, keys)}.")
+        return (
+          f"--config.{name}: '{key}' is not a key of {known}{config_base.closest_key(key, keys)}."
+        )
       node = node[key]
   return None
 
@@ -131,8 +158,10 @@ def _unset_other_labelled_key(config, given) -> list[str]:
   pair = ('labels_per_class', 'label_fraction')
   for key, other in (pair, pair[::-1]):
     if key in given and other not in given and None not in (config[key], config[other]):
-      notes.append(f'--config.{key}={config[key]} given: unsetting config.{other}='
-                   f'{config[other]} of the config file.')
+      notes.append(
+        f'--config.{key}={config[key]} given: unsetting config.{other}='
+        f'{config[other]} of the config file.'
+      )
       config[other] = None
   return notes
 
@@ -144,15 +173,24 @@ def parse_flags(argv: list[str]) -> list[str]:
   absl's parsers would read as an int, float or string; see also `_unset_other_labelled_key`.
   """
   from semi_ssl import config_base
-  config_arg = next((a.split('=', 1)[1] if '=' in a else b for a, b in zip(argv, argv[1:] + [''])
-                     if a.split('=')[0] == '--config'), '')
+
+  config_arg = next(
+    (
+      a.split('=', 1)[1] if '=' in a else b
+      for a, b in zip(argv, argv[1:] + [''])
+      if a.split('=')[0] == '--config'
+    ),
+    '',
+  )
   if config_arg:
     try:
       config_base.load_config_file(*config_arg.split(':', 1))
     except config_base.ConfigFileError as error:
       sys.exit(f'Config error: {error}')
   prefix = '--config.'
-  overrides = dict(a[len(prefix):].split('=', 1) for a in argv if a.startswith(prefix) and '=' in a)
+  overrides = dict(
+    a[len(prefix) :].split('=', 1) for a in argv if a.startswith(prefix) and '=' in a
+  )
   unsets = {f'{prefix}{key}=None' for key in config_base.OPTIONAL_KEYS}  # Set after parsing.
   try:
     rest = flags.FLAGS([a for a in argv if a not in unsets])
@@ -163,8 +201,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     line = config_key_error(argv, config_arg) if config_arg else None
     sys.exit(f'Config error: {line or f"{type(error).__name__}: {error}"}')
   _CONFIG.value.update_from_flattened_dict(
-      {key: None for key, value in overrides.items()
-       if value == 'None' and key in config_base.OPTIONAL_KEYS})
+    {
+      key: None
+      for key, value in overrides.items()
+      if value == 'None' and key in config_base.OPTIONAL_KEYS
+    }
+  )
   PARSE_NOTES[:] = _unset_other_labelled_key(_CONFIG.value, overrides)
   return rest
 
@@ -174,7 +216,9 @@ class _OwnInfoOnly:
 
   @staticmethod
   def filter(record) -> bool:
-    return record.levelno >= python_logging.WARNING or f'{os.sep}semi_ssl{os.sep}' in record.pathname
+    return (
+      record.levelno >= python_logging.WARNING or f'{os.sep}semi_ssl{os.sep}' in record.pathname
+    )
 
 
 def _exit_quietly(message: str) -> None:
@@ -196,6 +240,7 @@ def main(argv):
   if _CHECK_FINISHED.value:
     sys.exit(0 if finished(stage_plan(_CONFIG.value, _WORKDIR.value)) else 3)
   from semi_ssl import notices
+
   notice = notices.install()  # First: a notice that comes while loading or compiling counts.
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   import jax  # After flag parsing, so --help is fast.

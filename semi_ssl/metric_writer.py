@@ -1,4 +1,5 @@
 """TensorBoard scalars (process 0 only) and a progress line with steps/s and ETA."""
+
 from __future__ import annotations
 
 import datetime
@@ -15,6 +16,7 @@ class MetricWriter:
     self._writer = None
     if enabled:
       import tensorflow as tf  # Heavy; only the writing process needs it.
+
       self._tf = tf
       self._writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
 
@@ -47,5 +49,7 @@ class Progress:
 
   def line(self, step: int) -> str:
     eta = (self.num_steps - step) / self.steps_per_second if self.steps_per_second > 0 else 0
-    return (f'step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%) | '
-            f'{self.steps_per_second:.1f} steps/s | ETA {datetime.timedelta(seconds=round(eta))}')
+    return (
+      f'step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%) | '
+      f'{self.steps_per_second:.1f} steps/s | ETA {datetime.timedelta(seconds=round(eta))}'
+    )

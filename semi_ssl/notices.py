@@ -11,6 +11,7 @@ runtime takes SIGTERM over when it starts, and `reached_preemption_sync_point` n
 step on every process; a notice that came before, and each Ctrl-C, is handed on to it as
 SIGTERM. No JAX import here, so that main installs the handlers before JAX starts.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,11 @@ class Notice:
       os._exit(130)  # pylint: disable=protected-access  # 128 + SIGINT, as a shell reports it.
     self.signals.append(signum)
     if signum == signal.SIGINT:
-      os.write(2, b'Ctrl-C: stopping at the next step boundary, after a save (press it again to '
-                  b'stop at once, without saving).\n')
+      os.write(
+        2,
+        b'Ctrl-C: stopping at the next step boundary, after a save (press it again to '
+        b'stop at once, without saving).\n',
+      )
       if self.jax_decides:
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -63,6 +67,7 @@ class Notice:
       return 'stopped before training started; nothing was lost.'
     try:
       import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
       steps = ocp.utils.checkpoint_steps(directory)
     except Exception:  # pylint: disable=broad-except  # The process exits now whatever happens.
       return f'stopped without saving; the last complete checkpoint is in {directory}.'
@@ -86,6 +91,7 @@ class Notice:
     """Whether the run saves and stops after `step`."""
     if self.jax_decides:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
       return multihost_utils.reached_preemption_sync_point(step)
     return bool(self.signals)
 
@@ -110,6 +116,7 @@ def watch(checkpoint_dir) -> Notice:
   notice = _installed or Notice()
   if notice is not _installed:
     import jax  # pylint: disable=import-outside-toplevel
+
     if jax.process_count() > 1:
       notice.jax_decides = True
     else:

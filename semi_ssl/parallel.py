@@ -8,6 +8,7 @@ own state otherwise (`Method.state_sharding`, e.g. SemPPL's queue split over all
 Collectives come from jit (GSPMD). Several processes (TPU pod hosts, SLURM tasks) join
 through `jax.distributed`.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = 'data'
 MODEL_AXIS = 'model'
 # Arrays smaller than this stay replicated under FSDP: splitting them saves nothing.
-_MIN_ELEMENTS_TO_SPLIT = 2 ** 14
-_SLURM_VARS = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
-               'SLURM_LOCALID')
+_MIN_ELEMENTS_TO_SPLIT = 2**14
+_SLURM_VARS = (
+  'SLURM_JOB_ID',
+  'SLURM_STEP_NODELIST',
+  'SLURM_NTASKS',
+  'SLURM_PROCID',
+  'SLURM_LOCALID',
+)
 
 
 def cluster_environment() -> str | None:
@@ -36,24 +42,34 @@ def cluster_environment() -> str | None:
   return 'cloud_tpu' if running_in_cloud_tpu_vm else None
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
   """Joins the processes of a multi-process run through `jax.distributed.initialize`.
 
   Explicit settings win; without them, SLURM and Cloud TPU are detected and JAX reads their
   variables; otherwise the run is one process and nothing happens. Call before any JAX
   computation.
   """
-  explicit = {'coordinator_address': coordinator_address, 'num_processes': num_processes,
-              'process_id': process_id}
+  explicit = {
+    'coordinator_address': coordinator_address,
+    'num_processes': num_processes,
+    'process_id': process_id,
+  }
   given = {k: v for k, v in explicit.items() if v is not None}
   if given:
     missing = sorted(set(explicit) - set(given))
     if missing:
-      raise ValueError(f"--{' and --'.join(missing)} missing: a multi-process run needs "
-                       '--coordinator_address, --num_processes and --process_id together.')
+      raise ValueError(
+        f'--{" and --".join(missing)} missing: a multi-process run needs '
+        '--coordinator_address, --num_processes and --process_id together.'
+      )
     if not 0 <= process_id < num_processes:
-      raise ValueError(f'--process_id={process_id} must be in [0, --num_processes={num_processes}).')
+      raise ValueError(
+        f'--process_id={process_id} must be in [0, --num_processes={num_processes}).'
+      )
     jax.distributed.initialize(**explicit)
   elif cluster_environment() is not None:
     jax.distributed.initialize()
@@ -63,8 +79,10 @@ def create_mesh(model_axis_size: int = 1) -> Mesh:
   """A (data, model) mesh over every device of every process."""
   devices = np.asarray(jax.devices())
   if devices.size % model_axis_size:
-    raise ValueError(f'config.mesh.model={model_axis_size} does not divide the {devices.size} '
-                     'devices: use a divisor of the device count.')
+    raise ValueError(
+      f'config.mesh.model={model_axis_size} does not divide the {devices.size} '
+      'devices: use a divisor of the device count.'
+    )
   return Mesh(devices.reshape(-1, model_axis_size), (DATA_AXIS, MODEL_AXIS))
 
 

@@ -14,6 +14,7 @@ not finite changes nothing but the step counter; the run then stops naming that 
 (`config.nonfinite='stop'`) or goes on (`'skip'`). On SIGTERM or Ctrl-C the run saves at the
 next step boundary and raises `errors.Preempted` (`notices`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,52 +46,64 @@ CONFIG_FILE = 'config.json'
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array            # int32 scalar: number of updates done
-  params: nnx.State          # trained by gradients
-  model_state: nnx.State     # everything else in the model (BatchNorm statistics)
+  step: jax.Array  # int32 scalar: number of updates done
+  params: nnx.State  # trained by gradients
+  model_state: nnx.State  # everything else in the model (BatchNorm statistics)
   opt_state: optax.OptState
-  method_state: Any          # EMA teachers, queues, ... (see Method.init_state)
-  key: jax.Array             # uint32 [2] base PRNG key; the key of step s is fold_in(key, s)
-  skipped_steps: jax.Array   # int32 scalar: steps not applied because of a non-finite value
-  first_skipped: jax.Array   # int32 scalar: the first of them (1-based like the logs), or 0
+  method_state: Any  # EMA teachers, queues, ... (see Method.init_state)
+  key: jax.Array  # uint32 [2] base PRNG key; the key of step s is fold_in(key, s)
+  skipped_steps: jax.Array  # int32 scalar: steps not applied because of a non-finite value
+  first_skipped: jax.Array  # int32 scalar: the first of them (1-based like the logs), or 0
 
 
 def create_optimizer(config: ml_collections.ConfigDict, num_steps: int):
   """Optax optimiser with linear warm-up + cosine decay; (transform, schedule)."""
   opt = config.optimizer
   schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=opt.learning_rate, warmup_steps=opt.warmup_steps,
-      decay_steps=max(num_steps, opt.warmup_steps + 1),
-      end_value=opt.learning_rate * opt.end_learning_rate_factor)
+    init_value=0.0,
+    peak_value=opt.learning_rate,
+    warmup_steps=opt.warmup_steps,
+    decay_steps=max(num_steps, opt.warmup_steps + 1),
+    end_value=opt.learning_rate * opt.end_learning_rate_factor,
+  )
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # No biases, no norms.
   if opt.name == 'sgd':
-    tx = optax.chain(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
-                     optax.sgd(schedule, momentum=opt.momentum, nesterov=opt.nesterov))
+    tx = optax.chain(
+      optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
+      optax.sgd(schedule, momentum=opt.momentum, nesterov=opt.nesterov),
+    )
   elif opt.name == 'lars':
-    tx = optax.lars(schedule, weight_decay=opt.weight_decay, weight_decay_mask=decay_mask,
-                    trust_coefficient=opt.trust_coefficient, trust_ratio_mask=decay_mask,
-                    momentum=opt.momentum, nesterov=opt.nesterov)
+    tx = optax.lars(
+      schedule,
+      weight_decay=opt.weight_decay,
+      weight_decay_mask=decay_mask,
+      trust_coefficient=opt.trust_coefficient,
+      trust_ratio_mask=decay_mask,
+      momentum=opt.momentum,
+      nesterov=opt.nesterov,
+    )
   else:
-    tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
-                     mask=decay_mask)
+    tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask)
   if opt.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
   return tx, schedule
 
 
-def create_method(config: ml_collections.ConfigDict, splits: datasets.DatasetSplits,
-                  mesh: Mesh) -> base.Method:
+def create_method(
+  config: ml_collections.ConfigDict, splits: datasets.DatasetSplits, mesh: Mesh
+) -> base.Method:
   """The method of `config.method` on the run's mesh."""
   return methods.REGISTRY[config.method](
-      config, base.DataInfo(num_classes=splits.num_classes, image_shape=splits.image_shape),
-      mesh)
+    config, base.DataInfo(num_classes=splits.num_classes, image_shape=splits.image_shape), mesh
+  )
 
 
 def state_sharding(method: base.Method, abstract_state: TrainState) -> TrainState:
   """NamedShardings on the method's mesh shaped like `abstract_state`: the generic rule
   (`parallel.state_sharding`), and the method's own for its method state."""
   return parallel.state_sharding(abstract_state, method.mesh).replace(
-      method_state=method.state_sharding(abstract_state.method_state))
+    method_state=method.state_sharding(abstract_state.method_state)
+  )
 
 
 def state_initializer(method: base.Method, tx, seed: int):
@@ -101,9 +114,16 @@ def state_initializer(method: base.Method, tx, seed: int):
   def init():
     params, model_state = nnx.split(create(), nnx.Param, ...)[1:]
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, params=params, model_state=model_state,
-                      opt_state=tx.init(params), method_state=method.init_state(params),
-                      key=jax.random.PRNGKey(seed), skipped_steps=zero, first_skipped=zero)
+    return TrainState(
+      step=zero,
+      params=params,
+      model_state=model_state,
+      opt_state=tx.init(params),
+      method_state=method.init_state(params),
+      key=jax.random.PRNGKey(seed),
+      skipped_steps=zero,
+      first_skipped=zero,
+    )
 
   return graphdef, init
 
@@ -114,38 +134,56 @@ def init_state(method: base.Method, tx, seed: int, sharding=None):
   return graphdef, jax.jit(init, out_shardings=sharding)()
 
 
-def initialise_from(state: TrainState, source: dict, paths: tuple[str, ...],
-                    method: base.Method, sharding: TrainState) -> TrainState:
+def initialise_from(
+  state: TrainState, source: dict, paths: tuple[str, ...], method: base.Method, sharding: TrainState
+) -> TrainState:
   """`state` with the parameters and model state (BatchNorm statistics) under `paths` taken
   from `source` (`checkpoint.load_variables`), and the method state (EMA teachers, queues)
   built anew from the new parameters, as a fresh run would build it."""
   params = checkpoint.copy_subtrees(state.params, source['params'], paths)
-  model_state = checkpoint.copy_subtrees(state.model_state, source['model_state'], paths,
-                                         each_prefix_matches=False)
+  model_state = checkpoint.copy_subtrees(
+    state.model_state, source['model_state'], paths, each_prefix_matches=False
+  )
   method_state = jax.jit(method.init_state, out_shardings=sharding.method_state)(params)
   return state.replace(params=params, model_state=model_state, method_state=method_state)
 
 
-def train_step(state: TrainState, batch: dict, *, method: base.Method, graphdef, tx,
-               augment_cfg: augment.AugmentConfig, schedule) -> tuple[TrainState, dict]:
+def train_step(
+  state: TrainState,
+  batch: dict,
+  *,
+  method: base.Method,
+  graphdef,
+  tx,
+  augment_cfg: augment.AugmentConfig,
+  schedule,
+) -> tuple[TrainState, dict]:
   """One optimiser update on a global batch of uint8 images."""
   key = jax.random.fold_in(state.key, state.step)
   labelled_key, unlabelled_key, loss_key = jax.random.split(key, 3)
-  views = {'labelled': {'views': augment.multi_crop(labelled_key, batch['labelled']['images'],
-                                                    augment_cfg.labelled_views),
-                        'labels': batch['labelled']['labels']}}
+  views = {
+    'labelled': {
+      'views': augment.multi_crop(
+        labelled_key, batch['labelled']['images'], augment_cfg.labelled_views
+      ),
+      'labels': batch['labelled']['labels'],
+    }
+  }
   if 'unlabelled' in batch:
-    views['unlabelled'] = {'views': augment.multi_crop(
-        unlabelled_key, batch['unlabelled']['images'], augment_cfg)}
+    views['unlabelled'] = {
+      'views': augment.multi_crop(unlabelled_key, batch['unlabelled']['images'], augment_cfg)
+    }
 
   def loss_fn(params, model_state):
     model = nnx.merge(graphdef, params, model_state, copy=True)
-    loss, (method_state, metrics) = method.loss(model, state.method_state, views, loss_key,
-                                                state.step)
+    loss, (method_state, metrics) = method.loss(
+      model, state.method_state, views, loss_key, state.step
+    )
     return loss, (nnx.state(model, nnx.Not(nnx.Param)), method_state, metrics)
 
-  (loss, (model_state, method_state, metrics)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params, state.model_state)
+  (loss, (model_state, method_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    state.params, state.model_state
+  )
   trainable = method.trainable(state.params, state.step)
   if trainable is not None:
     grads = _masked(grads, trainable)
@@ -155,26 +193,37 @@ def train_step(state: TrainState, batch: dict, *, method: base.Method, graphdef,
   params = optax.apply_updates(state.params, updates)
   method_state = method.update_state(params, method_state, state.step)
   grad_norm = optax.global_norm(grads)
-  metrics = {**metrics, 'loss': loss, 'learning_rate': schedule(state.step),
-             'grad_norm': grad_norm}
+  metrics = {**metrics, 'loss': loss, 'learning_rate': schedule(state.step), 'grad_norm': grad_norm}
   # A non-finite loss, gradient or result leaves everything but the step counter as it was.
-  finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
-            & all_finite(model_state) & all_finite(method_state))
-  updated = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                         (params, model_state, opt_state, method_state),
-                         (state.params, state.model_state, state.opt_state, state.method_state))
-  first_skipped = jnp.where(finite | (state.first_skipped > 0), state.first_skipped,
-                            state.step + 1)
-  return state.replace(step=state.step + 1, params=updated[0], model_state=updated[1],
-                       opt_state=updated[2], method_state=updated[3],
-                       skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
-                       first_skipped=first_skipped), metrics
+  finite = (
+    jnp.isfinite(loss)
+    & jnp.isfinite(grad_norm)
+    & all_finite(params)
+    & all_finite(model_state)
+    & all_finite(method_state)
+  )
+  updated = jax.tree.map(
+    lambda new, old: jnp.where(finite, new, old),
+    (params, model_state, opt_state, method_state),
+    (state.params, state.model_state, state.opt_state, state.method_state),
+  )
+  first_skipped = jnp.where(finite | (state.first_skipped > 0), state.first_skipped, state.step + 1)
+  return state.replace(
+    step=state.step + 1,
+    params=updated[0],
+    model_state=updated[1],
+    opt_state=updated[2],
+    method_state=updated[3],
+    skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+    first_skipped=first_skipped,
+  ), metrics
 
 
 def all_finite(tree) -> jax.Array:
   """Bool scalar: every element of every floating leaf of `tree` is finite."""
-  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  leaves = [
+    jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
@@ -189,50 +238,61 @@ def _write_json(path: epath.Path, data: dict) -> None:
   tmp.replace(path)
 
 
-def _check_finite(state: TrainState, nonfinite: str, ckpt: checkpoint.Checkpointer,
-                  reported: int) -> int:
+def _check_finite(
+  state: TrainState, nonfinite: str, ckpt: checkpoint.Checkpointer, reported: int
+) -> int:
   """Stops the run (nonfinite='stop') or warns ('skip') on new non-finite steps; their count."""
   skipped = int(state.skipped_steps)
   if skipped and nonfinite == 'stop':
     ckpt.wait()
-    last_good = (f'Last good checkpoint: step {ckpt.last_complete_step} in {ckpt.directory}.'
-                 if ckpt.last_complete_step is not None else
-                 'No checkpoint was written yet; a rerun with a lower learning rate starts over.')
+    last_good = (
+      f'Last good checkpoint: step {ckpt.last_complete_step} in {ckpt.directory}.'
+      if ckpt.last_complete_step is not None
+      else 'No checkpoint was written yet; a rerun with a lower learning rate starts over.'
+    )
     raise UserError(
-        f'The loss, the gradients or the parameters or state they produce were not finite at step '
-        f'{int(state.first_skipped)}; no parameter was updated from it. {last_good} Lower the '
-        'learning rate, or set --config.nonfinite=skip to skip such steps.')
+      f'The loss, the gradients or the parameters or state they produce were not finite at step '
+      f'{int(state.first_skipped)}; no parameter was updated from it. {last_good} Lower the '
+      'learning rate, or set --config.nonfinite=skip to skip such steps.'
+    )
   if skipped > reported:
-    logging.warning('Skipped %d steps with a non-finite loss, gradients or result so far '
-                    '(first: step %d).', skipped, int(state.first_skipped))
+    logging.warning(
+      'Skipped %d steps with a non-finite loss, gradients or result so far (first: step %d).',
+      skipped,
+      int(state.first_skipped),
+    )
   return skipped
 
 
-def check_unchanged(workdir: str | os.PathLike, filename: str, current: dict, ignore=(),
-                    fix: str = '') -> None:
+def check_unchanged(
+  workdir: str | os.PathLike, filename: str, current: dict, ignore=(), fix: str = ''
+) -> None:
   """Raises UserError when `current` differs from WORKDIR/`filename`, the record written when
   the run there started, in a key not in `ignore`. For a run that continues (a checkpoint or
   results.json in `workdir`), so that it never goes on under settings it did not start with."""
   path = epath.Path(workdir) / filename
   if not path.exists():
-    logging.warning('%s is missing: cannot check that this run continues under the settings it '
-                    'started with.', path)
+    logging.warning(
+      '%s is missing: cannot check that this run continues under the settings it started with.',
+      path,
+    )
     return
   saved = json.loads(path.read_text())
   current = json.loads(json.dumps(current))  # Tuples become lists, as in the saved file.
   changed = config_base.changed_keys(saved, current, ignore)
   if changed:
     raise UserError(
-        f'{workdir} holds a run that started with other settings ({path}): '
-        f'{config_base.describe_changes(saved, current, changed)}. '
-        f'{fix or "Use a new --workdir, or rerun with the original value."}')
+      f'{workdir} holds a run that started with other settings ({path}): '
+      f'{config_base.describe_changes(saved, current, changed)}. '
+      f'{fix or "Use a new --workdir, or rerun with the original value."}'
+    )
 
 
-def check_config_unchanged(config: ml_collections.ConfigDict,
-                           workdir: str | os.PathLike) -> None:
+def check_config_unchanged(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
   """`check_unchanged` of the config, but for the keys a resumed run may change."""
-  check_unchanged(workdir, CONFIG_FILE, json.loads(config.to_json_best_effort()),
-                  config_base.RESUME_MAY_CHANGE)
+  check_unchanged(
+    workdir, CONFIG_FILE, json.loads(config.to_json_best_effort()), config_base.RESUME_MAY_CHANGE
+  )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
@@ -255,9 +315,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   splits = datasets.load(config)
   augment_cfg = augment.augment_config_from(config, splits.mean, splits.std, splits.image_shape)
   if resuming:
-    check_unchanged(workdir, SPLIT_FILE, splits.split_info, fix=(
+    check_unchanged(
+      workdir,
+      SPLIT_FILE,
+      splits.split_info,
+      fix=(
         'The data is not the data the run started with (another --config.data_dir, or changed '
-        'files): point the config at that data, or use a new --workdir.'))
+        'files): point the config at that data, or use a new --workdir.'
+      ),
+    )
   elif is_writer:
     _write_json(workdir / SPLIT_FILE, splits.split_info)
     (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
@@ -268,8 +334,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   graphdef, init = state_initializer(method, tx, config.seed)
   abstract = jax.eval_shape(init)
   sharding = state_sharding(method, abstract)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract, sharding)
+  abstract = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, sharding
+  )
 
   # Everything that can fail on bad input (checkpoints, init_from) before anything compiles.
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -280,54 +347,78 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     previous_seconds = record['wall_seconds']
     logging.info('Resumed from %s at step %d.', ckpt.directory, int(state.step))
   else:
-    source = (checkpoint.load_variables(config.init_from.workdir) if config.init_from.paths
-              else None)
+    source = checkpoint.load_variables(config.init_from.workdir) if config.init_from.paths else None
     state = jax.jit(init, out_shardings=sharding)()
     if source is not None:
       state = initialise_from(state, source, tuple(config.init_from.paths), method, sharding)
-      logging.info('Initialised %s from %s.', list(config.init_from.paths),
-                   config.init_from.workdir)
+      logging.info(
+        'Initialised %s from %s.', list(config.init_from.paths), config.init_from.workdir
+      )
   start_step = int(state.step)
   reported_skips = int(state.skipped_steps)
 
   step_fn = jax.jit(
-      functools.partial(train_step, method=method, graphdef=graphdef, tx=tx,
-                        augment_cfg=augment_cfg, schedule=schedule),
-      out_shardings=(sharding, replicated), donate_argnums=0)
+    functools.partial(
+      train_step,
+      method=method,
+      graphdef=graphdef,
+      tx=tx,
+      augment_cfg=augment_cfg,
+      schedule=schedule,
+    ),
+    out_shardings=(sharding, replicated),
+    donate_argnums=0,
+  )
 
   def apply_fn(variables, images):
     params, model_state, method_state = variables
     model = nnx.merge(graphdef, params, model_state)
-    return (method.predict(model, images), method.features(model, images),
-            method.eval_predictions(model, method_state, images))
+    return (
+      method.predict(model, images),
+      method.features(model, images),
+      method.eval_predictions(model, method_state, images),
+    )
 
   evaluator = evaluate.make_evaluator(
-      apply_fn, splits, mesh,
-      preprocess=lambda x: augment.eval_view(x, config.augment.global_size, splits.mean,
-                                             splits.std, config.eval.crop_fraction),
-      batch_size=config.eval.batch_size, knn_k=config.eval.knn_k,
-      knn_temperature=config.eval.knn_temperature,
-      variables_like=(abstract.params, abstract.model_state, abstract.method_state))
+    apply_fn,
+    splits,
+    mesh,
+    preprocess=lambda x: augment.eval_view(
+      x, config.augment.global_size, splits.mean, splits.std, config.eval.crop_fraction
+    ),
+    batch_size=config.eval.batch_size,
+    knn_k=config.eval.knn_k,
+    knn_temperature=config.eval.knn_temperature,
+    variables_like=(abstract.params, abstract.model_state, abstract.method_state),
+  )
   run_eval = lambda state: evaluator((state.params, state.model_state, state.method_state))
 
   def save(state):
     workdir_lease.check_held()  # Another run took the workdir over: stop before writing.
-    ckpt.save(int(state.step), state,
-              {'wall_seconds': previous_seconds + time.time() - start_time})
+    ckpt.save(int(state.step), state, {'wall_seconds': previous_seconds + time.time() - start_time})
 
   writer = metric_writer.MetricWriter(workdir, enabled=is_writer)
   progress = metric_writer.Progress(config.num_steps, start_step)
-  images_per_step = config.labelled_batch_size + (config.batch_size if method.uses_unlabelled else 0)
+  images_per_step = config.labelled_batch_size + (
+    config.batch_size if method.uses_unlabelled else 0
+  )
   batches = pipeline.iterate(
-      splits, mesh, start_step=start_step, num_steps=config.num_steps, seed=config.seed,
-      labelled_batch_size=config.labelled_batch_size,
-      batch_size=config.batch_size if method.uses_unlabelled else None)
+    splits,
+    mesh,
+    start_step=start_step,
+    num_steps=config.num_steps,
+    seed=config.seed,
+    labelled_batch_size=config.labelled_batch_size,
+    batch_size=config.batch_size if method.uses_unlabelled else None,
+  )
   preemption = notices.watch(ckpt.directory)
   try:
     if preemption.stops_before_training():  # It came while the run was starting.
-      raise Preempted(f'{preemption.name} while starting: stopped at step {start_step} of '
-                      f'{config.num_steps}, with nothing new to save; run the same command to '
-                      'resume.')
+      raise Preempted(
+        f'{preemption.name} while starting: stopped at step {start_step} of '
+        f'{config.num_steps}, with nothing new to save; run the same command to '
+        'resume.'
+      )
     for step, batch in zip(range(start_step + 1, config.num_steps + 1), batches):
       state, metrics = step_fn(state, batch)
       preempted = preemption.reached(step)
@@ -337,20 +428,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       if step % config.log_every == 0 or step == config.num_steps:
         metrics = jax.device_get(metrics)
         speed = progress.update(step)
-        writer.scalars(step, {**metrics, 'steps_per_second': speed,
-                              'images_per_second': speed * images_per_step})
+        writer.scalars(
+          step, {**metrics, 'steps_per_second': speed, 'images_per_second': speed * images_per_step}
+        )
         logging.info('%s | loss %.4f', progress.line(step), float(metrics['loss']))
       if step % config.eval_every == 0 and step != config.num_steps and not preempted:
         eval_metrics = run_eval(state)
         writer.scalars(step, eval_metrics)
-        logging.info('step %d eval | %s', step,
-                     ' | '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
+        logging.info(
+          'step %d eval | %s', step, ' | '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items())
+        )
       if checkpoint_due or preempted:
         save(state)
       if preempted:
         ckpt.wait()
-        raise Preempted(f'{preemption.name}: stopped at step {step} of {config.num_steps} and '
-                        f'saved {ckpt.directory}/{step}; run the same command to resume.')
+        raise Preempted(
+          f'{preemption.name}: stopped at step {step} of {config.num_steps} and '
+          f'saved {ckpt.directory}/{step}; run the same command to resume.'
+        )
 
     # The reported figures are the final model's, never the best periodic evaluation.
     final = run_eval(state)
@@ -361,11 +456,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     writer.close()
     ckpt.close()
   results = {
-      'method': config.method, 'dataset': config.dataset,
-      'labels_per_class': config.labels_per_class, 'label_fraction': config.label_fraction,
-      'seed': config.seed, 'steps': int(state.step), **final,
-      'skipped_steps': int(state.skipped_steps),
-      'wall_seconds': round(previous_seconds + time.time() - start_time, 1),
+    'method': config.method,
+    'dataset': config.dataset,
+    'labels_per_class': config.labels_per_class,
+    'label_fraction': config.label_fraction,
+    'seed': config.seed,
+    'steps': int(state.step),
+    **final,
+    'skipped_steps': int(state.skipped_steps),
+    'wall_seconds': round(previous_seconds + time.time() - start_time, 1),
   }
   if is_writer:
     _write_json(workdir / RESULTS_FILE, results)

@@ -23,6 +23,7 @@ apart can both hold it; and a holder that renews or releases its lease just as i
 create one. In both cases a renewal of the loser then finds another token, and its next
 checkpoint save stops it before it writes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,16 +46,21 @@ from semi_ssl.errors import UserError
 LEASE_FILE = 'lease.json'
 RENEW_SECONDS = 30.0
 STALE_SECONDS = 300.0  # Not renewed for this long: the holder is gone; the next run takes over.
-SETTLE_SECONDS = 2.0   # gs://: how long a contender waits before reading its lease back.
-_ATTEMPTS = 5          # Contenders that keep replacing each other: give up after this many.
+SETTLE_SECONDS = 2.0  # gs://: how long a contender waits before reading its lease back.
+_ATTEMPTS = 5  # Contenders that keep replacing each other: give up after this many.
 _CLAIM_SECONDS = 10.0  # A takeover claim older than this was left by a contender that died.
 _MESSAGE_BYTES = 4096  # A message from process 0 to the others, UTF-8, zero-padded.
 
 
 def new_record(token: str, now: float) -> dict:
   """The lease of this process: {'host', 'pid', 'started', 'token', 'renewed'}."""
-  return {'host': socket.gethostname(), 'pid': os.getpid(), 'started': now, 'token': token,
-          'renewed': now}
+  return {
+    'host': socket.gethostname(),
+    'pid': os.getpid(),
+    'started': now,
+    'token': token,
+    'renewed': now,
+  }
 
 
 def describe(record: dict, now: float) -> str:
@@ -63,8 +69,10 @@ def describe(record: dict, now: float) -> str:
   started = time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(started)) if started else '?'
   renewed = record.get('renewed')
   age = f'{now - renewed:.0f} s ago' if renewed is not None else 'never'
-  return (f"host {record.get('host', '?')}, pid {record.get('pid', '?')}, started {started}, "
-          f'last renewed {age}')
+  return (
+    f'host {record.get("host", "?")}, pid {record.get("pid", "?")}, started {started}, '
+    f'last renewed {age}'
+  )
 
 
 def claim_name(stale: dict) -> str:
@@ -89,8 +97,12 @@ def stale_reason(record: dict, now: float, stale_seconds: float) -> str | None:
   if 'renewed' not in record:
     return 'left an unreadable lease'
   pid = record.get('pid')
-  if (record.get('host') == socket.gethostname() and isinstance(pid, int) and pid > 0
-      and not pid_alive(pid)):
+  if (
+    record.get('host') == socket.gethostname()
+    and isinstance(pid, int)
+    and pid > 0
+    and not pid_alive(pid)
+  ):
     return 'is no longer running'
   if now - record['renewed'] > stale_seconds:
     return f'has not renewed it for {now - record["renewed"]:.0f} s'
@@ -103,8 +115,14 @@ class WorkdirLease:
   Only one process of a run holds it; `hold` shares its outcome with the others.
   """
 
-  def __init__(self, workdir: str | os.PathLike, *, stale_seconds: float = STALE_SECONDS,
-               renew_seconds: float = RENEW_SECONDS, settle_seconds: float = SETTLE_SECONDS):
+  def __init__(
+    self,
+    workdir: str | os.PathLike,
+    *,
+    stale_seconds: float = STALE_SECONDS,
+    renew_seconds: float = RENEW_SECONDS,
+    settle_seconds: float = SETTLE_SECONDS,
+  ):
     self.workdir = os.fspath(workdir)
     self.path = epath.Path(workdir) / LEASE_FILE
     self.stale_seconds, self.renew_seconds = stale_seconds, renew_seconds
@@ -112,7 +130,7 @@ class WorkdirLease:
     self.token = uuid.uuid4().hex
     self._tmp = self.path.with_name(f'{LEASE_FILE}.{self.token}.tmp')  # Local disk only.
     self.record: dict | None = None  # While held.
-    self._lost: str | None = None    # The run that took it over, once seen.
+    self._lost: str | None = None  # The run that took it over, once seen.
     self._is_local = '://' not in self.workdir
     self._lock, self._stop = threading.Lock(), threading.Event()
     self._thread: threading.Thread | None = None
@@ -126,21 +144,26 @@ class WorkdirLease:
       reason = stale_reason(current, now, self.stale_seconds) if current is not None else None
       if current is not None and reason is None:
         raise UserError(
-            f'{self.workdir} is in use by another run ({describe(current, now)}): wait for it to '
-            'finish, stop it, or use another --workdir (a lease not renewed for '
-            f'{self.stale_seconds:.0f} s is taken over).')
+          f'{self.workdir} is in use by another run ({describe(current, now)}): wait for it to '
+          'finish, stop it, or use another --workdir (a lease not renewed for '
+          f'{self.stale_seconds:.0f} s is taken over).'
+        )
       record = new_record(self.token, time.time())
       if self._replace(current, record):
         if current is not None:
-          logging.warning('Took over %s from a run that %s (%s).', self.path, reason,
-                          describe(current, now))
+          logging.warning(
+            'Took over %s from a run that %s (%s).', self.path, reason, describe(current, now)
+          )
         self.record = record
-        self._thread = threading.Thread(target=self._renew_until_stopped, daemon=True,
-                                        name='workdir-lease')
+        self._thread = threading.Thread(
+          target=self._renew_until_stopped, daemon=True, name='workdir-lease'
+        )
         self._thread.start()
         return
-    raise UserError(f'Could not take {self.path}: other runs keep replacing it. Start one run at '
-                    'a time in this --workdir.')
+    raise UserError(
+      f'Could not take {self.path}: other runs keep replacing it. Start one run at '
+      'a time in this --workdir.'
+    )
 
   def renew(self) -> None:
     """Writes a fresh `renewed` time, or notes the run that has taken the lease over."""
@@ -156,17 +179,19 @@ class WorkdirLease:
         self.record = {**self.record, 'renewed': time.time()}
         self._write(self.record)
       except Exception as error:  # pylint: disable=broad-except  # Storage hiccup: retry later.
-        logging.warning('Could not renew %s (%s); trying again in %.0f s.', self.path, error,
-                        self.renew_seconds)
+        logging.warning(
+          'Could not renew %s (%s); trying again in %.0f s.', self.path, error, self.renew_seconds
+        )
 
   def check(self) -> None:
     """Renews the lease now; raises UserError naming the new holder once another run took it."""
     self.renew()
     if self._lost is not None:
       raise UserError(
-          f'Another run took {self.workdir} over ({self._lost}) after this run had not renewed '
-          f'its lease for {self.stale_seconds:.0f} s: this run stops without writing, so that '
-          'the two do not mix their records.')
+        f'Another run took {self.workdir} over ({self._lost}) after this run had not renewed '
+        f'its lease for {self.stale_seconds:.0f} s: this run stops without writing, so that '
+        'the two do not mix their records.'
+      )
 
   def release(self) -> None:
     """Stops renewing and deletes the lease file if it is still this run's."""
@@ -179,8 +204,9 @@ class WorkdirLease:
         if current is not None and current.get('token') == self.token:
           self.path.unlink()
       except OSError as error:
-        logging.warning('Could not remove %s (%s): the next run takes it over once it is stale.',
-                        self.path, error)
+        logging.warning(
+          'Could not remove %s (%s): the next run takes it over once it is stale.', self.path, error
+        )
       self.record = None
 
   def __enter__(self) -> WorkdirLease:
@@ -270,7 +296,7 @@ def _from_process_0(text: str) -> str:
   """`text` as process 0 has it, on every process (a collective; none with one process)."""
   data = np.zeros(_MESSAGE_BYTES, np.uint8)
   encoded = text.encode()[:_MESSAGE_BYTES]
-  data[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+  data[: len(encoded)] = np.frombuffer(encoded, np.uint8)
   received = np.asarray(multihost_utils.broadcast_one_to_all(data))
   return received.tobytes().rstrip(b'\0').decode(errors='replace')
 
@@ -288,8 +314,11 @@ def hold(workdir: str, needed: bool, **lease_options):
     try:
       lease.acquire()
     except (UserError, OSError) as refused:
-      outcome = str(refused) if isinstance(refused, UserError) else (
-          f'Could not write {lease.path} ({refused}): make --workdir writable, or use another.')
+      outcome = (
+        str(refused)
+        if isinstance(refused, UserError)
+        else (f'Could not write {lease.path} ({refused}): make --workdir writable, or use another.')
+      )
   outcome = _from_process_0(outcome)
   if outcome == 'not needed':
     yield

@@ -1,18 +1,20 @@
 """Test setup: 8 virtual CPU devices, so sharded code runs as on a pod slice; the fixtures the
 test modules share. (Their shared functions are in helpers.py.)"""
+
 import os
 
 import pytest
 
 # Tests are bound by XLA compile time, not run time: no LLVM optimisation (compiles 2-3x faster).
-FAST_COMPILE = "--xla_backend_optimization_level=0"
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+FAST_COMPILE = '--xla_backend_optimization_level=0'
+os.environ.setdefault('XLA_FLAGS', f'--xla_force_host_platform_device_count=8 {FAST_COMPILE}')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # Identical programs (the same tiny model in several tests and subprocesses) compile once.
 os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax"))
+  'JAX_COMPILATION_CACHE_DIR',
+  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.pytest_cache', 'jax'),
+)
 
 
 @pytest.fixture
@@ -29,21 +31,26 @@ def gcs_on_disk(tmp_path, monkeypatch):
 
   def local(arg):
     is_url = isinstance(arg, (str, os.PathLike)) and os.fspath(arg).startswith('gs://')
-    return str(root / os.fspath(arg)[len('gs://'):]) if is_url else arg
+    return str(root / os.fspath(arg)[len('gs://') :]) if is_url else arg
 
   class LocalGcs:
     def __getattr__(self, name):
       method = getattr(backend.os_backend, name)
-      return lambda *args, **kwargs: method(*map(local, args),
-                                            **{k: local(v) for k, v in kwargs.items()})
+      return lambda *args, **kwargs: method(
+        *map(local, args), **{k: local(v) for k, v in kwargs.items()}
+      )
 
   monkeypatch.setattr(gpath, '_is_tf_installed', lambda: False)  # Else tf.io.gfile serves gs://.
   monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, 'gs', LocalGcs())
-  monkeypatch.setattr(gcs_utils, 'get_kvstore_for_gcs',
-                      lambda path: {'driver': 'file', 'path': local(path)})
+  monkeypatch.setattr(
+    gcs_utils, 'get_kvstore_for_gcs', lambda path: {'driver': 'file', 'path': local(path)}
+  )
   # Orbax asks google-cloud-storage whether the bucket has a hierarchical namespace.
   monkeypatch.setattr(gcs_utils, 'is_hierarchical_namespace_enabled', lambda path: False)
   create_writer = tf.summary.create_file_writer
-  monkeypatch.setattr(tf.summary, 'create_file_writer',
-                      lambda logdir, **kwargs: create_writer(local(logdir), **kwargs))
+  monkeypatch.setattr(
+    tf.summary,
+    'create_file_writer',
+    lambda logdir, **kwargs: create_writer(local(logdir), **kwargs),
+  )
   return root

@@ -1,5 +1,6 @@
 """What the test modules share: tiny configs, the saved checkpoints of a workdir, and the main
 command in a subprocess. (Fixtures are in conftest.py.)"""
+
 from __future__ import annotations
 
 import os
@@ -18,14 +19,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # share; the rest of its section comes from configs/<method>/digits.py. Sizes shrunk: narrow
 # heads, a queue of 8 rows per device (two steps of 2 x 16 labelled projections).
 _TINY = {
-    'supervised': {},
-    'suave': dict(augment=dict(num_local_crops=1),
-                  suave=dict(projector_hidden_dim=16, embed_dim=8)),
-    'daino': dict(augment=dict(num_local_crops=1),
-                  daino=dict(projector_hidden_dim=16, embed_dim=8)),
-    'semppl': dict(augment=dict(num_local_crops=1),
-                   semppl=dict(mlp_hidden_dim=16, embed_dim=8, queue_size=64, knn_k=3,
-                               num_semantic_positives=2, semantic_warmup_steps=2)),
+  'supervised': {},
+  'suave': dict(augment=dict(num_local_crops=1), suave=dict(projector_hidden_dim=16, embed_dim=8)),
+  'daino': dict(augment=dict(num_local_crops=1), daino=dict(projector_hidden_dim=16, embed_dim=8)),
+  'semppl': dict(
+    augment=dict(num_local_crops=1),
+    semppl=dict(
+      mlp_hidden_dim=16,
+      embed_dim=8,
+      queue_size=64,
+      knn_k=3,
+      num_semantic_positives=2,
+      semantic_warmup_steps=2,
+    ),
+  ),
 }
 
 
@@ -54,32 +61,40 @@ def tiny_config(method: str = 'supervised', **overrides) -> ml_collections.Confi
 def checkpoint_steps(workdir: str) -> list[int]:
   """The steps of the complete checkpoints in `workdir`, ascending."""
   directory = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
-  return (sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-          if os.path.isdir(directory) else [])
+  return (
+    sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+  )
 
 
 def saved_state(workdir: str, step: int) -> dict:
   """The train state saved at `step`, as the nested dict of arrays on disk ('step', 'params',
   'model_state', 'opt_state', 'method_state', ...), read onto one device."""
-  return checkpoint.read_state(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(step),
-                                            'state'))
+  return checkpoint.read_state(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(step), 'state'))
 
 
 def cpu_env(num_devices: int = 1) -> dict[str, str]:
   """The environment of a subprocess on `num_devices` CPU devices, compiling as the tests do."""
-  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-      f'--xla_force_host_platform_device_count={num_devices} {conftest.FAST_COMPILE}'))
+  return dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS=(f'--xla_force_host_platform_device_count={num_devices} {conftest.FAST_COMPILE}'),
+  )
 
 
-def start_main(workdir, flags: list[str], shell_prefix: str = '',
-               entry: tuple[str, ...] = ('-m', 'semi_ssl.main')) -> subprocess.Popen:
+def start_main(
+  workdir,
+  flags: list[str],
+  shell_prefix: str = '',
+  entry: tuple[str, ...] = ('-m', 'semi_ssl.main'),
+) -> subprocess.Popen:
   """The main command (or Python with the arguments `entry`) in a subprocess on one CPU
   device; `shell_prefix` (e.g. 'ulimit -f 20;') runs before it."""
   command = [sys.executable, *entry, f'--workdir={workdir}', *flags]
   if shell_prefix:
     command = ['bash', '-c', f'{shell_prefix} exec "$@"', 'bash', *command]
-  return subprocess.Popen(command, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    command, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:

@@ -1,4 +1,5 @@
 """Tests for semi_ssl.data.augment against plain numpy references."""
+
 import colorsys
 import dataclasses
 
@@ -22,17 +23,33 @@ _multi_crop = jax.jit(augment.multi_crop, static_argnames='cfg')
 def _plain_config(size: int = 16, num: int = 1, **overrides) -> AugmentConfig:
   """Whole-image crops resized to `size`, no other augmentation."""
   cfg = AugmentConfig(
-      global_crops=CropSpec(num, size, scale=(1.0, 1.0), ratio=(1.0, 1.0)), local_crops=None,
-      flip=False, color_jitter=0.0, grayscale_prob=0.0, blur_prob=(0.0,), local_blur_prob=0.0,
-      solarize_prob=(0.0,), mean=MEAN, std=STD)
+    global_crops=CropSpec(num, size, scale=(1.0, 1.0), ratio=(1.0, 1.0)),
+    local_crops=None,
+    flip=False,
+    color_jitter=0.0,
+    grayscale_prob=0.0,
+    blur_prob=(0.0,),
+    local_blur_prob=0.0,
+    solarize_prob=(0.0,),
+    mean=MEAN,
+    std=STD,
+  )
   return dataclasses.replace(cfg, **overrides)
 
 
 def _full_config() -> AugmentConfig:
   return AugmentConfig(
-      global_crops=CropSpec(2, 8, scale=(0.3, 1.0)), local_crops=CropSpec(3, 4, scale=(0.1, 0.3)),
-      flip=True, color_jitter=1.0, grayscale_prob=0.2, blur_prob=(1.0, 0.1), local_blur_prob=0.5,
-      solarize_prob=(0.0, 0.2), mean=MEAN, std=STD)
+    global_crops=CropSpec(2, 8, scale=(0.3, 1.0)),
+    local_crops=CropSpec(3, 4, scale=(0.1, 0.3)),
+    flip=True,
+    color_jitter=1.0,
+    grayscale_prob=0.2,
+    blur_prob=(1.0, 0.1),
+    local_blur_prob=0.5,
+    solarize_prob=(0.0, 0.2),
+    mean=MEAN,
+    std=STD,
+  )
 
 
 def _images(batch: int = 8, side: int = 16, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -49,12 +66,14 @@ def _denormalize(x, mean=MEAN, std=STD) -> np.ndarray:
 
 def _np_resize(x: np.ndarray, size: int) -> np.ndarray:
   """Bilinear resize of [B, H, W, C] with a triangle filter widened when downsampling."""
+
   def weights(n_in):
     stretch = n_in / size
     centres = (np.arange(size) + 0.5) * stretch - 0.5
     distance = np.abs(centres[None, :] - np.arange(n_in)[:, None]) / max(stretch, 1.0)
     w = np.maximum(0.0, 1.0 - distance)
     return w / w.sum(axis=0)
+
   return np.einsum('bhwc,hy,wx->byxc', x, weights(x.shape[1]), weights(x.shape[2]))
 
 
@@ -183,8 +202,10 @@ def test_hsv_conversion_matches_colorsys():
 
 def test_hue_shift_matches_colorsys():
   rgb = np.random.default_rng(1).uniform(size=(4, 4, 3)).astype(np.float32)
-  expected = [colorsys.hsv_to_rgb((h + 0.3) % 1, s, v)
-              for h, s, v in (colorsys.rgb_to_hsv(*p) for p in rgb.reshape(-1, 3))]
+  expected = [
+    colorsys.hsv_to_rgb((h + 0.3) % 1, s, v)
+    for h, s, v in (colorsys.rgb_to_hsv(*p) for p in rgb.reshape(-1, 3))
+  ]
   got = jax.jit(augment._adjust_hue)(rgb, 0.3)
   np.testing.assert_allclose(got, np.reshape(expected, rgb.shape), atol=1e-5)
 
@@ -192,17 +213,22 @@ def test_hue_shift_matches_colorsys():
 def test_gaussian_blur_matches_scipy():
   x = np.random.default_rng(0).uniform(size=(12, 10, 3)).astype(np.float32)
   sigma, radius = 1.3, 3
-  expected = ndimage.gaussian_filter(x, sigma=(sigma, sigma, 0), mode='mirror',
-                                     truncate=radius / sigma)  # Same 2 * radius + 1 taps.
+  expected = ndimage.gaussian_filter(
+    x, sigma=(sigma, sigma, 0), mode='mirror', truncate=radius / sigma
+  )  # Same 2 * radius + 1 taps.
   got = jax.jit(augment._gaussian_blur, static_argnames='radius')(x, sigma, radius=radius)
   np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize('size, crop_fraction, reference', [
+@pytest.mark.parametrize(
+  'size, crop_fraction, reference',
+  [
     (16, 1.0, lambda x: x),
     (8, 1.0, lambda x: _np_resize(x, 8)),
     (8, 0.5, lambda x: x[:, 4:12, 4:12]),
-], ids=['identity', 'resize', 'centre_crop'])
+  ],
+  ids=['identity', 'resize', 'centre_crop'],
+)
 def test_eval_view(size, crop_fraction, reference):
   images = _images()
   eval_view = jax.jit(augment.eval_view, static_argnums=(1, 2, 3, 4))
@@ -218,11 +244,22 @@ def test_multi_crop_rejects_float_images():
 
 def _config(**overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.augment = ml_collections.ConfigDict(dict(
-      num_global_crops=2, global_size=8, global_scale=(0.5, 1.0),
-      num_local_crops=0, local_size=6, local_scale=(0.2, 0.5),
-      flip=True, color_jitter=0.5, grayscale_prob=0.2,
-      blur_prob=(1.0, 0.1), local_blur_prob=0.5, solarize_prob=(0.0, 0.2)))
+  config.augment = ml_collections.ConfigDict(
+    dict(
+      num_global_crops=2,
+      global_size=8,
+      global_scale=(0.5, 1.0),
+      num_local_crops=0,
+      local_size=6,
+      local_scale=(0.2, 0.5),
+      flip=True,
+      color_jitter=0.5,
+      grayscale_prob=0.2,
+      blur_prob=(1.0, 0.1),
+      local_blur_prob=0.5,
+      solarize_prob=(0.0, 0.2),
+    )
+  )
   config.augment.update(overrides)
   return config
 
@@ -239,7 +276,9 @@ def test_augment_config_from():
   assert with_local.blur_prob == (1.0,)
 
 
-@pytest.mark.parametrize('overrides, match', [
+@pytest.mark.parametrize(
+  'overrides, match',
+  [
     (dict(num_global_crops=0), 'num_global_crops'),
     (dict(num_local_crops=-1), 'num_local_crops'),
     (dict(global_size=32), 'global_size=32 is larger'),
@@ -251,7 +290,8 @@ def test_augment_config_from():
     (dict(blur_prob=(1.0, 1.2)), 'blur_prob'),
     (dict(solarize_prob=()), 'solarize_prob'),
     (dict(grayscale_prob=-0.1), 'grayscale_prob'),
-])
+  ],
+)
 def test_augment_config_from_rejects(overrides, match):
   with pytest.raises(ValueError, match=match):
     augment.augment_config_from(_config(**overrides), MEAN, STD, image_shape=(16, 16, 3))

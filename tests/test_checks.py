@@ -1,5 +1,6 @@
 """Checks that stop a run before it trains: numbers in the config (`config_base.validate`) and an
 evaluation batch that does not fit in a device's memory (`evaluate.make_evaluator`)."""
+
 import re
 
 import jax
@@ -13,37 +14,79 @@ from semi_ssl.data import datasets
 NAN, INF = float('nan'), float('inf')
 
 
-@pytest.mark.parametrize('key, value, message', [
-    ('optimizer.learning_rate', NAN, 'must be a finite number >= 0; e.g. '
-                                     '--config.optimizer.learning_rate=0.1.'),
-    ('optimizer.learning_rate', INF, 'must be a finite number >= 0; e.g. '
-                                     '--config.optimizer.learning_rate=0.1.'),
-    ('optimizer.learning_rate', -0.1, 'must be a finite number >= 0; e.g. '
-                                      '--config.optimizer.learning_rate=0.1.'),
-    ('optimizer.warmup_steps', -5, 'must be an integer >= 0; e.g. '
-                                   '--config.optimizer.warmup_steps=50.'),
-    ('optimizer.end_learning_rate_factor', -1.0,
-     'must be a finite number >= 0; e.g. --config.optimizer.end_learning_rate_factor=0.0.'),
-    ('optimizer.momentum', 1.0, 'must be a number in [0, 1); e.g. '
-                                '--config.optimizer.momentum=0.9.'),
-    ('optimizer.momentum', -0.5, 'must be a number in [0, 1); e.g. '
-                                 '--config.optimizer.momentum=0.9.'),
-    ('optimizer.weight_decay', -5e-4, 'must be a finite number >= 0; e.g. '
-                                      '--config.optimizer.weight_decay=0.0005.'),
-    ('optimizer.weight_decay', NAN, 'must be a finite number >= 0; e.g. '
-                                    '--config.optimizer.weight_decay=0.0005.'),
+@pytest.mark.parametrize(
+  'key, value, message',
+  [
+    (
+      'optimizer.learning_rate',
+      NAN,
+      'must be a finite number >= 0; e.g. --config.optimizer.learning_rate=0.1.',
+    ),
+    (
+      'optimizer.learning_rate',
+      INF,
+      'must be a finite number >= 0; e.g. --config.optimizer.learning_rate=0.1.',
+    ),
+    (
+      'optimizer.learning_rate',
+      -0.1,
+      'must be a finite number >= 0; e.g. --config.optimizer.learning_rate=0.1.',
+    ),
+    (
+      'optimizer.warmup_steps',
+      -5,
+      'must be an integer >= 0; e.g. --config.optimizer.warmup_steps=50.',
+    ),
+    (
+      'optimizer.end_learning_rate_factor',
+      -1.0,
+      'must be a finite number >= 0; e.g. --config.optimizer.end_learning_rate_factor=0.0.',
+    ),
+    (
+      'optimizer.momentum',
+      1.0,
+      'must be a number in [0, 1); e.g. --config.optimizer.momentum=0.9.',
+    ),
+    (
+      'optimizer.momentum',
+      -0.5,
+      'must be a number in [0, 1); e.g. --config.optimizer.momentum=0.9.',
+    ),
+    (
+      'optimizer.weight_decay',
+      -5e-4,
+      'must be a finite number >= 0; e.g. --config.optimizer.weight_decay=0.0005.',
+    ),
+    (
+      'optimizer.weight_decay',
+      NAN,
+      'must be a finite number >= 0; e.g. --config.optimizer.weight_decay=0.0005.',
+    ),
     ('optimizer.b1', 1.0, 'must be a number in [0, 1); e.g. --config.optimizer.b1=0.9.'),
     ('optimizer.b2', NAN, 'must be a number in [0, 1); e.g. --config.optimizer.b2=0.999.'),
-    ('optimizer.trust_coefficient', 0.0, 'must be a finite number > 0; e.g. '
-                                         '--config.optimizer.trust_coefficient=0.001.'),
-    ('optimizer.grad_clip_norm', -1.0, 'must be a finite number >= 0; e.g. '
-                                       '--config.optimizer.grad_clip_norm=0.0.'),
-    ('eval.knn_temperature', 0.0, 'must be a finite number > 0; e.g. '
-                                  '--config.eval.knn_temperature=0.07.'),
-    ('eval.knn_temperature', INF, 'must be a finite number > 0; e.g. '
-                                  '--config.eval.knn_temperature=0.07.'),
+    (
+      'optimizer.trust_coefficient',
+      0.0,
+      'must be a finite number > 0; e.g. --config.optimizer.trust_coefficient=0.001.',
+    ),
+    (
+      'optimizer.grad_clip_norm',
+      -1.0,
+      'must be a finite number >= 0; e.g. --config.optimizer.grad_clip_norm=0.0.',
+    ),
+    (
+      'eval.knn_temperature',
+      0.0,
+      'must be a finite number > 0; e.g. --config.eval.knn_temperature=0.07.',
+    ),
+    (
+      'eval.knn_temperature',
+      INF,
+      'must be a finite number > 0; e.g. --config.eval.knn_temperature=0.07.',
+    ),
     ('seed', -1, 'must be an integer >= 0; e.g. --config.seed=0.'),
-])
+  ],
+)
 def test_a_bad_number_is_one_line_naming_the_key_and_a_value_that_runs(key, value, message):
   config = tiny_config()
   config.update_from_flattened_dict({key: value})
@@ -54,12 +97,21 @@ def test_a_bad_number_is_one_line_naming_the_key_and_a_value_that_runs(key, valu
 
 def test_the_smallest_numbers_that_run_are_accepted():
   config = tiny_config()
-  config.update_from_flattened_dict({
-      'seed': 0, 'optimizer.learning_rate': 0.0, 'optimizer.warmup_steps': 0,
-      'optimizer.end_learning_rate_factor': 0.0, 'optimizer.momentum': 0.0,
-      'optimizer.weight_decay': 0.0, 'optimizer.b1': 0.0, 'optimizer.b2': 0.0,
-      'optimizer.trust_coefficient': 1e-9, 'optimizer.grad_clip_norm': 0.0,
-      'eval.knn_temperature': 1e-9})
+  config.update_from_flattened_dict(
+    {
+      'seed': 0,
+      'optimizer.learning_rate': 0.0,
+      'optimizer.warmup_steps': 0,
+      'optimizer.end_learning_rate_factor': 0.0,
+      'optimizer.momentum': 0.0,
+      'optimizer.weight_decay': 0.0,
+      'optimizer.b1': 0.0,
+      'optimizer.b2': 0.0,
+      'optimizer.trust_coefficient': 1e-9,
+      'optimizer.grad_clip_norm': 0.0,
+      'eval.knn_temperature': 1e-9,
+    }
+  )
   config_base.validate(config, num_devices=8, workdir=None)
 
 
@@ -73,13 +125,19 @@ def _evaluate_digits(batch_size: int) -> dict:
   """Digits' test metrics of `_random_features`, evaluated `batch_size` images at a time."""
   splits = datasets.load(tiny_config())
   mesh = parallel.create_mesh(1)
-  weights = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (64, 64)),
-                           parallel.replicated(mesh))
+  weights = jax.device_put(
+    jax.random.normal(jax.random.PRNGKey(0), (64, 64)), parallel.replicated(mesh)
+  )
   evaluator = evaluate.make_evaluator(
-      _random_features, splits, mesh, preprocess=lambda x: x.astype(jnp.float32) / 255,
-      batch_size=batch_size, knn_k=20, knn_temperature=0.07,
-      variables_like=jax.ShapeDtypeStruct(weights.shape, weights.dtype,
-                                          sharding=weights.sharding))
+    _random_features,
+    splits,
+    mesh,
+    preprocess=lambda x: x.astype(jnp.float32) / 255,
+    batch_size=batch_size,
+    knn_k=20,
+    knn_temperature=0.07,
+    variables_like=jax.ShapeDtypeStruct(weights.shape, weights.dtype, sharding=weights.sharding),
+  )
   return evaluator(weights)
 
 
@@ -90,9 +148,13 @@ def test_an_eval_batch_beyond_the_data_is_lowered_to_it_with_the_same_results():
 
 def test_an_eval_batch_that_does_not_fit_is_refused_naming_one_that_does(monkeypatch):
   monkeypatch.setattr(evaluate, 'device_memory', lambda device: 0)
-  with pytest.raises(errors.UserError, match=(
+  with pytest.raises(
+    errors.UserError,
+    match=(
       r'^config\.eval\.batch_size=512: evaluating a batch of 360 images needs [\d.]+ MiB per '
-      r'device, and a device has 0\.0 MiB: set --config\.eval\.batch_size=8 or lower\.$')) as error:
+      r'device, and a device has 0\.0 MiB: set --config\.eval\.batch_size=8 or lower\.$'
+    ),
+  ) as error:
     _evaluate_digits(512)
   needed = float(re.search(r'needs ([\d.]+) MiB', str(error.value)).group(1)) * 2**20
   limit = int(0.6 * needed)
@@ -108,7 +170,10 @@ def test_an_eval_batch_that_does_not_fit_stops_the_run_before_it_trains(tmp_path
   monkeypatch.setattr(evaluate, 'device_memory', lambda device: 0)
   monkeypatch.setattr(train, 'train_step', lambda *args, **kwargs: pytest.fail('trained'))
   workdir = str(tmp_path / 'run')
-  with pytest.raises(errors.UserError, match=r'^config\.eval\.batch_size=512: evaluating a batch '
-                     r'of 360 images needs .* set --config\.eval\.batch_size=8 or lower\.$'):
+  with pytest.raises(
+    errors.UserError,
+    match=r'^config\.eval\.batch_size=512: evaluating a batch '
+    r'of 360 images needs .* set --config\.eval\.batch_size=8 or lower\.$',
+  ):
     train.train_and_evaluate(tiny_config(), workdir)
   assert not checkpoint.has_checkpoint(workdir)

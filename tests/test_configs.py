@@ -1,6 +1,7 @@
 """Every config in configs/: loads, has what the trainer reads, validates, gives the views it
 says; a tiny version of each trains two steps on mock data, and its full-size train step lowers
 on the 8 devices; command-line overrides reach the stages of the staged ImageNet configs."""
+
 import functools
 import glob
 import json
@@ -24,13 +25,31 @@ from semi_ssl.methods import base
 import tfds_mock
 from helpers import REPO
 
-CONFIGS = sorted(os.path.relpath(path, REPO)
-                 for path in glob.glob(os.path.join(REPO, 'configs', '**', '*.py'), recursive=True))
+CONFIGS = sorted(
+  os.path.relpath(path, REPO)
+  for path in glob.glob(os.path.join(REPO, 'configs', '**', '*.py'), recursive=True)
+)
 TFDS_CONFIGS = [path for path in CONFIGS if not path.endswith('digits.py')]
 STAGED_CONFIGS = ['configs/suave/imagenet_10pct.py', 'configs/suave/imagenet_1pct.py']
-REQUIRED_KEYS = ('method', 'seed', 'dataset', 'data_dir', 'batch_size', 'labelled_batch_size',
-                 'num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
-                 'model', 'augment', 'optimizer', 'eval', 'init_from', 'name')
+REQUIRED_KEYS = (
+  'method',
+  'seed',
+  'dataset',
+  'data_dir',
+  'batch_size',
+  'labelled_batch_size',
+  'num_steps',
+  'log_every',
+  'eval_every',
+  'checkpoint_every',
+  'keep_checkpoints',
+  'model',
+  'augment',
+  'optimizer',
+  'eval',
+  'init_from',
+  'name',
+)
 # Side of the stored images of each dataset (ImageNet: config.decode_size).
 IMAGE_SIDE = {'digits': 8, 'cifar10': 32, 'cifar100': 32}
 
@@ -39,8 +58,9 @@ def load(path: str, *overrides: str) -> ml_collections.ConfigDict:
   """The config as `semi_ssl.main` builds it: config_flags, locked, with `overrides`."""
   argv = ['main', f'--config={os.path.join(REPO, path)}', *overrides]
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', flag_values=flag_values, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    'config', flag_values=flag_values, lock_config=True, sys_argv=argv
+  )
   flag_values(argv)
   return flag_values.config
 
@@ -56,8 +76,11 @@ def channels(config: ml_collections.ConfigDict) -> int:
 
 def test_suave_semppl_and_the_baseline_have_a_config_for_every_benchmark():
   benchmarks = ('digits', 'cifar10', 'cifar100', 'imagenet_1pct', 'imagenet_10pct')
-  expected = {f'configs/{method}/{benchmark}.py'
-              for method in ('suave', 'semppl', 'supervised') for benchmark in benchmarks}
+  expected = {
+    f'configs/{method}/{benchmark}.py'
+    for method in ('suave', 'semppl', 'supervised')
+    for benchmark in benchmarks
+  }
   assert expected <= set(CONFIGS)
 
 
@@ -112,35 +135,43 @@ def test_views_have_the_configured_shapes(path):
     c = channels(stage)
     cfg = augment.augment_config_from(stage, (0.5,) * c, (0.25,) * c, (side, side, c))
     images = jnp.zeros((2, side, side, c), jnp.uint8)
-    views = jax.eval_shape(functools.partial(augment.multi_crop, cfg=cfg),
-                           jax.random.PRNGKey(0), images)
+    views = jax.eval_shape(
+      functools.partial(augment.multi_crop, cfg=cfg), jax.random.PRNGKey(0), images
+    )
     aug = stage.augment
-    expected = ([(2, aug.global_size, aug.global_size, c)] * aug.num_global_crops
-                + [(2, aug.local_size, aug.local_size, c)] * aug.num_local_crops)
+    expected = [(2, aug.global_size, aug.global_size, c)] * aug.num_global_crops + [
+      (2, aug.local_size, aug.local_size, c)
+    ] * aug.num_local_crops
     assert [v.shape for v in views] == expected
     assert all(v.dtype == jnp.float32 for v in views)
-    labelled = jax.eval_shape(functools.partial(augment.multi_crop, cfg=cfg.labelled_views),
-                              jax.random.PRNGKey(0), images)
+    labelled = jax.eval_shape(
+      functools.partial(augment.multi_crop, cfg=cfg.labelled_views), jax.random.PRNGKey(0), images
+    )
     if aug.labelled is None:
       assert [v.shape for v in labelled] == expected
     else:
       assert [v.shape for v in labelled] == [(2, aug.labelled.size, aug.labelled.size, c)] * (
-          aug.labelled.num_crops)
+        aug.labelled.num_crops
+      )
 
 
 def test_imagenet_suave_views():
   """The paper's multi-crop, then two 224-pixel crops for the fine-tune."""
   suave, finetune = stages(load('configs/suave/imagenet_10pct.py'))
-  assert (suave.decode_size, suave.model.backbone, suave.model.stem) == (256, 'resnet50',
-                                                                          'imagenet')
+  assert (suave.decode_size, suave.model.backbone, suave.model.stem) == (
+    256,
+    'resnet50',
+    'imagenet',
+  )
   assert (suave.augment.num_global_crops, suave.augment.global_size) == (2, 224)
   assert (suave.augment.num_local_crops, suave.augment.local_size) == (8, 96)
   assert (finetune.augment.num_global_crops, finetune.augment.global_size) == (2, 224)
   assert finetune.augment.num_local_crops == 0
 
 
-@pytest.mark.parametrize('path', [p for p in CONFIGS if p.startswith(('configs/suave/imagenet',
-                                                                      'configs/daino/imagenet'))])
+@pytest.mark.parametrize(
+  'path', [p for p in CONFIGS if p.startswith(('configs/suave/imagenet', 'configs/daino/imagenet'))]
+)
 def test_imagenet_labelled_images_get_the_official_single_crop(path):
   """main_suave.py / main_daino.py `tr_lab`: one 224 crop with milder colour than the
   unlabelled views, milder still in Suave's fine-tune; the crop follows the global size."""
@@ -150,8 +181,9 @@ def test_imagenet_labelled_images_get_the_official_single_crop(path):
       assert (labelled.num_crops, labelled.size, labelled.scale) == (1, size, (0.08, 1.0))
       assert (labelled.blur_prob, labelled.solarize_prob) == (0.0, 0.0)
       finetune = stage.name == 'finetune'
-      assert (labelled.color_jitter, labelled.grayscale_prob) == ((0.125, 0.0) if finetune
-                                                                  else (0.5, 0.2))
+      assert (labelled.color_jitter, labelled.grayscale_prob) == (
+        (0.125, 0.0) if finetune else (0.5, 0.2)
+      )
 
 
 @pytest.mark.parametrize('swav, first_paths', [('/swav/run', ('backbone',)), (None, None)])
@@ -164,19 +196,31 @@ def test_swav_checkpoint_decides_how_the_first_stage_starts(path, swav, first_pa
   tfds_mock.prepare_for(tmp_path, config.dataset, config.label_fraction, num_examples=4)
   suave, finetune = stages(config, '/work')
   assert (suave.name, suave.init_from.workdir, suave.init_from.paths) == (
-      'suave', swav, first_paths)
+    'suave',
+    swav,
+    first_paths,
+  )
   assert (finetune.name, finetune.init_from.workdir, finetune.init_from.paths) == (
-      'finetune', '/work/suave', ('backbone', 'projector'))
+    'finetune',
+    '/work/suave',
+    ('backbone', 'projector'),
+  )
   for stage in (suave, finetune):
     config_base.validate(stage, num_devices=8, workdir=None)
 
 
 @pytest.mark.parametrize('path', STAGED_CONFIGS)
 def test_overrides_reach_the_stages(path):
-  suave, finetune = stages(load(
-      path, '--config.seed=3', '--config.augment.global_size=192',
-      '--config.suave.temperature=0.2', '--config.finetune.optimizer.learning_rate=0.5',
-      '--config.finetune.num_steps=7'))
+  suave, finetune = stages(
+    load(
+      path,
+      '--config.seed=3',
+      '--config.augment.global_size=192',
+      '--config.suave.temperature=0.2',
+      '--config.finetune.optimizer.learning_rate=0.5',
+      '--config.finetune.num_steps=7',
+    )
+  )
   for stage in (suave, finetune):
     assert (stage.seed, stage.augment.global_size, stage.suave.temperature) == (3, 192, 0.2)
   assert suave.optimizer.learning_rate == 0.4 and suave.num_steps == 100 * 5004
@@ -191,10 +235,13 @@ def _param_shapes(stage: ml_collections.ConfigDict) -> dict[tuple[str, ...], tup
   """{parameter path: shape} of the stage's model on ImageNet, built abstractly (no compile)."""
   data = base.DataInfo(num_classes=1000, image_shape=(stage.decode_size, stage.decode_size, 3))
   method = methods.REGISTRY[stage.method](stage, data, parallel.create_mesh())
-  params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0))),
-                                      nnx.Param))
-  return {tuple(str(k.key) for k in path): leaf.shape
-          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  params = nnx.to_pure_dict(
+    nnx.state(nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0))), nnx.Param)
+  )
+  return {
+    tuple(str(k.key) for k in path): leaf.shape
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+  }
 
 
 @pytest.mark.parametrize('path', STAGED_CONFIGS)
@@ -219,19 +266,36 @@ def _step(stage: ml_collections.ConfigDict, data: base.DataInfo, mesh: Mesh, mea
   graphdef, init = train.state_initializer(method, tx, stage.seed)
   sharding = train.state_sharding(method, jax.eval_shape(init))
   augment_cfg = augment.augment_config_from(stage, mean, std, data.image_shape)
-  step = jax.jit(functools.partial(train.train_step, method=method, graphdef=graphdef, tx=tx,
-                                   augment_cfg=augment_cfg, schedule=schedule),
-                 out_shardings=(sharding, parallel.replicated(mesh)), donate_argnums=0)
+  step = jax.jit(
+    functools.partial(
+      train.train_step,
+      method=method,
+      graphdef=graphdef,
+      tx=tx,
+      augment_cfg=augment_cfg,
+      schedule=schedule,
+    ),
+    out_shardings=(sharding, parallel.replicated(mesh)),
+    donate_argnums=0,
+  )
   return step, init, sharding, method.uses_unlabelled
 
 
 # A tiny version of each config: its method, optimiser, augmentation and stem with a narrow
 # tiny backbone (compiling a ResNet-18/50 step takes minutes on 2 CPU cores), 8 + 8 images and
 # two steps; ImageNet's 224/96-pixel crops of 256-pixel images scaled down 8x.
-TINY = ('--config.batch_size=8', '--config.labelled_batch_size=8', '--config.num_steps=2',
-        '--config.model.backbone=resnet_tiny', '--config.model.width=0.25')
-TINY_IMAGENET = ('--config.decode_size=32', '--config.augment.global_size=28',
-                 '--config.augment.local_size=12')
+TINY = (
+  '--config.batch_size=8',
+  '--config.labelled_batch_size=8',
+  '--config.num_steps=2',
+  '--config.model.backbone=resnet_tiny',
+  '--config.model.width=0.25',
+)
+TINY_IMAGENET = (
+  '--config.decode_size=32',
+  '--config.augment.global_size=28',
+  '--config.augment.local_size=12',
+)
 
 
 @pytest.mark.parametrize('path', RUNS)
@@ -247,8 +311,9 @@ def test_config_trains_on_mock_data(path, tmp_path):
     overrides.append('--config.finetune.num_steps=2')
   if config.dataset != 'digits':
     tfds_mock.prepare_for(tmp_path, config.dataset, config.label_fraction, num_examples)
-  mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), (parallel.DATA_AXIS,
-                                                              parallel.MODEL_AXIS))
+  mesh = Mesh(
+    np.asarray(jax.devices()[:1]).reshape(1, 1), (parallel.DATA_AXIS, parallel.MODEL_AXIS)
+  )
   # Threefry initialisation compiles for ~20 s per model on CPU; rbg keys are as good here.
   with jax.default_prng_impl('unsafe_rbg'), tfds_mock.mock_data(tmp_path, num_examples):
     for stage in stages(load(path, *overrides)):
@@ -260,12 +325,20 @@ def test_config_trains_on_mock_data(path, tmp_path):
       state = jax.jit(init, out_shardings=sharding)()
       initial = jax.device_get(state.params)
       for s in range(2):
-        state, metrics = step(state, jax.device_put(pipeline.host_batch(
-            splits, s, seed=0, labelled_batch_size=8, batch_size=8 if unlabelled else None)))
+        state, metrics = step(
+          state,
+          jax.device_put(
+            pipeline.host_batch(
+              splits, s, seed=0, labelled_batch_size=8, batch_size=8 if unlabelled else None
+            )
+          ),
+        )
         assert np.isfinite(metrics['loss']), (stage.name, s)
       assert (int(state.step), int(state.skipped_steps)) == (2, 0)
-      assert any(not np.array_equal(new, old) for new, old in zip(
-          jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(initial)))
+      assert any(
+        not np.array_equal(new, old)
+        for new, old in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(initial))
+      )
 
 
 @pytest.mark.parametrize('path', RUNS)
@@ -281,15 +354,22 @@ def test_full_size_step_lowers_on_8_devices(path, monkeypatch):
     mesh = parallel.create_mesh(stage.mesh.model)
     shape = datasets.image_shape(stage)
     data = base.DataInfo(num_classes=datasets.num_classes(stage), image_shape=shape)
-    step, init, sharding, unlabelled = _step(stage, data, mesh, (0.5,) * shape[-1],
-                                             (0.25,) * shape[-1])
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         jax.eval_shape(init), sharding)
+    step, init, sharding, unlabelled = _step(
+      stage, data, mesh, (0.5,) * shape[-1], (0.25,) * shape[-1]
+    )
+    state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      jax.eval_shape(init),
+      sharding,
+    )
     rows = parallel.batch_sharding(mesh)
     images = lambda n: jax.ShapeDtypeStruct((n, *shape), jnp.uint8, sharding=rows)
-    batch = {'labelled': {'images': images(stage.labelled_batch_size), 'labels':
-                          jax.ShapeDtypeStruct((stage.labelled_batch_size,), jnp.int32,
-                                               sharding=rows)}}
+    batch = {
+      'labelled': {
+        'images': images(stage.labelled_batch_size),
+        'labels': jax.ShapeDtypeStruct((stage.labelled_batch_size,), jnp.int32, sharding=rows),
+      }
+    }
     if unlabelled:
       batch['unlabelled'] = {'images': images(stage.batch_size)}
     new_state, metrics = step.lower(state, batch).out_info
@@ -298,7 +378,9 @@ def test_full_size_step_lowers_on_8_devices(path, monkeypatch):
 
 
 def test_with_baseline_follows_the_top_level_data_keys():
-  config = config_base.load_config_file(os.path.join(REPO, 'configs/suave/digits.py'), 'with_baseline')
+  config = config_base.load_config_file(
+    os.path.join(REPO, 'configs/suave/digits.py'), 'with_baseline'
+  )
   config.seed, config.dataset, config.data_file = 3, 'npz', '/data/mine.npz'
   baseline, method_stage = config.stages
   for key in config_base.DATA_KEYS:
@@ -321,15 +403,26 @@ def test_changed_keys_compares_json_normalised_dotted_keys():
   changed = config_base.changed_keys(saved, current)
   assert changed == ['augment.global_scale', 'init_from.paths', 'optimizer.learning_rate', 'seed']
   assert config_base.changed_keys(saved, current, ignore=('augment', 'optimizer', 'init_from')) == [
-      'data_dir', 'eval.batch_size', 'eval_every', 'seed']  # `ignore` replaces the default.
+    'data_dir',
+    'eval.batch_size',
+    'eval_every',
+    'seed',
+  ]  # `ignore` replaces the default.
   assert config_base.describe_changes(saved, current, changed, limit=2) == (
-      'augment.global_scale was [0.5, 1.0], now [0.4, 1.0]; init_from.paths was [], now '
-      '["backbone"] (and 2 more)')
+    'augment.global_scale was [0.5, 1.0], now [0.4, 1.0]; init_from.paths was [], now '
+    '["backbone"] (and 2 more)'
+  )
   # A key only one side has counts, shown as absent.
   del current['nonfinite'], current['model']['width']
   current['new_key'] = {'x': 1}
   assert config_base.changed_keys(saved, current) == [
-      'augment.global_scale', 'init_from.paths', 'model.width', 'new_key.x',
-      'optimizer.learning_rate', 'seed']
+    'augment.global_scale',
+    'init_from.paths',
+    'model.width',
+    'new_key.x',
+    'optimizer.learning_rate',
+    'seed',
+  ]
   assert config_base.describe_changes(saved, current, ['model.width', 'new_key.x']) == (
-      'model.width was 1.0, now absent; new_key.x was absent, now 1')
+    'model.width was 1.0, now absent; new_key.x was absent, now 1'
+  )

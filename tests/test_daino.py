@@ -1,5 +1,6 @@
 """Daino: no gradient into the teacher, EMA / centring / schedule math against numpy, where
 the targets come from, the whole loss by hand on a hand-made example, and a short run."""
+
 import math
 
 import jax
@@ -20,21 +21,38 @@ def tiny_config(**daino_overrides):
   """Digits, a tiny model, 2 global 8x8 views and 1 local 6x6 view, 8 + 8 images, 3 steps; no
   mixup, a slow teacher whose temperature warms up over 10 steps."""
   return helpers.tiny_config(
-      'daino', labelled_batch_size=8, batch_size=8, num_steps=3, log_every=1, eval_every=3,
-      checkpoint_every=3, daino={
-          **dict(label_smoothing=0.1, teacher_temperature=0.07,
-                 teacher_temperature_warmup_start=0.04, teacher_temperature_warmup_steps=10,
-                 teacher_momentum=0.99, mixup_alpha=0.0),
-          **daino_overrides})
+    'daino',
+    labelled_batch_size=8,
+    batch_size=8,
+    num_steps=3,
+    log_every=1,
+    eval_every=3,
+    checkpoint_every=3,
+    daino={
+      **dict(
+        label_smoothing=0.1,
+        teacher_temperature=0.07,
+        teacher_temperature_warmup_start=0.04,
+        teacher_temperature_warmup_steps=10,
+        teacher_momentum=0.99,
+        mixup_alpha=0.0,
+      ),
+      **daino_overrides,
+    },
+  )
 
 
 def random_batch(seed, num_labelled=4, num_unlabelled=6):
   """Normalised views of random images: 2 global [N, 8, 8, 1], 1 local [N, 6, 6, 1]."""
   keys = jax.random.split(jax.random.PRNGKey(seed), 7)
   views = lambda ks, n: [jax.random.normal(k, (n, s, s, 1)) for k, s in zip(ks, (8, 8, 6))]
-  return {'labelled': {'views': views(keys[:3], num_labelled),
-                       'labels': jax.random.randint(keys[6], (num_labelled,), 0, 10)},
-          'unlabelled': {'views': views(keys[3:6], num_unlabelled)}}
+  return {
+    'labelled': {
+      'views': views(keys[:3], num_labelled),
+      'labels': jax.random.randint(keys[6], (num_labelled,), 0, 10),
+    },
+    'unlabelled': {'views': views(keys[3:6], num_unlabelled)},
+  }
 
 
 @pytest.fixture(scope='module')
@@ -56,12 +74,18 @@ def tiny():
 def test_ema_update_matches_numpy(tiny):
   method, params, teacher = tiny['method'], tiny['params'], tiny['teacher']
   center, step = jnp.arange(10.0), 1
-  new = jax.jit(method.update_state)(params, {'teacher': teacher, 'center': center},
-                                     jnp.int32(step))
+  new = jax.jit(method.update_state)(
+    params, {'teacher': teacher, 'center': center}, jnp.int32(step)
+  )
   m = 1 - (1 - 0.99) * (math.cos(math.pi * step / tiny['config'].num_steps) + 1) / 2
-  jax.tree.map(lambda got, t, p: np.testing.assert_allclose(
-      got, m * np.asarray(t) + (1 - m) * np.asarray(p), rtol=1e-6, atol=1e-7),
-      new['teacher'], teacher, params)
+  jax.tree.map(
+    lambda got, t, p: np.testing.assert_allclose(
+      got, m * np.asarray(t) + (1 - m) * np.asarray(p), rtol=1e-6, atol=1e-7
+    ),
+    new['teacher'],
+    teacher,
+    params,
+  )
   np.testing.assert_array_equal(new['center'], center)
 
 
@@ -78,10 +102,12 @@ def test_momentum_schedule_endpoints():
 
 
 def test_teacher_temperature_warms_up_linearly_then_stays():
-  t = lambda step, warmup: float(daino.teacher_temperature(jnp.int32(step), start=0.04, end=0.07,
-                                                           warmup_steps=warmup))
-  np.testing.assert_allclose([t(0, 30), t(15, 30), t(30, 30), t(99, 30)],
-                             [0.04, 0.055, 0.07, 0.07], rtol=1e-6)
+  t = lambda step, warmup: float(
+    daino.teacher_temperature(jnp.int32(step), start=0.04, end=0.07, warmup_steps=warmup)
+  )
+  np.testing.assert_allclose(
+    [t(0, 30), t(15, 30), t(30, 30), t(99, 30)], [0.04, 0.055, 0.07, 0.07], rtol=1e-6
+  )
   assert t(0, 0) == pytest.approx(0.07)  # No warm-up.
 
 
@@ -110,8 +136,10 @@ def test_labelled_targets_are_labels_and_unlabelled_targets_come_from_the_teache
   loss, params = tiny['loss'], tiny['params']
   state = {'teacher': tiny['teacher'], 'center': jnp.zeros(10)}
   batch = random_batch(0)
-  relabelled = {**batch, 'labelled': {**batch['labelled'],
-                                      'labels': (batch['labelled']['labels'] + 3) % 10}}
+  relabelled = {
+    **batch,
+    'labelled': {**batch['labelled'], 'labels': (batch['labelled']['labels'] + 3) % 10},
+  }
   _, (state_a, metrics_a) = loss(params, state, batch)
   _, (_, metrics_b) = loss(params, state, relabelled)
   assert float(metrics_a['loss_unlabelled']) == float(metrics_b['loss_unlabelled'])
@@ -148,26 +176,37 @@ STUDENT_W = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5], [0.5, 0.5, 0.0]])
 TEACHER_W = np.array([[0.8, 0.1, 0.0], [0.2, 0.9, 0.0], [0.0, 0.0, 1.0]])
 CENTER = np.array([0.1, -0.1, 0.0])
 LABELLED = [np.array([[1.0, 0.0, 0.0]]), np.array([[0.5, 0.5, 0.0]]), np.array([[0.0, 1.0, 1.0]])]
-UNLABELLED = [np.array([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0]]),
-              np.array([[0.2, 0.0, 1.0], [0.0, 0.3, 0.0]]),
-              np.array([[1.0, 0.0, 1.0], [0.5, 0.0, 0.5]])]
+UNLABELLED = [
+  np.array([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0]]),
+  np.array([[0.2, 0.0, 1.0], [0.0, 0.3, 0.0]]),
+  np.array([[1.0, 0.0, 1.0], [0.5, 0.0, 0.5]]),
+]
 
 
 def hand_made():
   """Daino's loss of (student params, teacher params) on the hand-made example."""
-  config = tiny_config(num_prototypes=3, student_temperature=0.5, teacher_temperature=0.2,
-                       teacher_temperature_warmup_steps=0, label_smoothing=0.1)
-  method = daino.Daino(config, base.DataInfo(num_classes=2, image_shape=(8, 8, 1)),
-                       parallel.create_mesh())
+  config = tiny_config(
+    num_prototypes=3,
+    student_temperature=0.5,
+    teacher_temperature=0.2,
+    teacher_temperature_warmup_steps=0,
+    label_smoothing=0.1,
+  )
+  method = daino.Daino(
+    config, base.DataInfo(num_classes=2, image_shape=(8, 8, 1)), parallel.create_mesh()
+  )
   graphdef, _ = nnx.split(LinearScores(STUDENT_W), nnx.Param)
   as_images = lambda vs: [jnp.asarray(v, jnp.float32).reshape(len(v), 1, 1, 3) for v in vs]
-  batch = {'labelled': {'views': as_images(LABELLED), 'labels': jnp.array([1])},
-           'unlabelled': {'views': as_images(UNLABELLED)}}
+  batch = {
+    'labelled': {'views': as_images(LABELLED), 'labels': jnp.array([1])},
+    'unlabelled': {'views': as_images(UNLABELLED)},
+  }
 
   def loss_of(params, teacher):
     state = {'teacher': teacher, 'center': jnp.asarray(CENTER, jnp.float32)}
-    return method.loss(nnx.merge(graphdef, params), state, batch, jax.random.PRNGKey(0),
-                       jnp.int32(0))
+    return method.loss(
+      nnx.merge(graphdef, params), state, batch, jax.random.PRNGKey(0), jnp.int32(0)
+    )
 
   return loss_of
 
@@ -208,12 +247,15 @@ def test_teacher_gets_no_gradient_but_is_used():
   assert abs(float(total(student, teacher)) - float(total(student, student))) > 1e-3
 
 
-@pytest.mark.parametrize('overrides, message', [
+@pytest.mark.parametrize(
+  'overrides, message',
+  [
     (dict(num_prototypes=5), 'num_prototypes=5 is below the 10 classes'),
     (dict(teacher_momentum=1.5), 'teacher_momentum=1.5 must be in'),
     (dict(teacher_temperature=0.0), 'teacher_temperature=0.0 must be positive'),
     (dict(teacher_temperature_warmup_steps=-1), 'teacher_temperature_warmup_steps=-1'),
-])
+  ],
+)
 def test_bad_hyperparameters_name_the_key(overrides, message):
   with pytest.raises(ValueError, match=message):
     daino.Daino(tiny_config(**overrides), DIGITS, parallel.create_mesh())
@@ -237,6 +279,7 @@ def test_twelve_step_run_on_digits_trains_the_student_teacher_and_center(tmp_pat
   def scalars(self, step, values):
     logged.append((step, dict(values)))
     record(self, step, values)
+
   monkeypatch.setattr(metric_writer.MetricWriter, 'scalars', scalars)
   config = tiny_config()
   config.update(num_steps=12, eval_every=12, checkpoint_every=6)
@@ -248,10 +291,13 @@ def test_twelve_step_run_on_digits_trains_the_student_teacher_and_center(tmp_pat
   losses = [float(v['loss']) for _, v in logged if 'loss' in v]
   assert len(losses) == 12 and all(np.isfinite(losses))
   assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
-  saved = [checkpoint.read_state(workdir / checkpoint.CHECKPOINT_DIR / str(step) / 'state')
-           for step in (6, 12)]
-  differs = lambda a, b: any(not np.array_equal(x, y)
-                             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  saved = [
+    checkpoint.read_state(workdir / checkpoint.CHECKPOINT_DIR / str(step) / 'state')
+    for step in (6, 12)
+  ]
+  differs = lambda a, b: any(
+    not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
   assert differs(saved[1]['method_state']['teacher'], saved[0]['method_state']['teacher'])
   assert differs(saved[1]['method_state']['teacher'], saved[1]['params'])
   centers = [np.asarray(s['method_state']['center']) for s in saved]

@@ -1,4 +1,5 @@
 """Tests for semi_ssl.data.datasets: digits for real, TFDS sources via tfds.testing.mock_data."""
+
 import dataclasses
 import io
 import json
@@ -20,16 +21,24 @@ import tfds_mock
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
   """Any attempt to open a connection fails the test."""
+
   def refuse(*args, **kwargs):
     raise AssertionError(f'a test tried to use the network: {args}')
+
   monkeypatch.setattr(socket.socket, 'connect', refuse)
   monkeypatch.setattr(socket, 'create_connection', refuse)
   monkeypatch.setattr(socket, 'getaddrinfo', refuse)
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
-  config = dict(dataset='digits', data_dir=None, seed=0, labels_per_class=None,
-                label_fraction=None, decode_size=16)
+  config = dict(
+    dataset='digits',
+    data_dir=None,
+    seed=0,
+    labels_per_class=None,
+    label_fraction=None,
+    decode_size=16,
+  )
   config.update(overrides)
   return ml_collections.ConfigDict(config)
 
@@ -39,7 +48,8 @@ def _reference_digits():
   digits = sk_datasets.load_digits()
   images = np.round(digits.images * 255 / 16).astype(np.uint8)[..., None]
   train, test = model_selection.train_test_split(
-      np.arange(len(digits.target)), test_size=0.2, stratify=digits.target, random_state=0)
+    np.arange(len(digits.target)), test_size=0.2, stratify=digits.target, random_state=0
+  )
   return images[train], digits.target[train], images[test], digits.target[test]
 
 
@@ -47,8 +57,11 @@ def test_digits_shapes_and_statistics():
   splits = datasets.load(_config(labels_per_class=5))
   train_images, _, _, _ = _reference_digits()
   assert (splits.name, splits.num_classes, splits.image_shape) == ('digits', 10, (8, 8, 1))
-  for images, n in ((splits.labelled_images, 50), (splits.unlabelled_images, 1437 - 50),
-                    (splits.test_images, 360)):
+  for images, n in (
+    (splits.labelled_images, 50),
+    (splits.unlabelled_images, 1437 - 50),
+    (splits.test_images, 360),
+  ):
     assert images.shape == (n, 8, 8, 1) and images.dtype == np.uint8
   assert splits.labelled_labels.dtype == splits.test_labels.dtype == np.int32
   assert splits.labelled_labels.shape == (50,) and splits.test_labels.shape == (360,)
@@ -75,13 +88,15 @@ def test_digits_labelled_and_unlabelled_partition_the_train_split(seed):
   np.testing.assert_array_equal(splits.labelled_labels, train_labels[idx])
   np.testing.assert_array_equal(splits.unlabelled_images, np.delete(train_images, idx, axis=0))
   rows = lambda images: sorted(image.tobytes() for image in images)  # noqa: E731
-  assert (rows(np.concatenate([splits.labelled_images, splits.unlabelled_images]))
-          == rows(train_images))
+  assert rows(np.concatenate([splits.labelled_images, splits.unlabelled_images])) == rows(
+    train_images
+  )
 
 
 def test_digits_split_is_deterministic_per_seed_and_differs_across_seeds():
   indices = lambda seed: datasets.load(  # noqa: E731
-      _config(seed=seed, labels_per_class=2)).split_info['labelled_indices']
+    _config(seed=seed, labels_per_class=2)
+  ).split_info['labelled_indices']
   assert indices(3) == indices(3)
   assert indices(3) != indices(4)
 
@@ -98,17 +113,43 @@ def test_digits_label_fraction_is_stratified():
 def test_split_info_is_json_serialisable():
   info = datasets.load(_config(seed=5, labels_per_class=1)).split_info
   assert json.loads(json.dumps(info)) == info
-  assert {k: info[k] for k in ('dataset', 'seed', 'labels_per_class', 'label_fraction',
-                               'num_labelled', 'num_unlabelled', 'num_test')} == dict(
-      dataset='digits', seed=5, labels_per_class=1, label_fraction=None,
-      num_labelled=10, num_unlabelled=1427, num_test=360)
+  assert {
+    k: info[k]
+    for k in (
+      'dataset',
+      'seed',
+      'labels_per_class',
+      'label_fraction',
+      'num_labelled',
+      'num_unlabelled',
+      'num_test',
+    )
+  } == dict(
+    dataset='digits',
+    seed=5,
+    labels_per_class=1,
+    label_fraction=None,
+    num_labelled=10,
+    num_unlabelled=1427,
+    num_test=360,
+  )
 
 
 def test_unlabelled_images_come_without_labels():
   fields = {f.name for f in dataclasses.fields(datasets.DatasetSplits)}
-  assert fields == {'name', 'num_classes', 'image_shape', 'mean', 'std', 'labelled_images',
-                    'labelled_labels', 'unlabelled_images', 'test_images', 'test_labels',
-                    'split_info'}
+  assert fields == {
+    'name',
+    'num_classes',
+    'image_shape',
+    'mean',
+    'std',
+    'labelled_images',
+    'labelled_labels',
+    'unlabelled_images',
+    'test_images',
+    'test_labels',
+    'split_info',
+  }
   splits = datasets.load(_config(labels_per_class=1))
   assert not hasattr(splits, 'unlabelled_labels')
   with pytest.raises(dataclasses.FrozenInstanceError):
@@ -120,7 +161,9 @@ def test_select_labelled_rejects_too_many_per_class():
     datasets.select_labelled(np.array([0, 0, 0, 1, 1]), 2, seed=0, labels_per_class=3)
 
 
-@pytest.mark.parametrize('overrides, key', [
+@pytest.mark.parametrize(
+  'overrides, key',
+  [
     (dict(dataset='cifar11', labels_per_class=1), 'config.dataset'),
     (dict(labels_per_class=1, label_fraction=0.1), 'config.labels_per_class'),
     (dict(), 'config.label_fraction'),
@@ -133,7 +176,8 @@ def test_select_labelled_rejects_too_many_per_class():
     (dict(dataset='imagenet2012', label_fraction=0.05), 'config.label_fraction'),
     (dict(dataset='imagenet2012', labels_per_class=10), 'config.labels_per_class'),
     (dict(dataset='imagenet2012', label_fraction=0.1, decode_size=0), 'config.decode_size'),
-])
+  ],
+)
 def test_check_config_errors_name_the_key(overrides, key):
   with pytest.raises(ValueError) as error:
     datasets.check_config(_config(**overrides))
@@ -147,46 +191,57 @@ def test_check_config_accepts_smallest_digits_class():
 # --- TFDS sources. ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('overrides, missing', [
+@pytest.mark.parametrize(
+  'overrides, missing',
+  [
     (dict(dataset='cifar10', labels_per_class=1), "dataset 'cifar10' is not prepared in"),
     (dict(dataset='cifar100', label_fraction=0.1), "dataset 'cifar100' is not prepared in"),
-    (dict(dataset='imagenet2012', label_fraction=0.01),
-     "dataset 'imagenet2012' is not prepared in"),
-])
-def test_missing_tfds_dataset_fails_fast_without_calling_tfds(overrides, missing, tmp_path,
-                                                              monkeypatch):
+    (
+      dict(dataset='imagenet2012', label_fraction=0.01),
+      "dataset 'imagenet2012' is not prepared in",
+    ),
+  ],
+)
+def test_missing_tfds_dataset_fails_fast_without_calling_tfds(
+  overrides, missing, tmp_path, monkeypatch
+):
   def refuse(*args, **kwargs):
     raise AssertionError('tfds was called for a dataset that is not prepared')
+
   for fn in ('load', 'data_source', 'builder'):
     monkeypatch.setattr(tfds, fn, refuse)
   with pytest.raises(ValueError, match=missing) as error:
     datasets.load(_config(data_dir=str(tmp_path), **overrides))
   message = str(error.value)
-  assert f"tfds build {overrides['dataset']} " in message and f'--data_dir={tmp_path}' in message
+  assert f'tfds build {overrides["dataset"]} ' in message and f'--data_dir={tmp_path}' in message
   assert 'config.data_dir' in message
 
 
 def test_imagenet_subset_must_be_prepared_too(tmp_path):
   tfds_mock.prepare(tmp_path, 'imagenet2012', '5.1.0', {'train': 4}, 'array_record')
   with pytest.raises(ValueError, match="'imagenet2012_subset/10pct' is not prepared"):
-    datasets.check_config(_config(dataset='imagenet2012', label_fraction=0.1,
-                                  data_dir=str(tmp_path)))
+    datasets.check_config(
+      _config(dataset='imagenet2012', label_fraction=0.1, data_dir=str(tmp_path))
+    )
 
 
 def test_imagenet_without_random_access_format_is_rejected(tmp_path):
   tfds_mock.prepare(tmp_path, 'imagenet2012', '5.1.0', {'train': 4}, 'tfrecord')
   with pytest.raises(ValueError, match='stored as tfrecord.*--out_file_format=array_record'):
-    datasets.check_config(_config(dataset='imagenet2012', label_fraction=0.01,
-                                  data_dir=str(tmp_path)))
+    datasets.check_config(
+      _config(dataset='imagenet2012', label_fraction=0.01, data_dir=str(tmp_path))
+    )
 
 
 def test_cifar10_from_mocked_tfds(tmp_path):
   tfds_mock.prepare(tmp_path, 'cifar10', '3.0.2', {'train': 40, 'test': 40})
   with tfds_mock.mock_data(tmp_path, num_examples=40):
-    splits = datasets.load(_config(dataset='cifar10', data_dir=str(tmp_path), seed=1,
-                                   labels_per_class=1))
-    train_images, train_labels = tfds.as_numpy(tfds.load(
-        'cifar10', split='train', batch_size=-1, as_supervised=True))
+    splits = datasets.load(
+      _config(dataset='cifar10', data_dir=str(tmp_path), seed=1, labels_per_class=1)
+    )
+    train_images, train_labels = tfds.as_numpy(
+      tfds.load('cifar10', split='train', batch_size=-1, as_supervised=True)
+    )
   idx = np.array(splits.split_info['labelled_indices'])
   assert (splits.num_classes, splits.image_shape) == (10, (32, 32, 3))
   assert (splits.mean, splits.std) == ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -201,8 +256,9 @@ def test_cifar10_from_mocked_tfds(tmp_path):
 
 def test_imagenet_from_mocked_tfds(tmp_path, monkeypatch):
   n, size = 6, 16
-  tfds_mock.prepare(tmp_path, 'imagenet2012', '5.1.0', {'train': n, 'validation': n},
-                    'array_record')
+  tfds_mock.prepare(
+    tmp_path, 'imagenet2012', '5.1.0', {'train': n, 'validation': n}, 'array_record'
+  )
   tfds_mock.prepare(tmp_path, 'imagenet2012_subset/1pct', '5.0.0', {'train': n}, 'array_record')
   data_source, opened = tfds.data_source, []
 
@@ -213,22 +269,29 @@ def test_imagenet_from_mocked_tfds(tmp_path, monkeypatch):
 
   monkeypatch.setattr(tfds, 'data_source', spy)
   with tfds_mock.mock_data(tmp_path, num_examples=n):
-    splits = datasets.load(_config(dataset='imagenet2012', data_dir=str(tmp_path),
-                                   label_fraction=0.01, decode_size=size))
+    splits = datasets.load(
+      _config(dataset='imagenet2012', data_dir=str(tmp_path), label_fraction=0.01, decode_size=size)
+    )
     # Which features of which split were read: labels of imagenet2012 train never are.
     read = sorted((name, split, *source[0]) for name, split, source in opened)
     subset = lambda features: data_source(  # noqa: E731
-        'imagenet2012_subset/1pct', split='train', decoders=tfds.decode.PartialDecoding(
-            features, decoders={'image': tfds.decode.SkipDecoding()}))
+      'imagenet2012_subset/1pct',
+      split='train',
+      decoders=tfds.decode.PartialDecoding(
+        features, decoders={'image': tfds.decode.SkipDecoding()}
+      ),
+    )
     encoded = [record['image'] for record in subset({'image': True})]
     labels = [record['label'] for record in subset({'label': True})]
     batch = splits.labelled_images[np.array([[4, 1, 1]])]
     empty = splits.unlabelled_images[np.array([], np.int64)]
-  assert read == [('imagenet2012:5.1.0', 'train', 'image'),
-                  ('imagenet2012:5.1.0', 'validation', 'image'),
-                  ('imagenet2012:5.1.0', 'validation', 'label'),
-                  ('imagenet2012_subset/1pct:5.0.0', 'train', 'image'),
-                  ('imagenet2012_subset/1pct:5.0.0', 'train', 'label')]
+  assert read == [
+    ('imagenet2012:5.1.0', 'train', 'image'),
+    ('imagenet2012:5.1.0', 'validation', 'image'),
+    ('imagenet2012:5.1.0', 'validation', 'label'),
+    ('imagenet2012_subset/1pct:5.0.0', 'train', 'image'),
+    ('imagenet2012_subset/1pct:5.0.0', 'train', 'label'),
+  ]
   assert splits.image_shape == (size, size, 3) and splits.num_classes == 1000
   for images in (splits.labelled_images, splits.unlabelled_images, splits.test_images):
     assert isinstance(images, datasets.DecodedImages)
@@ -251,7 +314,7 @@ def test_decode_center_square_resizes_shorter_side_and_crops_the_centre(width, h
   image = np.zeros((height, width, 3), np.uint8)  # Red margins around a green centre square.
   image[..., 0] = 255
   top, left = (height - side) // 2, (width - side) // 2
-  image[top:top + side, left:left + side] = (0, 255, 0)
+  image[top : top + side, left : left + side] = (0, 255, 0)
   buffer = io.BytesIO()
   Image.fromarray(image).save(buffer, format='PNG')
   square = datasets.decode_center_square(buffer.getvalue(), side // 2)
@@ -267,16 +330,19 @@ def test_decode_center_square_of_large_jpeg_matches_full_decode():
   Image.fromarray(image).save(buffer, format='JPEG', quality=95)
   square = datasets.decode_center_square(buffer.getvalue(), 32)
   reference = np.asarray(
-      Image.fromarray(image[:, 64:320]).resize((32, 32), Image.Resampling.BICUBIC))
+    Image.fromarray(image[:, 64:320]).resize((32, 32), Image.Resampling.BICUBIC)
+  )
   np.testing.assert_allclose(square, reference, atol=4)
 
 
 def _write_npz(path, **overrides):
   rng = np.random.default_rng(0)
-  arrays = dict(train_images=rng.integers(0, 256, (60, 6, 6, 3), dtype=np.uint8),
-                train_labels=np.repeat(np.arange(3), 20),
-                test_images=rng.integers(0, 256, (9, 6, 6, 3), dtype=np.uint8),
-                test_labels=np.repeat(np.arange(3), 3))
+  arrays = dict(
+    train_images=rng.integers(0, 256, (60, 6, 6, 3), dtype=np.uint8),
+    train_labels=np.repeat(np.arange(3), 20),
+    test_images=rng.integers(0, 256, (9, 6, 6, 3), dtype=np.uint8),
+    test_labels=np.repeat(np.arange(3), 3),
+  )
   arrays.update(overrides)
   np.savez(path, **arrays)
   return str(path)
@@ -292,28 +358,37 @@ def test_npz_source_splits_your_own_data(tmp_path):
   assert splits.test_images.shape == (9, 6, 6, 3)
 
 
-@pytest.mark.parametrize('overrides, message', [
-    (dict(train_images=np.zeros((60, 6, 6, 3), np.float32)),
-     r'train images have dtype float32; expected uint8.*np.round\(images \* 255\)'),
-    (dict(train_images=np.zeros((60, 6, 6), np.uint8)),
-     r'train images have shape \(60, 6, 6\); expected \[N, H, W, C\].*images\[..., None\]'),
+@pytest.mark.parametrize(
+  'overrides, message',
+  [
+    (
+      dict(train_images=np.zeros((60, 6, 6, 3), np.float32)),
+      r'train images have dtype float32; expected uint8.*np.round\(images \* 255\)',
+    ),
+    (
+      dict(train_images=np.zeros((60, 6, 6), np.uint8)),
+      r'train images have shape \(60, 6, 6\); expected \[N, H, W, C\].*images\[..., None\]',
+    ),
     (dict(test_images=np.zeros((9, 5, 5, 3), np.uint8)), 'both splits need one image shape'),
     (dict(test_labels=np.arange(4)), r'test labels have shape \(4,\).*expected integers \[9\]'),
-])
+  ],
+)
 def test_npz_source_with_wrong_images_or_labels_names_the_problem(tmp_path, overrides, message):
-  config = _config(dataset='npz', data_file=_write_npz(tmp_path / 'bad.npz', **overrides),
-                   labels_per_class=4)
+  config = _config(
+    dataset='npz', data_file=_write_npz(tmp_path / 'bad.npz', **overrides), labels_per_class=4
+  )
   with pytest.raises(ValueError, match=message):
     datasets.check_config(config)
 
 
 def test_npz_source_without_a_file_says_how_to_give_one(tmp_path):
-  with pytest.raises(ValueError, match="config.data_file=None is not a file"):
+  with pytest.raises(ValueError, match='config.data_file=None is not a file'):
     datasets.check_config(_config(dataset='npz', data_file=None, labels_per_class=4))
   np.savez(tmp_path / 'partial.npz', train_images=np.zeros((2, 6, 6, 3), np.uint8))
   with pytest.raises(ValueError, match=r"lacks \['train_labels', 'test_images', 'test_labels'\]"):
-    datasets.check_config(_config(dataset='npz', data_file=str(tmp_path / 'partial.npz'),
-                                  labels_per_class=1))
+    datasets.check_config(
+      _config(dataset='npz', data_file=str(tmp_path / 'partial.npz'), labels_per_class=1)
+    )
 
 
 _LABELS = np.repeat(np.arange(3), 20)  # _write_npz's train labels: classes 0, 1, 2.
@@ -330,7 +405,7 @@ def _write_bytes(path, data: bytes) -> str:
 
 def _first_half_of_npz(path) -> str:
   data = open(_write_npz(path), 'rb').read()
-  return _write_bytes(path, data[:len(data) // 2])
+  return _write_bytes(path, data[: len(data) // 2])
 
 
 def _flipped_byte_in_npz(path) -> str:
@@ -357,41 +432,82 @@ def _directory(path) -> str:
   return str(path)
 
 
-@pytest.mark.parametrize('write, message', [
-    (lambda p: _write_npz(p, train_labels=_with_last(_LABELS, 1_000_000)),
-     r'train_labels has 1 label equal to 1000000 but classes 3\.\.999999 have no train image: '
-     r'labels must be 0\.\.C-1 with every class in train_labels \(drop or remap the stray'),
-    (lambda p: _write_npz(p, train_labels=np.repeat([0, 2, 5], 20)),
-     r'train_labels has 40 labels with values 2, 5 but classes 1, 3\.\.4 \(3 of the 6\) have no '
-     'train image'),
-    (lambda p: _write_npz(p, train_labels=_with_last(_LABELS, -1)),
-     r'train_labels has 1 label equal to -1: labels must be 0\.\.C-1'),
-    (lambda p: _write_npz(p, test_labels=_with_last(np.repeat(np.arange(3), 3), 3)),
-     r'test_labels has 1 label equal to 3 but train_labels has classes 0\.\.2 only: every test '
-     'label must be a class with train images'),
-    (lambda p: _write_npz(p, test_labels=np.array([0, 1, 2, 10, 10, -1, 0, 1, 2])),
-     r'test_labels has 3 labels with values -1, 10 but train_labels has classes 0\.\.2 only'),
-    (lambda p: _write_npz(p, train_images=np.zeros((0, 6, 6, 3), np.uint8),
-                          train_labels=np.zeros(0, np.int64)),
-     r'train images have shape \(0, 6, 6, 3\), which holds no pixels'),
-    (lambda p: _write_npz(p, test_images=np.zeros((0, 6, 6, 3), np.uint8),
-                          test_labels=np.zeros(0, np.int64)),
-     r'test images have shape \(0, 6, 6, 3\), which holds no pixels'),
-    (lambda p: _write_npz(p, train_labels=np.array([0, 1, None] * 20, object)),
-     'train_labels holds Python objects, which are not unpickled: it must be an np.savez archive'),
-    (lambda p: _write_bytes(p, b'0 1 2\n3 4 5\n'),
-     r'it is not a zip archive \(text or another format\): it must be an np.savez archive'),
+@pytest.mark.parametrize(
+  'write, message',
+  [
+    (
+      lambda p: _write_npz(p, train_labels=_with_last(_LABELS, 1_000_000)),
+      r'train_labels has 1 label equal to 1000000 but classes 3\.\.999999 have no train image: '
+      r'labels must be 0\.\.C-1 with every class in train_labels \(drop or remap the stray',
+    ),
+    (
+      lambda p: _write_npz(p, train_labels=np.repeat([0, 2, 5], 20)),
+      r'train_labels has 40 labels with values 2, 5 but classes 1, 3\.\.4 \(3 of the 6\) have no '
+      'train image',
+    ),
+    (
+      lambda p: _write_npz(p, train_labels=_with_last(_LABELS, -1)),
+      r'train_labels has 1 label equal to -1: labels must be 0\.\.C-1',
+    ),
+    (
+      lambda p: _write_npz(p, test_labels=_with_last(np.repeat(np.arange(3), 3), 3)),
+      r'test_labels has 1 label equal to 3 but train_labels has classes 0\.\.2 only: every test '
+      'label must be a class with train images',
+    ),
+    (
+      lambda p: _write_npz(p, test_labels=np.array([0, 1, 2, 10, 10, -1, 0, 1, 2])),
+      r'test_labels has 3 labels with values -1, 10 but train_labels has classes 0\.\.2 only',
+    ),
+    (
+      lambda p: _write_npz(
+        p, train_images=np.zeros((0, 6, 6, 3), np.uint8), train_labels=np.zeros(0, np.int64)
+      ),
+      r'train images have shape \(0, 6, 6, 3\), which holds no pixels',
+    ),
+    (
+      lambda p: _write_npz(
+        p, test_images=np.zeros((0, 6, 6, 3), np.uint8), test_labels=np.zeros(0, np.int64)
+      ),
+      r'test images have shape \(0, 6, 6, 3\), which holds no pixels',
+    ),
+    (
+      lambda p: _write_npz(p, train_labels=np.array([0, 1, None] * 20, object)),
+      'train_labels holds Python objects, which are not unpickled: it must be an np.savez archive',
+    ),
+    (
+      lambda p: _write_bytes(p, b'0 1 2\n3 4 5\n'),
+      r'it is not a zip archive \(text or another format\): it must be an np.savez archive',
+    ),
     (_first_half_of_npz, 'it is truncated or damaged: it must be an np.savez archive'),
     (lambda p: _write_bytes(p, b''), 'it is empty: it must be an np.savez archive'),
     (_npy_instead_of_npz, r'it is a single \.npy array \(np\.save\), not an \.npz archive'),
     (_flipped_byte_in_npz, r"it cannot be read \(Bad CRC-32 for file 'train_images\.npy'\)"),
     (_zip_without_npy_headers, 'train_images is not a saved numpy array'),
     (_directory, "is not a file: dataset='npz' reads your data from an np.savez archive"),
-], ids=['stray', 'gaps', 'negative', 'test_only_class', 'test_out_of_range', 'no_train_images',
-        'no_test_images', 'object_array', 'text', 'truncated', 'empty_file', 'npy', 'damaged',
-        'raw_members', 'directory'])
-@pytest.mark.parametrize('read', [datasets.check_config, datasets.num_classes,
-                                  datasets.image_shape], ids=lambda read: read.__name__)
+  ],
+  ids=[
+    'stray',
+    'gaps',
+    'negative',
+    'test_only_class',
+    'test_out_of_range',
+    'no_train_images',
+    'no_test_images',
+    'object_array',
+    'text',
+    'truncated',
+    'empty_file',
+    'npy',
+    'damaged',
+    'raw_members',
+    'directory',
+  ],
+)
+@pytest.mark.parametrize(
+  'read',
+  [datasets.check_config, datasets.num_classes, datasets.image_shape],
+  ids=lambda read: read.__name__,
+)
 def test_bad_npz_is_one_line_naming_the_file_and_the_problem(tmp_path, write, message, read):
   path = write(tmp_path / 'mine.npz')
   with pytest.raises(ValueError, match=message) as error:
@@ -401,9 +517,16 @@ def test_bad_npz_is_one_line_naming_the_file_and_the_problem(tmp_path, write, me
 
 def test_npz_with_every_class_in_train_loads_and_is_read_once(tmp_path):
   train_labels = np.random.default_rng(1).permutation(np.repeat(np.arange(58, dtype=np.uint8), 2))
-  config = _config(dataset='npz', label_fraction=0.5, data_file=_write_npz(
-      tmp_path / 'mine.npz', train_images=np.zeros((116, 6, 6, 3), np.uint8),
-      train_labels=train_labels, test_labels=np.array([57, 0, 3, 3, 9, 1, 1, 2, 0])))
+  config = _config(
+    dataset='npz',
+    label_fraction=0.5,
+    data_file=_write_npz(
+      tmp_path / 'mine.npz',
+      train_images=np.zeros((116, 6, 6, 3), np.uint8),
+      train_labels=train_labels,
+      test_labels=np.array([57, 0, 3, 3, 9, 1, 1, 2, 0]),
+    ),
+  )
   datasets._read_npz.cache_clear()
   datasets.check_config(config)
   assert datasets.num_classes(config) == 58 and datasets.image_shape(config) == (6, 6, 3)

@@ -1,6 +1,7 @@
 """One run per workdir: the lease is taken, refused, taken over when stale, renewed, released
 only by its owner, won by exactly one of several contenders, lost and noticed; also on gs://
 and between processes; and two real runs started in one workdir do not mix their records."""
+
 import json
 import os
 import re
@@ -46,9 +47,12 @@ def test_the_lease_names_its_holder_and_is_deleted_on_release(tmp_path):
 
 def test_a_live_holder_refuses_a_second_run_naming_it(tmp_path):
   _write_lease(tmp_path, age=10)
-  with pytest.raises(errors.UserError, match=f'^{re.escape(str(tmp_path))} is in use by another '
-                     r'run \(host elsewhere, pid 4242, started .*, last renewed \d+ s ago\): '
-                     'wait for it to finish, stop it, or use another --workdir'):
+  with pytest.raises(
+    errors.UserError,
+    match=f'^{re.escape(str(tmp_path))} is in use by another '
+    r'run \(host elsewhere, pid 4242, started .*, last renewed \d+ s ago\): '
+    'wait for it to finish, stop it, or use another --workdir',
+  ):
     WorkdirLease(tmp_path).acquire()
   with WorkdirLease(tmp_path / 'mine'):  # A live process on this host: this one.
     with pytest.raises(errors.UserError, match=f'host {socket.gethostname()}, pid {os.getpid()}'):
@@ -159,9 +163,12 @@ def test_a_lost_lease_is_noticed_and_left_to_the_new_holder(tmp_path):
   with WorkdirLease(tmp_path, stale_seconds=60) as lease:
     lease.check()  # Still its own.
     _write_lease(tmp_path, host='thief', pid=77)
-    with pytest.raises(errors.UserError, match=f'Another run took {re.escape(str(tmp_path))} over '
-                       r'\(host thief, pid 77, .*\) after this run had not renewed its lease for '
-                       '60 s'):
+    with pytest.raises(
+      errors.UserError,
+      match=f'Another run took {re.escape(str(tmp_path))} over '
+      r'\(host thief, pid 77, .*\) after this run had not renewed its lease for '
+      '60 s',
+    ):
       lease.check()
   assert _read_lease(tmp_path)['host'] == 'thief'
 
@@ -206,8 +213,13 @@ def test_every_process_learns_the_outcome_from_process_0(tmp_path, monkeypatch):
 
 def test_a_second_run_in_the_same_workdir_is_refused_naming_the_first(tmp_path):
   workdir = str(tmp_path / 'run')
-  flags = ['--config=configs/supervised/digits.py', '--config.num_steps=4',
-           '--config.model.width=0.25', '--config.eval_every=100', '--config.checkpoint_every=2']
+  flags = [
+    '--config=configs/supervised/digits.py',
+    '--config.num_steps=4',
+    '--config.model.width=0.25',
+    '--config.eval_every=100',
+    '--config.checkpoint_every=2',
+  ]
   first = start_main(workdir, flags)
   lease = os.path.join(workdir, LEASE_FILE)
   wait_for(lambda: os.path.exists(lease), first)
@@ -217,9 +229,14 @@ def test_a_second_run_in_the_same_workdir_is_refused_naming_the_first(tmp_path):
   finally:
     first.send_signal(signal.SIGCONT)
   assert rc == 1, err[-3000:]
-  assert err.strip().splitlines()[-1].startswith(
+  assert (
+    err.strip()
+    .splitlines()[-1]
+    .startswith(
       f'Error: {workdir} is in use by another run (host {socket.gethostname()}, pid {first.pid}, '
-      'started '), err[-3000:]
+      'started '
+    )
+  ), err[-3000:]
   assert 'Traceback' not in err
   rc, _, err = finish(first)
   assert rc == 0, err[-3000:]

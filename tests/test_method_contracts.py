@@ -2,6 +2,7 @@
 parameters, model state, method state, optimiser state), its whole train state survives a save
 and a restore bit-exactly, its step is traced and compiled once, and (Daino) a run resumed
 from a checkpoint ends where the run straight through ends."""
+
 import dataclasses
 import functools
 from typing import Any, Callable
@@ -26,7 +27,8 @@ def method_config(name):
   its EMA teacher and a queue that is full from the second step on, SemPPL's queue, Daino's
   teacher and center. No warm-up, so that the first steps already move the parameters."""
   config = helpers.tiny_config(
-      name, **({'suave': dict(ema_momentum=0.9, queue_size=16)} if name == 'suave' else {}))
+    name, **({'suave': dict(ema_momentum=0.9, queue_size=16)} if name == 'suave' else {})
+  )
   config.optimizer.warmup_steps = 0
   return config
 
@@ -35,11 +37,12 @@ def method_config(name):
 class Trainer:
   """One method's train step on a mesh of some devices, jitted as `train_and_evaluate` jits
   it (but without donation), and what it runs on."""
-  step_fn: Callable      # (TrainState, batch) -> (TrainState, metrics)
-  initial: Any           # the fresh TrainState, stored as the trainer stores it.
-  abstract: Any          # its ShapeDtypeStructs with their shardings, to restore into.
-  batch: Callable        # step -> the global batch of that step, split over the mesh.
-  traces: list           # one entry per trace of `step_fn`.
+
+  step_fn: Callable  # (TrainState, batch) -> (TrainState, metrics)
+  initial: Any  # the fresh TrainState, stored as the trainer stores it.
+  abstract: Any  # its ShapeDtypeStructs with their shardings, to restore into.
+  batch: Callable  # step -> the global batch of that step, split over the mesh.
+  traces: list  # one entry per trace of `step_fn`.
 
   def run(self, state, start: int, stop: int):
     """(state after steps start..stop - 1, their metrics)."""
@@ -54,33 +57,51 @@ class Trainer:
 def trainer(name: str, num_devices: int) -> Trainer:
   """The `Trainer` of method `name` on the first `num_devices` devices (built once)."""
   config = method_config(name)
-  mesh = Mesh(np.asarray(jax.devices()[:num_devices]).reshape(-1, 1),
-              (parallel.DATA_AXIS, parallel.MODEL_AXIS))
+  mesh = Mesh(
+    np.asarray(jax.devices()[:num_devices]).reshape(-1, 1),
+    (parallel.DATA_AXIS, parallel.MODEL_AXIS),
+  )
   splits = datasets.load(config)
   method = train.create_method(config, splits, mesh)
   tx, schedule = train.create_optimizer(config, config.num_steps)
   graphdef, init = train.state_initializer(method, tx, config.seed)
   sharding = train.state_sharding(method, jax.eval_shape(init))
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          jax.eval_shape(init), sharding)
+  abstract = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), jax.eval_shape(init), sharding
+  )
   augment_cfg = augment.augment_config_from(config, splits.mean, splits.std, splits.image_shape)
 
   traces = []
 
   def step(state, batch):
     traces.append(None)  # At trace time only: the compiled step does not run Python.
-    return train.train_step(state, batch, method=method, graphdef=graphdef, tx=tx,
-                            augment_cfg=augment_cfg, schedule=schedule)
+    return train.train_step(
+      state,
+      batch,
+      method=method,
+      graphdef=graphdef,
+      tx=tx,
+      augment_cfg=augment_cfg,
+      schedule=schedule,
+    )
 
   def batch(step):
     host = pipeline.host_batch(
-        splits, step, seed=config.seed, labelled_batch_size=config.labelled_batch_size,
-        batch_size=config.batch_size if method.uses_unlabelled else None)
+      splits,
+      step,
+      seed=config.seed,
+      labelled_batch_size=config.labelled_batch_size,
+      batch_size=config.batch_size if method.uses_unlabelled else None,
+    )
     return jax.device_put(host, parallel.batch_sharding(mesh))
 
-  return Trainer(step_fn=jax.jit(step, out_shardings=(sharding, parallel.replicated(mesh))),
-                 initial=jax.jit(init, out_shardings=sharding)(), abstract=abstract,
-                 batch=batch, traces=traces)
+  return Trainer(
+    step_fn=jax.jit(step, out_shardings=(sharding, parallel.replicated(mesh))),
+    initial=jax.jit(init, out_shardings=sharding)(),
+    abstract=abstract,
+    batch=batch,
+    traces=traces,
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,8 +117,11 @@ def pixel_backbone():
   compiles in a fraction of the ResNet's time; the trainers and states live as long as the
   module's tests."""
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(base, 'create_backbone', lambda config, data, rngs: test_references.PixelBackbone(
-        data.image_shape[-1], rngs=rngs))
+    patch.setattr(
+      base,
+      'create_backbone',
+      lambda config, data, rngs: test_references.PixelBackbone(data.image_shape[-1], rngs=rngs),
+    )
     yield
   trainer.cache_clear()
   two_steps.cache_clear()
@@ -121,8 +145,12 @@ def test_sharded_step_equals_single_device_step(name):
   # Not equal because nothing happened: both steps moved every part of the state.
   initial = jax.device_get(trainer(name, 1).initial)
   for part in ('params', 'opt_state', 'method_state'):
-    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(getattr(state_1, part)),
-                                                       jax.tree.leaves(getattr(initial, part)))]
+    moved = [
+      not np.array_equal(a, b)
+      for a, b in zip(
+        jax.tree.leaves(getattr(state_1, part)), jax.tree.leaves(getattr(initial, part))
+      )
+    ]
     assert any(moved) or not jax.tree.leaves(getattr(initial, part)), part
 
 
@@ -136,7 +164,8 @@ def test_train_state_survives_save_and_restore(name, tmp_path):
   saver.save(2, state, {'wall_seconds': 1.0})
   saver.close()
   restored, record = checkpoint.Checkpointer(tmp_path, keep=2).restore_latest(
-      trainer(name, 8).abstract)
+    trainer(name, 8).abstract
+  )
   assert record['wall_seconds'] == 1.0
   chex.assert_trees_all_equal(restored, state)
   same_place = jax.tree.map(lambda a, b: a.sharding == b.sharding, restored, state)
@@ -167,7 +196,10 @@ def test_daino_resumed_equals_daino_run_straight(tmp_path):
   resumed = run.run(restored, 2, 4)[0]
   chex.assert_trees_all_equal(resumed, straight)
   assert int(resumed.step) == 4 and len(run.traces) == 1
-  teacher_moved = jax.tree.map(lambda a, b: not np.array_equal(a, b),
-                               resumed.method_state['teacher'], halfway.method_state['teacher'])
+  teacher_moved = jax.tree.map(
+    lambda a, b: not np.array_equal(a, b),
+    resumed.method_state['teacher'],
+    halfway.method_state['teacher'],
+  )
   assert any(jax.tree.leaves(teacher_moved))
   assert not np.array_equal(resumed.method_state['center'], halfway.method_state['center'])

@@ -1,4 +1,5 @@
 """Tests for semi_ssl.models (ResNet backbones, MLP heads, prototypes)."""
+
 import chex
 from flax import nnx
 import jax
@@ -16,15 +17,16 @@ TINY_BATCH = (2, 8, 8, 1)
 def _rngs() -> nnx.Rngs:
   # RBG keys compile several times faster than threefry on CPU, which is most
   # of the cost of initialising a model eagerly.
-  return nnx.Rngs(jax.random.key(0, impl="rbg"))
+  return nnx.Rngs(jax.random.key(0, impl='rbg'))
 
 
 def _tiny(**kwargs):
-  return create_backbone("resnet_tiny", width=1.0, stem="tiny", num_channels=1,
-                         rngs=_rngs(), **kwargs)
+  return create_backbone(
+    'resnet_tiny', width=1.0, stem='tiny', num_channels=1, rngs=_rngs(), **kwargs
+  )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def tiny_init():
   return _tiny()
 
@@ -35,10 +37,9 @@ def tiny(tiny_init):
   return nnx.clone(tiny_init)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def resnet18():
-  return create_backbone("resnet18", width=0.25, stem="cifar", num_channels=3,
-                         rngs=_rngs())
+  return create_backbone('resnet18', width=0.25, stem='cifar', num_channels=3, rngs=_rngs())
 
 
 def _images(shape, seed=0):
@@ -46,8 +47,7 @@ def _images(shape, seed=0):
 
 
 def _num_params(model: nnx.Module) -> int:
-  return sum(int(np.prod(p.shape))
-             for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def _batch_stats(model: nnx.Module):
@@ -72,33 +72,36 @@ def test_resnet18_cifar_output_shape(resnet18):
 
 
 def test_resnet50_imagenet_output_shape():
-  model = create_backbone("resnet50", width=0.25, stem="imagenet",
-                          num_channels=3, rngs=_rngs())
+  model = create_backbone('resnet50', width=0.25, stem='imagenet', num_channels=3, rngs=_rngs())
   _check_features(model, (2, 64, 64, 3), 512)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(name="resnet34", stem="cifar"), "resnet18"),
-    (dict(name="resnet18", stem="mnist"), "imagenet"),
-])
+@pytest.mark.parametrize(
+  'kwargs,match',
+  [
+    (dict(name='resnet34', stem='cifar'), 'resnet18'),
+    (dict(name='resnet18', stem='mnist'), 'imagenet'),
+  ],
+)
 def test_create_backbone_rejects_unknown_names(kwargs, match):
   with pytest.raises(ValueError, match=match):
     create_backbone(**kwargs, width=1.0, num_channels=3, rngs=_rngs())
 
 
 def test_backbone_rejects_wrong_channel_count(tiny):
-  with pytest.raises(ValueError, match="num_channels"):
+  with pytest.raises(ValueError, match='num_channels'):
     tiny(jnp.zeros((2, 8, 8, 3)), train=False)
 
 
 def test_param_counts_match_torchvision():
   # torchvision resnet18: 11,689,512 - fc (512*1000 + 1000) - 7x7x3x64 stem
   # + 3x3x3x64 CIFAR stem. resnet50: 25,557,032 - fc (2048*1000 + 1000).
-  resnet18 = nnx.eval_shape(lambda: create_backbone(
-      "resnet18", width=1.0, stem="cifar", num_channels=3, rngs=_rngs()))
-  resnet50 = nnx.eval_shape(lambda: create_backbone(
-      "resnet50", width=1.0, stem="imagenet", num_channels=3,
-      rngs=_rngs()))
+  resnet18 = nnx.eval_shape(
+    lambda: create_backbone('resnet18', width=1.0, stem='cifar', num_channels=3, rngs=_rngs())
+  )
+  resnet50 = nnx.eval_shape(
+    lambda: create_backbone('resnet50', width=1.0, stem='imagenet', num_channels=3, rngs=_rngs())
+  )
   assert _num_params(resnet18) == 11_689_512 - 513_000 - 9_408 + 1_728
   assert _num_params(resnet50) == 25_557_032 - 2_049_000
 
@@ -109,8 +112,9 @@ def test_init_he_normal_and_zero_residual_scale(resnet18):
   np.testing.assert_allclose(kernel.std(), np.sqrt(2 / (9 * 128)), rtol=0.03)
   np.testing.assert_array_equal(last.conv2.bn.scale[...], 0.0)
   np.testing.assert_array_equal(last.conv1.bn.scale[...], 1.0)
-  plain = create_backbone("resnet18", width=0.25, stem="cifar", num_channels=3,
-                          rngs=_rngs(), zero_init_residual=False)
+  plain = create_backbone(
+    'resnet18', width=0.25, stem='cifar', num_channels=3, rngs=_rngs(), zero_init_residual=False
+  )
   np.testing.assert_array_equal(plain.blocks[-1].conv2.bn.scale[...], 1.0)
 
 
@@ -142,15 +146,14 @@ def test_train_updates_batch_stats_and_eval_is_deterministic(tiny):
   stem_out = np.asarray(tiny.stem.conv(x))  # [B, 8, 8, 16]
   tiny(x, train=True)
   # Running stats start at mean 0 / var 1 and move 10% toward the batch stats.
-  np.testing.assert_allclose(tiny.stem.bn.mean[...],
-                             0.1 * stem_out.mean(axis=(0, 1, 2)),
-                             rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(tiny.stem.bn.var[...],
-                             0.9 + 0.1 * stem_out.var(axis=(0, 1, 2)),
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    tiny.stem.bn.mean[...], 0.1 * stem_out.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    tiny.stem.bn.var[...], 0.9 + 0.1 * stem_out.var(axis=(0, 1, 2)), rtol=1e-4
+  )
   after = _batch_stats(tiny)
-  changed = jax.tree.leaves(jax.tree.map(
-      lambda a, b: not np.allclose(a, b), after, before))
+  changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.allclose(a, b), after, before))
   assert all(changed)
 
 
@@ -166,11 +169,9 @@ def test_split_merge_round_trip_in_jit(tiny):
   out, new_stats = forward(params, batch_stats, x)
   expected = tiny(x, train=True)  # Eager step on the original model.
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
-  chex.assert_trees_all_close(new_stats, nnx.state(tiny, nnx.BatchStat),
-                              rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(new_stats, nnx.state(tiny, nnx.BatchStat), rtol=1e-5, atol=1e-6)
   restored = nnx.merge(graphdef, params, new_stats)
-  np.testing.assert_allclose(restored(x, train=False), tiny(x, train=False),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(restored(x, train=False), tiny(x, train=False), rtol=1e-5, atol=1e-5)
 
 
 def test_grad_through_merged_model_in_jit(tiny):
@@ -186,18 +187,22 @@ def test_grad_through_merged_model_in_jit(tiny):
   grads, new_stats = grad_fn(params, batch_stats, _images(TINY_BATCH))
   chex.assert_trees_all_equal_structs(grads, params)
   chex.assert_tree_all_finite(grads)
-  assert float(jnp.abs(grads["stem"]["conv"]["kernel"][...]).sum()) > 0
-  assert not np.allclose(new_stats["stem"]["bn"]["mean"][...], 0.0)
+  assert float(jnp.abs(grads['stem']['conv']['kernel'][...]).sum()) > 0
+  assert not np.allclose(new_stats['stem']['bn']['mean'][...], 0.0)
 
 
-@pytest.mark.parametrize("num_layers,batch_norm,num_params", [
+@pytest.mark.parametrize(
+  'num_layers,batch_norm,num_params',
+  [
     (1, True, 8 * 4 + 4),
     (2, True, 8 * 16 + 2 * 16 + 16 * 4 + 4),
     (3, False, 8 * 16 + 16 + 16 * 16 + 16 + 16 * 4 + 4),
-])
+  ],
+)
 def test_mlp(num_layers, batch_norm, num_params):
-  mlp = MLP(8, 16, 4, num_layers=num_layers, batch_norm=batch_norm, rngs=_rngs(),
-            dtype=jnp.bfloat16)
+  mlp = MLP(
+    8, 16, 4, num_layers=num_layers, batch_norm=batch_norm, rngs=_rngs(), dtype=jnp.bfloat16
+  )
   assert _num_params(mlp) == num_params
   out = mlp(_images((5, 8)), train=True)
   chex.assert_shape(out, (5, 4))
@@ -209,12 +214,11 @@ def test_mlp_single_layer_is_linear():
   x = _images((5, 8))
   linear = mlp.out.linear
   expected = x @ np.asarray(linear.kernel[...]) + np.asarray(linear.bias[...])
-  np.testing.assert_allclose(mlp(x, train=True), expected, rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(mlp(x, train=True), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_mlp_rejects_zero_layers():
-  with pytest.raises(ValueError, match="num_layers"):
+  with pytest.raises(ValueError, match='num_layers'):
     MLP(8, 16, 4, num_layers=0, batch_norm=True, rngs=_rngs())
 
 
@@ -227,8 +231,9 @@ def test_prototypes_match_numpy_cosine():
 
   w = np.asarray(protos.kernel[...])
   xf = x.astype(np.float32)
-  expected = ((xf / np.linalg.norm(xf, axis=1, keepdims=True))
-              @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T)
+  expected = (xf / np.linalg.norm(xf, axis=1, keepdims=True)) @ (
+    w / np.linalg.norm(w, axis=1, keepdims=True)
+  ).T
   np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
   assert np.all(np.abs(scores) <= 1.0 + 1e-6)
   # A prototype scored against itself gives cosine 1.

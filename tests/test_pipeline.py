@@ -1,4 +1,5 @@
 """Per-step batch indices: reshuffled passes, determinism, per-process shards."""
+
 from unittest import mock
 
 import jax
@@ -11,10 +12,11 @@ from semi_ssl.data import pipeline
 
 def test_each_pass_visits_every_image_once():
   size, batch = 10, 5
-  seen = np.concatenate([pipeline.batch_indices(s, batch_size=batch, size=size, seed=0, stream=1)
-                         for s in range(4)])
+  seen = np.concatenate(
+    [pipeline.batch_indices(s, batch_size=batch, size=size, seed=0, stream=1) for s in range(4)]
+  )
   for epoch in range(2):
-    assert sorted(seen[epoch * size:(epoch + 1) * size]) == list(range(size))
+    assert sorted(seen[epoch * size : (epoch + 1) * size]) == list(range(size))
   assert not np.array_equal(seen[:size], seen[size:])  # Reshuffled between passes.
 
 
@@ -36,7 +38,9 @@ def test_deterministic_given_seed_and_step_and_stream():
 def test_process_slices_are_disjoint_and_cover_the_batch(num_processes):
   rows = []
   for index in range(num_processes):
-    with mock.patch.object(jax, 'process_count', return_value=num_processes), \
-         mock.patch.object(jax, 'process_index', return_value=index):
+    with (
+      mock.patch.object(jax, 'process_count', return_value=num_processes),
+      mock.patch.object(jax, 'process_index', return_value=index),
+    ):
       rows.append(np.arange(16)[parallel.process_slice(16)])
   np.testing.assert_array_equal(np.concatenate(rows), np.arange(16))

@@ -6,6 +6,7 @@ The models run on `PixelBackbone`, a backbone without BatchNorm whose numpy twin
 and heads of one linear layer (no BatchNorm either), so that every number of the forward pass
 can be recomputed in numpy from the extracted parameters.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,13 +41,17 @@ class PixelBackbone(nnx.Module):
 @pytest.fixture
 def pixel_backbone(monkeypatch):
   """Every method built in the test gets a `PixelBackbone`."""
-  monkeypatch.setattr(base, 'create_backbone',
-                      lambda config, data, rngs: PixelBackbone(data.image_shape[-1], rngs=rngs))
+  monkeypatch.setattr(
+    base,
+    'create_backbone',
+    lambda config, data, rngs: PixelBackbone(data.image_shape[-1], rngs=rngs),
+  )
 
 
 def one_device_mesh():
-  return Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1),
-              (parallel.DATA_AXIS, parallel.MODEL_AXIS))
+  return Mesh(
+    np.asarray(jax.devices()[:1]).reshape(1, 1), (parallel.DATA_AXIS, parallel.MODEL_AXIS)
+  )
 
 
 def random_params(method, seed):
@@ -66,8 +71,9 @@ def as_numpy(params):
 
 def random_views(rng, n):
   """NUM_GLOBAL views [n, 8, 8, 1] then NUM_LOCAL [n, 6, 6, 1] of random normalised images."""
-  return [rng.normal(size=(n, s, s, 1)).astype(np.float32)
-          for s in [8] * NUM_GLOBAL + [6] * NUM_LOCAL]
+  return [
+    rng.normal(size=(n, s, s, 1)).astype(np.float32) for s in [8] * NUM_GLOBAL + [6] * NUM_LOCAL
+  ]
 
 
 def to_jax(batch):
@@ -76,6 +82,7 @@ def to_jax(batch):
 
 # ---------------------------------------------------------------------------------------------
 # numpy: the forward pass and the math of the papers.
+
 
 def unit(x):
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
@@ -140,8 +147,12 @@ def suave_reference(student, teacher, queue, batch, hp, num_classes):
   num_labelled, num_unlabelled, num_views = len(labels), len(unlabelled[0]), len(unlabelled)
   smoothing, temperature = hp.label_smoothing, hp.temperature
   targets = (1 - smoothing) * np.eye(num_classes)[labels] + smoothing / num_classes
-  lab_loss = np.mean([cross_entropy(targets, suave_scores(student, suave_embed(student, v))
-                                    / temperature) for v in labelled])
+  lab_loss = np.mean(
+    [
+      cross_entropy(targets, suave_scores(student, suave_embed(student, v)) / temperature)
+      for v in labelled
+    ]
+  )
   student_scores = [suave_scores(student, suave_embed(student, v)) for v in unlabelled]
   source = teacher if teacher is not None else student
   embeds = [suave_embed(source, v) for v in unlabelled[:NUM_GLOBAL]]
@@ -151,10 +162,15 @@ def suave_reference(student, teacher, queue, batch, hp, num_classes):
     if queue is not None:
       if np.any(queue[i, -1] != 0):
         out = np.concatenate([suave_scores(source, queue[i]), out])
-      new_queue.append(np.concatenate([embeds[i], queue[i]])[:len(queue[i])])
+      new_queue.append(np.concatenate([embeds[i], queue[i]])[: len(queue[i])])
     q = swav_sinkhorn(out, hp.sinkhorn_epsilon, hp.sinkhorn_iters)[-num_unlabelled:]
-    unlab_loss += np.sum([np.mean(cross_entropy(q, student_scores[v] / temperature))
-                          for v in range(num_views) if v != i]) / (num_views - 1)
+    unlab_loss += np.sum(
+      [
+        np.mean(cross_entropy(q, student_scores[v] / temperature))
+        for v in range(num_views)
+        if v != i
+      ]
+    ) / (num_views - 1)
   unlab_loss /= NUM_GLOBAL
   lab_crops, unlab_crops = num_labelled * len(labelled), num_unlabelled * num_views
   loss = (lab_crops * lab_loss + unlab_crops * unlab_loss) / (lab_crops + unlab_crops)
@@ -164,15 +180,28 @@ def suave_reference(student, teacher, queue, batch, hp, num_classes):
 # ---------------------------------------------------------------------------------------------
 # Suave.
 
+
 def suave_config(queue_size, ema_momentum):
   c = config_base.get_base_config()
   c.method = 'suave'
   c.augment.num_global_crops, c.augment.num_local_crops = NUM_GLOBAL, NUM_LOCAL
-  c.suave = config_dict.ConfigDict(dict(
-      projector_hidden_dim=16, embed_dim=8, projector_layers=1, num_prototypes=0,
-      temperature=0.1, label_smoothing=0.1, sinkhorn_epsilon=0.05, sinkhorn_iters=3,
-      queue_size=queue_size, freeze_prototypes_steps=0, heads_only_steps=0,
-      ema_momentum=ema_momentum, mixup_alpha=0.0))
+  c.suave = config_dict.ConfigDict(
+    dict(
+      projector_hidden_dim=16,
+      embed_dim=8,
+      projector_layers=1,
+      num_prototypes=0,
+      temperature=0.1,
+      label_smoothing=0.1,
+      sinkhorn_epsilon=0.05,
+      sinkhorn_iters=3,
+      queue_size=queue_size,
+      freeze_prototypes_steps=0,
+      heads_only_steps=0,
+      ema_momentum=ema_momentum,
+      mixup_alpha=0.0,
+    )
+  )
   return c
 
 
@@ -186,8 +215,10 @@ def test_suave_loss_matches_numpy(pixel_backbone, queue_filled, with_teacher):
   method = suave.Suave(config, DIGITS, one_device_mesh())
   graphdef, rest, params = random_params(method, seed=0)
   rng = np.random.default_rng(1)
-  batch = {'labelled': {'views': random_views(rng, 4), 'labels': np.array([3, 0, 3, 9])},
-           'unlabelled': {'views': random_views(rng, 6)}}
+  batch = {
+    'labelled': {'views': random_views(rng, 4), 'labels': np.array([3, 0, 3, 9])},
+    'unlabelled': {'views': random_views(rng, 6)},
+  }
   state = method.init_state(params)
   teacher = None
   if with_teacher:
@@ -205,7 +236,8 @@ def test_suave_loss_matches_numpy(pixel_backbone, queue_filled, with_teacher):
 
   got, (new_state, _) = loss(params, state, to_jax(batch))
   expected, expected_queue = suave_reference(
-      as_numpy(params), teacher and as_numpy(teacher), queue, batch, config.suave, 10)
+    as_numpy(params), teacher and as_numpy(teacher), queue, batch, config.suave, 10
+  )
   np.testing.assert_allclose(got, expected, rtol=1e-5)
   if queue is not None:
     np.testing.assert_allclose(new_state['queue'], expected_queue, rtol=1e-5, atol=1e-6)
@@ -218,8 +250,10 @@ def test_suave_reference_sees_the_queue_and_the_teacher(pixel_backbone):
   method = suave.Suave(config, DIGITS, one_device_mesh())
   student, teacher = (as_numpy(random_params(method, seed)[2]) for seed in (0, 2))
   rng = np.random.default_rng(1)
-  batch = {'labelled': {'views': random_views(rng, 4), 'labels': np.array([3, 0, 3, 9])},
-           'unlabelled': {'views': random_views(rng, 6)}}
+  batch = {
+    'labelled': {'views': random_views(rng, 4), 'labels': np.array([3, 0, 3, 9])},
+    'unlabelled': {'views': random_views(rng, 6)},
+  }
   queue = unit(rng.normal(size=(NUM_GLOBAL, 12, 8)))
   plain = suave_reference(student, None, None, batch, config.suave, 10)[0]
   assert abs(suave_reference(student, None, queue, batch, config.suave, 10)[0] - plain) > 1e-3
@@ -228,6 +262,7 @@ def test_suave_reference_sees_the_queue_and_the_teacher(pixel_backbone):
 
 # ---------------------------------------------------------------------------------------------
 # SemPPL.
+
 
 def semppl_reference(online, target, queue, batch, hp, step, num_classes):
   """SemPPL's loss (Bošnjak et al., ICLR 2023, as semppl.py's docstring states it: no ReLICv2
@@ -249,10 +284,16 @@ def semppl_reference(online, target, queue, batch, hp, step, num_classes):
   num_labelled, temperature = len(labels), hp.temperature
   views = [np.concatenate([l, u]) for l, u in zip(labelled, unlabelled)]
   features = [np_features(online, v) for v in views]
-  predictions = [unit(linear(online['predictor']['out']['linear'],
-                             linear(online['projector']['out']['linear'], f))) for f in features]
-  targets = [unit(linear(target['projector']['out']['linear'], np_features(target, v)))
-             for v in views[:NUM_GLOBAL]]
+  predictions = [
+    unit(
+      linear(online['predictor']['out']['linear'], linear(online['projector']['out']['linear'], f))
+    )
+    for f in features
+  ]
+  targets = [
+    unit(linear(target['projector']['out']['linear'], np_features(target, v)))
+    for v in views[:NUM_GLOBAL]
+  ]
 
   embeddings = np.array(queue['embeddings'], np.float64)
   queue_labels = np.array(queue['labels'])
@@ -264,7 +305,7 @@ def semppl_reference(online, target, queue, batch, hp, step, num_classes):
   similarities = np.where(queue_labels != knn.EMPTY, queries @ unit(embeddings).T, -np.inf)
   pseudo_labels = []
   for row in similarities:
-    nearest = np.argsort(-row, kind='stable')[:hp.knn_k]
+    nearest = np.argsort(-row, kind='stable')[: hp.knn_k]
     votes = np.bincount(queue_labels[nearest], minlength=num_classes)
     summed = np.bincount(queue_labels[nearest], weights=row[nearest], minlength=num_classes)
     tied = np.flatnonzero(votes == votes.max())
@@ -284,17 +325,25 @@ def semppl_reference(online, target, queue, batch, hp, step, num_classes):
         augmentation.append(nce(logits[i, i]))
         terms = [nce(h[i] @ p / temperature) for p in positives[i]]
         semantic.append(np.mean(terms) if terms else 0.0)
-  classifier = np.mean([cross_entropy(np.eye(num_classes)[labels],
-                                      linear(online['classifier'], f[:num_labelled]))
-                        for f in features[:NUM_GLOBAL]])
+  classifier = np.mean(
+    [
+      cross_entropy(np.eye(num_classes)[labels], linear(online['classifier'], f[:num_labelled]))
+      for f in features[:NUM_GLOBAL]
+    ]
+  )
   weight = hp.semantic_weight * min(1.0, (step + 1) / (hp.semantic_warmup_steps + 1))
-  terms = {'loss_augmentation': np.mean(augmentation), 'loss_semantic': np.mean(semantic),
-           'loss_classifier': classifier,
-           'semantic_positives_found': np.mean([len(p) for p in positives])
-                                       / hp.num_semantic_positives}
+  terms = {
+    'loss_augmentation': np.mean(augmentation),
+    'loss_semantic': np.mean(semantic),
+    'loss_classifier': classifier,
+    'semantic_positives_found': np.mean([len(p) for p in positives]) / hp.num_semantic_positives,
+  }
   loss = terms['loss_augmentation'] + weight * terms['loss_semantic'] + classifier
-  new_queue = {'embeddings': embeddings, 'labels': queue_labels,
-               'position': (int(queue['position']) + len(written)) % len(embeddings)}
+  new_queue = {
+    'embeddings': embeddings,
+    'labels': queue_labels,
+    'position': (int(queue['position']) + len(written)) % len(embeddings),
+  }
   return loss, terms, new_queue
 
 
@@ -306,20 +355,26 @@ def semppl_queue(rng):
   labels = np.full(48, knn.EMPTY, np.int32)
   labels[40:] = labels[:8] = 9
   labels[8:19] = [0, 1, 2, 3, 4, 5, 8, 8, 8, 9, 9]
-  return {'embeddings': unit(rng.normal(size=(48, 8))).astype(np.float32), 'labels': labels,
-          'position': np.int32(40)}
+  return {
+    'embeddings': unit(rng.normal(size=(48, 8))).astype(np.float32),
+    'labels': labels,
+    'position': np.int32(40),
+  }
 
 
 def test_semppl_loss_matches_numpy(pixel_backbone):
-  config = test_semppl.tiny_config(mlp_layers=1, knn_k=3, num_semantic_positives=3,
-                                   semantic_weight=0.8, semantic_warmup_steps=3)
+  config = test_semppl.tiny_config(
+    mlp_layers=1, knn_k=3, num_semantic_positives=3, semantic_weight=0.8, semantic_warmup_steps=3
+  )
   config.augment.num_local_crops = NUM_LOCAL
   method = semppl.SemPPL(config, DIGITS, one_device_mesh())
   graphdef, rest, params = random_params(method, seed=0)
   target = random_params(method, seed=2)[2]
   rng = np.random.default_rng(1)
-  batch = {'labelled': {'views': random_views(rng, 8), 'labels': np.arange(8)},
-           'unlabelled': {'views': random_views(rng, 8)}}
+  batch = {
+    'labelled': {'views': random_views(rng, 8), 'labels': np.arange(8)},
+    'unlabelled': {'views': random_views(rng, 8)},
+  }
   queue = semppl_queue(rng)
   step = 1  # Semantic weight 0.8 * (1 + 1) / (3 + 1).
 
@@ -331,22 +386,26 @@ def test_semppl_loss_matches_numpy(pixel_backbone):
   state = to_jax({'target': target, 'queue': queue})
   got, (new_state, metrics) = loss(params, state, to_jax(batch), jax.random.PRNGKey(0))
   expected, terms, expected_queue = semppl_reference(
-      as_numpy(params), as_numpy(target), queue, batch, config.semppl, step, 10)
+    as_numpy(params), as_numpy(target), queue, batch, config.semppl, step, 10
+  )
   np.testing.assert_allclose(got, expected, rtol=1e-5)
   for name, value in terms.items():
     np.testing.assert_allclose(metrics[name], value, rtol=1e-5, err_msg=name)
   assert 0 < terms['semantic_positives_found'] < 1  # Some labels have fewer than S entries.
-  np.testing.assert_allclose(new_state['queue']['embeddings'], expected_queue['embeddings'],
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    new_state['queue']['embeddings'], expected_queue['embeddings'], rtol=1e-5, atol=1e-6
+  )
   np.testing.assert_array_equal(new_state['queue']['labels'], expected_queue['labels'])
   assert int(new_state['queue']['position']) == expected_queue['position'] == 8
   # Another key draws the same positives: the queue leaves no choice.
-  np.testing.assert_allclose(loss(params, state, to_jax(batch), jax.random.PRNGKey(5))[0], got,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    loss(params, state, to_jax(batch), jax.random.PRNGKey(5))[0], got, rtol=1e-6
+  )
 
 
 # ---------------------------------------------------------------------------------------------
 # The weighted kNN probe.
+
 
 def knn_reference(queries, bank, bank_labels, bank_valid, k, temperature, num_classes):
   """DINO's weighted kNN, brute force: the k valid bank entries most cosine-similar to each
@@ -383,9 +442,9 @@ def knn_case(rng):
 @pytest.mark.parametrize('temperature', [0.07, 1.0])
 def test_weighted_knn_matches_brute_force(k, temperature):
   queries, bank, labels, valid = knn_case(np.random.default_rng(0))
-  got = jax.jit(evaluate.weighted_knn_predict, static_argnames=('k', 'temperature',
-                                                                'num_classes'))(
-      queries, bank, labels, valid, k=k, temperature=temperature, num_classes=10)
+  got = jax.jit(evaluate.weighted_knn_predict, static_argnames=('k', 'temperature', 'num_classes'))(
+    queries, bank, labels, valid, k=k, temperature=temperature, num_classes=10
+  )
   expected = knn_reference(queries, bank, labels, valid, k, temperature, 10)
   np.testing.assert_array_equal(got, expected)
   assert not np.isin(got, [3, 7]).any()

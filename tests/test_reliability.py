@@ -1,5 +1,6 @@
 """Faults: preemption (SIGTERM, SIGKILL), divergence, broken or foreign checkpoints, full disk,
 bad config keys. Each test provokes the fault for real and checks what the program does."""
+
 import inspect
 import json
 import os
@@ -21,12 +22,20 @@ from semi_ssl.methods import supervised
 
 # A small Suave run with every piece of state a resume must restore: EMA teacher, queue,
 # optimiser momentum, data position, PRNG key.
-SUAVE_FLAGS = ['--config=configs/suave/digits.py', '--config.num_steps=40',
-               '--config.batch_size=32', '--config.labelled_batch_size=16',
-               '--config.model.width=0.25', '--config.log_every=5', '--config.eval_every=1000',
-               '--config.checkpoint_every=10', '--config.keep_checkpoints=10',
-               '--config.suave.queue_size=64', '--config.suave.ema_momentum=0.9',
-               '--config.augment.num_local_crops=0']  # Fewer crops: a quicker compile.
+SUAVE_FLAGS = [
+  '--config=configs/suave/digits.py',
+  '--config.num_steps=40',
+  '--config.batch_size=32',
+  '--config.labelled_batch_size=16',
+  '--config.model.width=0.25',
+  '--config.log_every=5',
+  '--config.eval_every=1000',
+  '--config.checkpoint_every=10',
+  '--config.keep_checkpoints=10',
+  '--config.suave.queue_size=64',
+  '--config.suave.ema_momentum=0.9',
+  '--config.augment.num_local_crops=0',
+]  # Fewer crops: a quicker compile.
 
 
 # The main command, but the process stops itself (SIGSTOP) as soon as it has started the
@@ -79,9 +88,16 @@ def test_sigterm_saves_at_the_next_step_and_exits_zero(tmp_path):
   workdir = str(tmp_path / 'run')
   flags = SUAVE_FLAGS + ['--config.num_steps=100000', '--config.checkpoint_every=100000']
   process = start_main(workdir, flags)
-  wait_for(lambda: os.path.exists(os.path.join(workdir, 'tensorboard')) and
-            any(os.path.getsize(os.path.join(workdir, 'tensorboard', f)) > 200
-                for f in os.listdir(os.path.join(workdir, 'tensorboard'))), process)
+  wait_for(
+    lambda: (
+      os.path.exists(os.path.join(workdir, 'tensorboard'))
+      and any(
+        os.path.getsize(os.path.join(workdir, 'tensorboard', f)) > 200
+        for f in os.listdir(os.path.join(workdir, 'tensorboard'))
+      )
+    ),
+    process,
+  )
   process.send_signal(signal.SIGTERM)
   rc, out, err = finish(process)
   assert rc == 0, err[-3000:]
@@ -92,17 +108,23 @@ def test_sigterm_saves_at_the_next_step_and_exits_zero(tmp_path):
 
 
 # A tiny supervised run that trains until a signal stops it.
-ENDLESS_FLAGS = ['--config=configs/supervised/digits.py', '--config.model.width=0.25',
-                 '--config.labelled_batch_size=16', '--config.num_steps=100000',
-                 '--config.checkpoint_every=100000', '--config.log_every=2',
-                 '--config.eval_every=100000']
+ENDLESS_FLAGS = [
+  '--config=configs/supervised/digits.py',
+  '--config.model.width=0.25',
+  '--config.labelled_batch_size=16',
+  '--config.num_steps=100000',
+  '--config.checkpoint_every=100000',
+  '--config.log_every=2',
+  '--config.eval_every=100000',
+]
 RESUME_HINT = 'run the same command to resume'
 
 
 def _has_logged(workdir):
   directory = os.path.join(workdir, 'tensorboard')
-  return os.path.isdir(directory) and any(os.path.getsize(os.path.join(directory, f)) > 200
-                                          for f in os.listdir(directory))
+  return os.path.isdir(directory) and any(
+    os.path.getsize(os.path.join(directory, f)) > 200 for f in os.listdir(directory)
+  )
 
 
 def test_ctrl_c_saves_and_exits_130_and_a_second_ctrl_c_stops_at_once(tmp_path):
@@ -131,7 +153,8 @@ def test_ctrl_c_saves_and_exits_130_and_a_second_ctrl_c_stops_at_once(tmp_path):
   rc, out, err = finish(process)
   assert rc == 130, err[-3000:]
   assert err.strip().splitlines()[-1] == (
-      'Interrupted again: stopped before training started; nothing was lost.'), err[-3000:]
+    'Interrupted again: stopped before training started; nothing was lost.'
+  ), err[-3000:]
   assert 'Traceback' not in err and err.count('Interrupted') == 1
   assert out == '' and checkpoint_steps(workdir) == []
 
@@ -143,7 +166,8 @@ def test_second_ctrl_c_names_the_last_complete_checkpoint(tmp_path):
   for name in ('2', '10', '12.orbax-checkpoint-tmp-1', '4.unreadable-1'):
     (tmp_path / checkpoint.CHECKPOINT_DIR / name).mkdir(parents=True)
   assert notice._last_checkpoint() == (
-      f'stopped without saving; the last complete checkpoint is step 10 in {tmp_path}/checkpoints.')
+    f'stopped without saving; the last complete checkpoint is step 10 in {tmp_path}/checkpoints.'
+  )
 
 
 def test_sigterm_while_starting_stops_with_one_message_and_the_rerun_finishes(tmp_path):
@@ -173,8 +197,9 @@ class _NaNAtStep3(supervised.Supervised):
 @pytest.fixture
 def nan_method(monkeypatch):
   monkeypatch.setitem(methods.REGISTRY, 'nan_at_3', _NaNAtStep3)
-  return tiny_config(method='nan_at_3', num_steps=6, log_every=2, checkpoint_every=2,
-                     keep_checkpoints=5)
+  return tiny_config(
+    method='nan_at_3', num_steps=6, log_every=2, checkpoint_every=2, keep_checkpoints=5
+  )
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path, nan_method):
@@ -191,8 +216,10 @@ def test_nonfinite_loss_is_skipped_when_the_config_says_so(tmp_path, nan_method)
   assert results['skipped_steps'] == 1 and results['steps'] == 6
   before, after = saved_state(workdir, 2), saved_state(workdir, 4)
   assert _all_finite(after['params'])
-  assert any(not np.array_equal(new, old) for new, old in zip(jax.tree.leaves(after['params']),
-                                                               jax.tree.leaves(before['params'])))
+  assert any(
+    not np.array_equal(new, old)
+    for new, old in zip(jax.tree.leaves(after['params']), jax.tree.leaves(before['params']))
+  )
   assert int(after['first_skipped']) == 3
 
 
@@ -214,14 +241,21 @@ class _NaNStateAtSteps3And5(supervised.Supervised):
 
 
 def _all_finite(saved):
-  return all(np.isfinite(v).all() for v in jax.tree.leaves(saved)
-             if np.issubdtype(v.dtype, np.inexact))
+  return all(
+    np.isfinite(v).all() for v in jax.tree.leaves(saved) if np.issubdtype(v.dtype, np.inexact)
+  )
 
 
 def test_a_step_that_makes_the_model_or_method_state_nonfinite_is_skipped(tmp_path, monkeypatch):
   monkeypatch.setitem(methods.REGISTRY, 'nan_state', _NaNStateAtSteps3And5)
-  config = tiny_config(method='nan_state', num_steps=6, log_every=2, checkpoint_every=2,
-                       keep_checkpoints=5, nonfinite='skip')
+  config = tiny_config(
+    method='nan_state',
+    num_steps=6,
+    log_every=2,
+    checkpoint_every=2,
+    keep_checkpoints=5,
+    nonfinite='skip',
+  )
   workdir = str(tmp_path / 'run')
   results = train.train_and_evaluate(config, workdir)
   assert results['skipped_steps'] == 2 and results['steps'] == 6
@@ -240,8 +274,11 @@ def _nan_learning_rate(nonfinite):
 
 def test_a_nan_learning_rate_stops_at_step_1_saying_there_is_no_checkpoint(tmp_path):
   workdir = str(tmp_path / 'run')
-  with pytest.raises(errors.UserError, match='not finite at step 1; .* No checkpoint was written '
-                     'yet; a rerun with a lower learning rate starts over'):
+  with pytest.raises(
+    errors.UserError,
+    match='not finite at step 1; .* No checkpoint was written '
+    'yet; a rerun with a lower learning rate starts over',
+  ):
     train.train_and_evaluate(_nan_learning_rate('stop'), workdir)
   assert checkpoint_steps(workdir) == []
 
@@ -288,7 +325,8 @@ def _flip_a_byte_of_array_data(step_dir, scratch):
   files = sorted(os.listdir(data_dir), key=lambda f: -os.path.getsize(os.path.join(data_dir, f)))
   original = checkpoint._flatten(checkpoint.read_state(state_dir))
   for attempt, (name, fraction) in enumerate(
-      (name, fraction) for name in files[:3] for fraction in (0.02, 0.05, 0.1, 0.2)):
+    (name, fraction) for name in files[:3] for fraction in (0.02, 0.05, 0.1, 0.2)
+  ):
     trial = os.path.join(scratch, str(attempt))  # A new path each time: TensorStore caches.
     shutil.copytree(state_dir, trial)
     path = os.path.join(trial, 'ocdbt.process_0', 'd', name)
@@ -319,16 +357,19 @@ def _edit_record(step_dir, scratch):
 
 
 # Damage to step 4 of `finished_run` and what the warning must name.
-DAMAGES = {'state metadata removed': (_remove_state_metadata, ''),
-           'array files truncated': (_truncate_array_files, ''),
-           'a byte of array data flipped': (_flip_a_byte_of_array_data, "checksum of '"),
-           'record replaced': (_replace_record, ''),
-           'record edited': (_edit_record, 'its record is not the one written')}
+DAMAGES = {
+  'state metadata removed': (_remove_state_metadata, ''),
+  'array files truncated': (_truncate_array_files, ''),
+  'a byte of array data flipped': (_flip_a_byte_of_array_data, "checksum of '"),
+  'record replaced': (_replace_record, ''),
+  'record edited': (_edit_record, 'its record is not the one written'),
+}
 
 
 @pytest.mark.parametrize('damage', DAMAGES)
 def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_one_restored(
-    finished_run, tmp_path, damage, caplog):
+  finished_run, tmp_path, damage, caplog
+):
   workdir = _copy_of(finished_run, tmp_path)
   os.remove(os.path.join(workdir, train.RESULTS_FILE))
   step_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, '4')
@@ -387,8 +428,11 @@ def test_unreadable_init_from_checkpoint_is_named(finished_run, tmp_path, damage
   damage(os.path.join(source, checkpoint.CHECKPOINT_DIR, '4'), str(tmp_path / 'scratch'))
   config = tiny_config(num_steps=2)
   config.init_from.update(workdir=source, paths=('backbone',))
-  with pytest.raises(errors.UserError, match=r'init_from: cannot read .*/4/state \(.+\); re-run '
-                     'the source run or point config.init_from.workdir elsewhere.') as error:
+  with pytest.raises(
+    errors.UserError,
+    match=r'init_from: cannot read .*/4/state \(.+\); re-run '
+    'the source run or point config.init_from.workdir elsewhere.',
+  ) as error:
     train.train_and_evaluate(config, str(tmp_path / 'target'))
   assert '\n' not in str(error.value) and len(str(error.value)) < 500
 
@@ -396,10 +440,17 @@ def test_unreadable_init_from_checkpoint_is_named(finished_run, tmp_path, damage
 def test_a_full_disk_while_saving_stops_with_the_last_complete_checkpoint(tmp_path):
   """Files may not grow past 20 KiB (as on a full disk): the first checkpoint cannot be written."""
   workdir = str(tmp_path / 'run')
-  process = start_main(workdir, ['--config=configs/supervised/digits.py', '--config.num_steps=4',
-                            '--config.checkpoint_every=2', '--config.model.width=0.25'],
-                  # No compilation cache: its entries would be truncated for the later tests.
-                  shell_prefix='ulimit -f 20; unset JAX_COMPILATION_CACHE_DIR;')
+  process = start_main(
+    workdir,
+    [
+      '--config=configs/supervised/digits.py',
+      '--config.num_steps=4',
+      '--config.checkpoint_every=2',
+      '--config.model.width=0.25',
+    ],
+    # No compilation cache: its entries would be truncated for the later tests.
+    shell_prefix='ulimit -f 20; unset JAX_COMPILATION_CACHE_DIR;',
+  )
   rc, _, err = finish(process)
   assert rc == 1
   # One line after the progress log: not Orbax's failing background writers' tracebacks.
@@ -416,6 +467,7 @@ def test_leftovers_of_a_failed_orbax_read_or_write_are_dropped_other_unraisables
   """What `sys.unraisablehook` gets after a failed save or restore: TensorStore's callbacks into
   Orbax's closed event loop, and the errors of Orbax's pending reads (a TensorStore spec each)."""
   from orbax.checkpoint._src.serialization import serialization
+
   read = serialization._read_array_index_and_device_put
   pending_read = read(**{name: None for name in inspect.signature(read).parameters})
   kept = []
@@ -442,10 +494,14 @@ def test_a_finished_run_is_reported_from_a_read_only_workdir(tmp_path, monkeypat
 
 
 def test_a_workdir_in_a_missing_bucket_is_one_line(monkeypatch, gcs_on_disk):
-  check = lambda workdir: main.validate_plan(main.stage_plan(tiny_config(), workdir), workdir,
-                                             num_devices=1)
-  with pytest.raises(ValueError, match=r'^--workdir=gs://nobucket/run: the bucket gs://nobucket '
-                     r'does not exist: create it \(gcloud storage buckets create gs://nobucket\) or'):
+  check = lambda workdir: main.validate_plan(
+    main.stage_plan(tiny_config(), workdir), workdir, num_devices=1
+  )
+  with pytest.raises(
+    ValueError,
+    match=r'^--workdir=gs://nobucket/run: the bucket gs://nobucket '
+    r'does not exist: create it \(gcloud storage buckets create gs://nobucket\) or',
+  ):
     check('gs://nobucket/run')
   (gcs_on_disk / 'bucket').mkdir(parents=True)
   check('gs://bucket/run')
@@ -453,18 +509,27 @@ def test_a_workdir_in_a_missing_bucket_is_one_line(monkeypatch, gcs_on_disk):
 
   def unreachable(path):
     raise PermissionError('403 Forbidden: no storage.buckets.get access\nmore lines')
+
   monkeypatch.setattr(gs_path, 'exists', unreachable)
-  with pytest.raises(ValueError, match=r'^--workdir=gs://bucket/run: cannot reach gs://bucket '
-                     r'\(PermissionError: 403 Forbidden: no storage.buckets.get access\): check'):
+  with pytest.raises(
+    ValueError,
+    match=r'^--workdir=gs://bucket/run: cannot reach gs://bucket '
+    r'\(PermissionError: 403 Forbidden: no storage.buckets.get access\): check',
+  ):
     check('gs://bucket/run')
 
 
-@pytest.mark.parametrize('flag, message', [
+@pytest.mark.parametrize(
+  'flag, message',
+  [
     ('--config.sede=3', "'sede' is not a key of the config (did you mean 'seed'?)"),
-    ('--config.optimizer.learnin_rate=1', "'learnin_rate' is not a key of optimizer (did you mean "
-                                          "'learning_rate'?)"),
-    ('--config.seed=abc', "--config.seed=abc: invalid literal for int()"),
-])
+    (
+      '--config.optimizer.learnin_rate=1',
+      "'learnin_rate' is not a key of optimizer (did you mean 'learning_rate'?)",
+    ),
+    ('--config.seed=abc', '--config.seed=abc: invalid literal for int()'),
+  ],
+)
 def test_bad_override_is_one_line_naming_the_key(tmp_path, flag, message):
   rc, out, err = finish(start_main(tmp_path, ['--config=configs/suave/digits.py', flag]))
   assert rc == 1 and message in err
@@ -475,15 +540,17 @@ def test_config_key_error_finds_the_first_unknown_key():
   config = 'configs/suave/digits.py:with_baseline'
   assert main.config_key_error(['--config.suave.temperature=1'], config) is None
   assert "'temprature' is not a key of suave (did you mean 'temperature'?)" in (
-      main.config_key_error(['--config.seed=1', '--config.suave.temprature=1'], config))
+    main.config_key_error(['--config.seed=1', '--config.suave.temprature=1'], config)
+  )
 
 
 def test_resume_under_another_config_is_refused_before_anything_is_restored(tmp_path, monkeypatch):
   config = tiny_config(keep_checkpoints=5)
   workdir = str(tmp_path / 'run')
   first = train.train_and_evaluate(config, workdir)
-  records = {name: open(os.path.join(workdir, name)).read()
-             for name in (train.CONFIG_FILE, train.SPLIT_FILE)}
+  records = {
+    name: open(os.path.join(workdir, name)).read() for name in (train.CONFIG_FILE, train.SPLIT_FILE)
+  }
   final = saved_state(workdir, 4)
 
   def changed(**overrides):
@@ -504,12 +571,18 @@ def test_resume_under_another_config_is_refused_before_anything_is_restored(tmp_
   with monkeypatch.context() as patch:  # The check comes before data, restore and compile.
     patch.setattr(train.datasets, 'load', lambda config: pytest.fail('loaded the data'))
     for override, message in [
-        (dict(seed=1), 'seed was 0, now 1'), (dict(num_steps=8), 'num_steps was 4, now 8'),
-        ({'optimizer.learning_rate': 0.05}, 'optimizer.learning_rate was 0.1, now 0.05'),
-        (dict(seed=1, num_steps=8, batch_size=32), 'batch_size was 16, now 32; num_steps was 4, '
-                                                   'now 8; seed was 0, now 1.')]:
-      with pytest.raises(errors.UserError, match=f'{workdir} holds a run that started with other '
-                         f'settings .*config.json\\): {message}'):
+      (dict(seed=1), 'seed was 0, now 1'),
+      (dict(num_steps=8), 'num_steps was 4, now 8'),
+      ({'optimizer.learning_rate': 0.05}, 'optimizer.learning_rate was 0.1, now 0.05'),
+      (
+        dict(seed=1, num_steps=8, batch_size=32),
+        'batch_size was 16, now 32; num_steps was 4, now 8; seed was 0, now 1.',
+      ),
+    ]:
+      with pytest.raises(
+        errors.UserError,
+        match=f'{workdir} holds a run that started with other settings .*config.json\\): {message}',
+      ):
         train.train_and_evaluate(changed(**override), workdir)
   # The data the run started with changed: refused before the restore.
   split = json.loads(records[train.SPLIT_FILE])
@@ -518,8 +591,11 @@ def test_resume_under_another_config_is_refused_before_anything_is_restored(tmp_
     json.dump(split, f)
   with monkeypatch.context() as patch:
     patch.setattr(checkpoint.Checkpointer, 'restore_latest', lambda *a: pytest.fail('restored'))
-    with pytest.raises(errors.UserError, match=r'split.json\): labelled_indices was .*'
-                       'point the config at that data'):
+    with pytest.raises(
+      errors.UserError,
+      match=r'split.json\): labelled_indices was .*'
+      'point the config at that data',
+    ):
       train.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, train.SPLIT_FILE), 'w') as f:
     f.write(records[train.SPLIT_FILE])

@@ -2,6 +2,7 @@
 across steps and a checkpoint restore), the InfoNCE terms against numpy, semantic positives
 share the (pseudo-)label, no gradient into the EMA target, config checks, and a short run on
 digits split over the 8 virtual devices."""
+
 import os
 
 import jax
@@ -22,12 +23,25 @@ DIGITS = base.DataInfo(num_classes=10, image_shape=(8, 8, 1))
 def tiny_config(**semppl_overrides):
   """Digits, a tiny model, 2 global 8x8 views and 1 local 6x6 view, 8 + 8 images, 4 steps."""
   return helpers.tiny_config(
-      'semppl', labelled_batch_size=8, batch_size=8, log_every=1, eval_every=4,
-      keep_checkpoints=5, eval=dict(batch_size=64), semppl={
-          # 6 queue entries per device; 16 enqueued per step, so it wraps at step 3.
-          **dict(temperature=0.1, queue_size=48, semantic_weight=1.0,
-                 classifier_trains_backbone=False, target_momentum=0.9),
-          **semppl_overrides})
+    'semppl',
+    labelled_batch_size=8,
+    batch_size=8,
+    log_every=1,
+    eval_every=4,
+    keep_checkpoints=5,
+    eval=dict(batch_size=64),
+    semppl={
+      # 6 queue entries per device; 16 enqueued per step, so it wraps at step 3.
+      **dict(
+        temperature=0.1,
+        queue_size=48,
+        semantic_weight=1.0,
+        classifier_trains_backbone=False,
+        target_momentum=0.9,
+      ),
+      **semppl_overrides,
+    },
+  )
 
 
 def test_enqueue_is_fifo_and_wraps_around():
@@ -48,8 +62,9 @@ def test_contrastive_losses_match_numpy():
   anchors, targets = unit(rng.normal(size=(5, 4))), unit(rng.normal(size=(5, 4)))
   positives = unit(rng.normal(size=(5, 3, 4)))
   valid = np.array([[1, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 0], [0, 1, 1]], bool)
-  augm, sem = semppl.contrastive_losses(*(jnp.asarray(x, jnp.float32) for x in
-                                          (anchors, targets, positives)), valid, 0.5)
+  augm, sem = semppl.contrastive_losses(
+    *(jnp.asarray(x, jnp.float32) for x in (anchors, targets, positives)), valid, 0.5
+  )
   logits = anchors @ targets.T / 0.5
   for i in range(5):
     negatives = np.exp(np.delete(logits[i], i)).sum()
@@ -66,9 +81,10 @@ def tiny():
   graphdef, params, rest = nnx.split(method.create_model(nnx.Rngs(0)), nnx.Param, ...)
   keys = jax.random.split(jax.random.PRNGKey(1), 7)
   views = lambda ks: [jax.random.normal(k, (8, s, s, 1)) for k, s in zip(ks, (8, 8, 6))]
-  batch = {'labelled': {'views': views(keys[:3]),
-                        'labels': jax.random.randint(keys[6], (8,), 0, 10)},
-           'unlabelled': {'views': views(keys[3:6])}}
+  batch = {
+    'labelled': {'views': views(keys[:3]), 'labels': jax.random.randint(keys[6], (8,), 0, 10)},
+    'unlabelled': {'views': views(keys[3:6])},
+  }
   return dict(method=method, graphdef=graphdef, params=params, rest=rest, batch=batch)
 
 
@@ -100,8 +116,9 @@ def test_semantic_weight_warms_up_linearly(tiny):
     return method.loss(model, state, batch, jax.random.PRNGKey(0), step)[1][1]['semantic_weight']
 
   # semantic_weight 1.0 over semantic_warmup_steps 2: 1/3, 2/3, then 1.
-  np.testing.assert_allclose([weight(jnp.int32(s)) for s in range(4)], [1 / 3, 2 / 3, 1, 1],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    [weight(jnp.int32(s)) for s in range(4)], [1 / 3, 2 / 3, 1, 1], rtol=1e-6
+  )
 
 
 def test_semantic_positives_share_the_label_or_the_pseudo_label(tiny):
@@ -114,14 +131,19 @@ def test_semantic_positives_share_the_label_or_the_pseudo_label(tiny):
   directions = np.eye(8, dtype=np.float32)[queue_labels % 8]
   embeddings = directions + 0.1 * rng.normal(size=(48, 8)).astype(np.float32)
   embeddings[:, 7] = np.arange(48)  # Not unit-norm: sample_same_label returns keys as they are.
-  queue = {'embeddings': jnp.asarray(embeddings), 'labels': jnp.asarray(queue_labels),
-           'position': jnp.int32(0)}
+  queue = {
+    'embeddings': jnp.asarray(embeddings),
+    'labels': jnp.asarray(queue_labels),
+    'position': jnp.int32(0),
+  }
   labels = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
   queries = jnp.asarray(rng.normal(size=(8, 8)), jnp.float32)
   positives, valid, votes = jax.jit(method._semantic_positives)(
-      jax.random.PRNGKey(3), labels, queries, queue)
-  pseudo = np.asarray(knn.knn_pseudo_labels(queries, queue['embeddings'], queue['labels'], k=3,
-                                            num_classes=10)[0])
+    jax.random.PRNGKey(3), labels, queries, queue
+  )
+  pseudo = np.asarray(
+    knn.knn_pseudo_labels(queries, queue['embeddings'], queue['labels'], k=3, num_classes=10)[0]
+  )
   np.testing.assert_array_equal(votes.sum(axis=1), 3)
   slots = np.asarray(positives[..., 7]).astype(int)
   expected = np.concatenate([np.asarray(labels), pseudo])
@@ -138,13 +160,17 @@ def test_eval_predictions_are_the_knn_pseudo_labels_of_the_predictions(tiny):
   method = tiny['method']
   model = nnx.merge(tiny['graphdef'], tiny['params'], tiny['rest'])
   rng = np.random.default_rng(4)
-  queue = {'embeddings': jnp.asarray(rng.normal(size=(48, 8)), jnp.float32),
-           'labels': jnp.asarray(rng.integers(0, 10, 48), jnp.int32), 'position': jnp.int32(0)}
+  queue = {
+    'embeddings': jnp.asarray(rng.normal(size=(48, 8)), jnp.float32),
+    'labels': jnp.asarray(rng.integers(0, 10, 48), jnp.int32),
+    'position': jnp.int32(0),
+  }
   images = tiny['batch']['labelled']['views'][0]
   got = jax.jit(method.eval_predictions)(model, {'queue': queue}, images)
   predictions = model(images, train=False)[1]
-  want = knn.knn_pseudo_labels(predictions, queue['embeddings'], queue['labels'], k=3,
-                               num_classes=10)[0]
+  want = knn.knn_pseudo_labels(
+    predictions, queue['embeddings'], queue['labels'], k=3, num_classes=10
+  )[0]
   assert set(got) == {'pseudo_label'}
   np.testing.assert_array_equal(got['pseudo_label'], want)
 
@@ -159,21 +185,30 @@ def test_update_state_follows_the_cosine_momentum(tiny, step, momentum):
   target = jax.tree.map(jnp.zeros_like, params)
   state = {'target': target, 'queue': queue.init(48, 8, labels=True)}
   new = jax.jit(method.update_state)(params, state, jnp.int32(step))
-  jax.tree.map(lambda got, p: np.testing.assert_allclose(got, (1 - momentum) * np.asarray(p),
-                                                         rtol=1e-5, atol=1e-7),
-               new['target'], params)
+  jax.tree.map(
+    lambda got, p: np.testing.assert_allclose(
+      got, (1 - momentum) * np.asarray(p), rtol=1e-5, atol=1e-7
+    ),
+    new['target'],
+    params,
+  )
   jax.tree.map(np.testing.assert_array_equal, new['queue'], state['queue'])
 
 
-@pytest.mark.parametrize('overrides, message', [
+@pytest.mark.parametrize(
+  'overrides, message',
+  [
     (dict(queue_size=44), 'queue_size=44 is not divisible by the 8 devices'),
-    (dict(queue_size=8, knn_k=1, num_semantic_positives=1),
-     'queue_size=8 is below the 16 labelled projections'),
+    (
+      dict(queue_size=8, knn_k=1, num_semantic_positives=1),
+      'queue_size=8 is below the 16 labelled projections',
+    ),
     (dict(knn_k=7), r'knn_k=7 must be in \[1, 6\]'),
     (dict(num_semantic_positives=0), r'num_semantic_positives=0 must be in \[1, 6\]'),
     (dict(temperature=0.0), 'temperature=0.0 must be positive'),
     (dict(target_momentum=1.5), r'target_momentum=1.5 must be in \[0, 1\]'),
-])
+  ],
+)
 def test_bad_hyperparameters_name_the_key(overrides, message):
   with pytest.raises(ValueError, match=message):
     semppl.SemPPL(tiny_config(**overrides), DIGITS, parallel.create_mesh())
@@ -214,10 +249,15 @@ def test_queue_across_steps_and_a_checkpoint_restore(tmp_path, model_axis):
   queue = final['queue']
   # Steps 0..3 wrote slots 0-15, 16-31, 32-47, then wrapped: step 3 over 0-15.
   splits = datasets.load(config)
-  step_labels = [pipeline.host_batch(splits, s, seed=0, labelled_batch_size=8,
-                                     batch_size=8)['labelled']['labels'] for s in range(4)]
+  step_labels = [
+    pipeline.host_batch(splits, s, seed=0, labelled_batch_size=8, batch_size=8)['labelled'][
+      'labels'
+    ]
+    for s in range(4)
+  ]
   np.testing.assert_array_equal(
-      queue['labels'], np.concatenate([np.tile(step_labels[s], 2) for s in (3, 1, 2)]))
+    queue['labels'], np.concatenate([np.tile(step_labels[s], 2) for s in (3, 1, 2)])
+  )
   assert int(queue['position']) == 16
   np.testing.assert_allclose(np.linalg.norm(queue['embeddings'], axis=1), 1.0, rtol=1e-5)
   # Lose the last checkpoint and the results, as if killed between steps 2 and 4.

@@ -1,4 +1,5 @@
 """Sinkhorn-Knopp against SwAV's loop in numpy, on one device, under GSPMD and under shard_map."""
+
 from __future__ import annotations
 
 import chex
@@ -34,7 +35,9 @@ def column_deviation(q: jax.Array) -> float:
   return float(np.max(np.abs(np.asarray(q).sum(axis=0) * k / n - 1.0)))
 
 
-@pytest.mark.parametrize("n, k, epsilon, num_iters", [(16, 4, 0.05, 1), (32, 10, 0.05, 3), (24, 7, 0.1, 5)])
+@pytest.mark.parametrize(
+  'n, k, epsilon, num_iters', [(16, 4, 0.05, 1), (32, 10, 0.05, 3), (24, 7, 0.1, 5)]
+)
 def test_matches_swav_reference(n, k, epsilon, num_iters):
   scores = random_scores(n, k)
   q = sinkhorn(jnp.asarray(scores), epsilon=epsilon, num_iters=num_iters)
@@ -53,19 +56,20 @@ def test_marginals_converge():
 
 def test_gspmd_sharded_equals_single_device():
   scores = jnp.asarray(random_scores(64, 10))
-  mesh = Mesh(jax.devices(), ("data",))
-  sharded = jax.device_put(scores, NamedSharding(mesh, P("data")))
+  mesh = Mesh(jax.devices(), ('data',))
+  sharded = jax.device_put(scores, NamedSharding(mesh, P('data')))
   q = jax.jit(sinkhorn)(sharded)
   assert q.sharding.is_equivalent_to(sharded.sharding, ndim=2)
   np.testing.assert_allclose(q, sinkhorn(scores), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("axis_name, equals_single_device", [("data", True), (None, False)])
+@pytest.mark.parametrize('axis_name, equals_single_device', [('data', True), (None, False)])
 def test_shard_map_equals_single_device_only_with_axis_name(axis_name, equals_single_device):
   scores = jnp.asarray(random_scores(64, 10))
-  mesh = Mesh(jax.devices(), ("data",))
+  mesh = Mesh(jax.devices(), ('data',))
   per_device = jax.shard_map(
-      lambda s: sinkhorn(s, axis_name=axis_name), mesh=mesh, in_specs=P("data"), out_specs=P("data"))
+    lambda s: sinkhorn(s, axis_name=axis_name), mesh=mesh, in_specs=P('data'), out_specs=P('data')
+  )
   q = jax.jit(per_device)(scores)
   assert np.allclose(q, sinkhorn(scores), rtol=1e-5, atol=1e-7) == equals_single_device
 
@@ -91,11 +95,14 @@ def test_no_gradient_flows_to_scores():
   np.testing.assert_array_equal(grad, 0.0)
 
 
-@pytest.mark.parametrize("shape, kwargs, match", [
-    ((2, 3, 4), {}, "must be \\[N, K\\]"),
-    ((8, 4), {"epsilon": 0.0}, "epsilon must be > 0"),
-    ((8, 4), {"num_iters": 0}, "num_iters must be >= 1"),
-])
+@pytest.mark.parametrize(
+  'shape, kwargs, match',
+  [
+    ((2, 3, 4), {}, 'must be \\[N, K\\]'),
+    ((8, 4), {'epsilon': 0.0}, 'epsilon must be > 0'),
+    ((8, 4), {'num_iters': 0}, 'num_iters must be >= 1'),
+  ],
+)
 def test_bad_arguments_raise(shape, kwargs, match):
   with pytest.raises(ValueError, match=match):
     sinkhorn(jnp.zeros(shape), **kwargs)

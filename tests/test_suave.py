@@ -1,4 +1,5 @@
 """Suave: the loss against hand-computed values, target sources, options."""
+
 import functools
 
 import jax
@@ -61,15 +62,22 @@ def digits():
 
 
 def _setup(config, splits):
-  method = suave.Suave(config, base.DataInfo(splits.num_classes, splits.image_shape),
-                       parallel.create_mesh())
+  method = suave.Suave(
+    config, base.DataInfo(splits.num_classes, splits.image_shape), parallel.create_mesh()
+  )
   tx, schedule = train.create_optimizer(config, config.num_steps)
   graphdef, state = train.init_state(method, tx, 0)
   aug = augment.augment_config_from(config, splits.mean, splits.std, splits.image_shape)
   raw = pipeline.host_batch(splits, 0, seed=0, labelled_batch_size=8, batch_size=16)
-  views = {'labelled': {'views': augment.multi_crop(jax.random.key(0), raw['labelled']['images'], aug),
-                        'labels': jnp.asarray(raw['labelled']['labels'])},
-           'unlabelled': {'views': augment.multi_crop(jax.random.key(1), raw['unlabelled']['images'], aug)}}
+  views = {
+    'labelled': {
+      'views': augment.multi_crop(jax.random.key(0), raw['labelled']['images'], aug),
+      'labels': jnp.asarray(raw['labelled']['labels']),
+    },
+    'unlabelled': {
+      'views': augment.multi_crop(jax.random.key(1), raw['unlabelled']['images'], aug)
+    },
+  }
   return method, graphdef, state, views, (tx, schedule, aug, raw)
 
 
@@ -78,6 +86,7 @@ def _loss_metrics(method, graphdef, state, views):
   def metrics(state, views):
     model = nnx.merge(graphdef, state.params, state.model_state, copy=True)
     return method.loss(model, state.method_state, views, jax.random.key(2), state.step)[1][1]
+
   return metrics(state, views)
 
 
@@ -85,8 +94,10 @@ def test_unlabelled_term_never_sees_a_label(digits):
   method, graphdef, state, views, _ = _setup(_config(), digits)
   assert set(views['unlabelled']) == {'views'}
   before = _loss_metrics(method, graphdef, state, views)
-  shuffled = {**views, 'labelled': {**views['labelled'],
-                                    'labels': (views['labelled']['labels'] + 1) % 10}}
+  shuffled = {
+    **views,
+    'labelled': {**views['labelled'], 'labels': (views['labelled']['labels'] + 1) % 10},
+  }
   after = _loss_metrics(method, graphdef, state, shuffled)
   np.testing.assert_allclose(after['loss_unlabelled'], before['loss_unlabelled'], rtol=1e-6)
   assert abs(float(after['loss_labelled']) - float(before['loss_labelled'])) > 1e-3
@@ -110,19 +121,26 @@ def test_labelled_targets_are_the_labels():
   the cross-entropy against exactly that target has zero gradient, against any other a large
   one: labelled rows get zero gradient for their labels and a large one for other labels,
   unlabelled rows (Sinkhorn targets, not labels) a large one."""
-  method = suave.Suave(_config(label_smoothing=0.1, mixup_alpha=0.0), base.DataInfo(10, (8, 8, 1)),
-                       parallel.create_mesh())
+  method = suave.Suave(
+    _config(label_smoothing=0.1, mixup_alpha=0.0),
+    base.DataInfo(10, (8, 8, 1)),
+    parallel.create_mesh(),
+  )
   smoothed = lambda classes: 0.9 * np.eye(10)[classes] + 0.01
-  views_of = lambda classes: [jnp.asarray(0.1 * np.log(smoothed(classes)),
-                                          jnp.float32).reshape(-1, 1, 1, 10)] * 2
+  views_of = lambda classes: (
+    [jnp.asarray(0.1 * np.log(smoothed(classes)), jnp.float32).reshape(-1, 1, 1, 10)] * 2
+  )
   labels = np.array([3, 0, 7, 3])
 
   @jax.jit
   def gradients(labelled_views, unlabelled_views, labels):
     def loss(labelled_views, unlabelled_views):
-      batch = {'labelled': {'views': labelled_views, 'labels': labels},
-               'unlabelled': {'views': unlabelled_views}}
+      batch = {
+        'labelled': {'views': labelled_views, 'labels': labels},
+        'unlabelled': {'views': unlabelled_views},
+      }
       return method.loss(ScoresAreInputs(), {}, batch, jax.random.key(0), jnp.int32(0))[0]
+
     return jax.grad(loss, argnums=(0, 1))(labelled_views, unlabelled_views)
 
   unlabelled = views_of(np.array([1, 1, 4, 5, 9, 9]))
@@ -150,21 +168,46 @@ def test_targets_come_from_the_same_forward_pass(digits):
     loss, (method_state, _) = method.loss(suave_model, state.method_state, views, key, state.step)
     by_hand = model()
     targets, (_, labelled_scores), (embeds, scores) = student_outputs(
-        by_hand, views, key, num_classes=10, num_prototypes=10,
-        label_smoothing=hp.label_smoothing, mixup_alpha=hp.mixup_alpha)
-    assignments = [sinkhorn.sinkhorn(jax.lax.stop_gradient(s),
-                                     epsilon=hp.sinkhorn_epsilon, num_iters=hp.sinkhorn_iters)
-                   for s in scores[:2]]
+      by_hand,
+      views,
+      key,
+      num_classes=10,
+      num_prototypes=10,
+      label_smoothing=hp.label_smoothing,
+      mixup_alpha=hp.mixup_alpha,
+    )
+    assignments = [
+      sinkhorn.sinkhorn(
+        jax.lax.stop_gradient(s), epsilon=hp.sinkhorn_epsilon, num_iters=hp.sinkhorn_iters
+      )
+      for s in scores[:2]
+    ]
     expected = losses.combine(
-        losses.labelled_loss(labelled_scores, targets, hp.temperature),
-        losses.swapped_assignment_loss(scores, assignments, hp.temperature))
+      losses.labelled_loss(labelled_scores, targets, hp.temperature),
+      losses.swapped_assignment_loss(scores, assignments, hp.temperature),
+    )
     # The former targets: a second pass of the unlabelled global views alone.
     second_pass = model()
-    student_outputs(second_pass, views, key, num_classes=10, num_prototypes=10,
-                    label_smoothing=hp.label_smoothing, mixup_alpha=hp.mixup_alpha)
+    student_outputs(
+      second_pass,
+      views,
+      key,
+      num_classes=10,
+      num_prototypes=10,
+      label_smoothing=hp.label_smoothing,
+      mixup_alpha=hp.mixup_alpha,
+    )
     second_pass.embed(jnp.concatenate(views['unlabelled']['views'][:2]), train=True)
-    return (loss, expected, method_state, embeds[:2],
-            stats(suave_model), stats(by_hand), stats(second_pass), stats(model()))
+    return (
+      loss,
+      expected,
+      method_state,
+      embeds[:2],
+      stats(suave_model),
+      stats(by_hand),
+      stats(second_pass),
+      stats(model()),
+    )
 
   loss, expected, method_state, embeds, after, by_hand, second_pass, before = run(state, views)
   np.testing.assert_allclose(loss, expected, rtol=1e-6)
@@ -224,8 +267,9 @@ def test_ema_teacher_assigns_with_its_own_pass_and_prototypes(digits):
   @jax.jit
   def run(teacher, views):
     model = nnx.merge(graphdef, state.params, state.model_state, copy=True)
-    embeds, scores, prototypes = method._sinkhorn_inputs(model, {'teacher': teacher}, views,
-                                                         None, None)
+    embeds, scores, prototypes = method._sinkhorn_inputs(
+      model, {'teacher': teacher}, views, None, None
+    )
     teacher_model = nnx.merge(graphdef, teacher, state.model_state, copy=True)
     expected = jnp.split(teacher_model(jnp.concatenate(views), train=True), len(views))
     return scores, expected, prototypes(embeds[0]), stats(model)
@@ -234,15 +278,20 @@ def test_ema_teacher_assigns_with_its_own_pass_and_prototypes(digits):
   for s, e in zip(scores, expected):
     np.testing.assert_allclose(s, e, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(rescored, scores[0], rtol=1e-5, atol=1e-6)
-  for a, b in zip(model_stats, jax.tree.leaves(nnx.state(
-      nnx.merge(graphdef, state.params, state.model_state), nnx.BatchStat))):
+  for a, b in zip(
+    model_stats,
+    jax.tree.leaves(nnx.state(nnx.merge(graphdef, state.params, state.model_state), nnx.BatchStat)),
+  ):
     np.testing.assert_array_equal(a, b)  # The teacher's BatchNorm updates are dropped.
 
 
 def _one_step(config, splits):
   method, graphdef, state, _, (tx, schedule, aug, raw) = _setup(config, splits)
-  step = jax.jit(functools.partial(train.train_step, method=method, graphdef=graphdef, tx=tx,
-                                   augment_cfg=aug, schedule=schedule))
+  step = jax.jit(
+    functools.partial(
+      train.train_step, method=method, graphdef=graphdef, tx=tx, augment_cfg=aug, schedule=schedule
+    )
+  )
   before = jax.device_get(state)
   after, metrics = step(state, raw)
   assert np.isfinite(metrics['loss'])
@@ -251,16 +300,23 @@ def _one_step(config, splits):
 
 def test_frozen_prototypes_and_heads_only_warmup(digits):
   before, after = _one_step(_config(freeze_prototypes_steps=5, heads_only_steps=5), digits)
-  changed = lambda name: not all(np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(before.params[name]), jax.tree.leaves(after.params[name])))
+  changed = lambda name: (
+    not all(
+      np.array_equal(a, b)
+      for a, b in zip(jax.tree.leaves(before.params[name]), jax.tree.leaves(after.params[name]))
+    )
+  )
   assert not changed('prototypes') and not changed('backbone') and changed('projector')
 
 
 def test_ema_teacher_and_queue_state(digits):
   config = _config(ema_momentum=0.9, queue_size=24)
   before, after = _one_step(config, digits)
-  for t0, p1, t1 in zip(jax.tree.leaves(before.method_state['teacher']),
-                        jax.tree.leaves(after.params), jax.tree.leaves(after.method_state['teacher'])):
+  for t0, p1, t1 in zip(
+    jax.tree.leaves(before.method_state['teacher']),
+    jax.tree.leaves(after.params),
+    jax.tree.leaves(after.method_state['teacher']),
+  ):
     np.testing.assert_allclose(t1, 0.9 * t0 + 0.1 * p1, rtol=1e-5, atol=1e-7)
   # Each global crop's 16 unlabelled (teacher) embeddings head its own queue of 24.
   queue = np.asarray(after.method_state['queue'])
@@ -270,13 +326,16 @@ def test_ema_teacher_and_queue_state(digits):
   np.testing.assert_array_equal(queue[:, 16:], 0.0)
 
 
-@pytest.mark.parametrize('overrides, message', [
+@pytest.mark.parametrize(
+  'overrides, message',
+  [
     (dict(num_prototypes=5), 'num_prototypes=5 is below the 10 classes'),
     (dict(ema_momentum=1.5), r'ema_momentum=1.5 must be in \[0, 1\]'),
     (dict(queue_size=-1), 'queue_size=-1 must be >= 0'),
     (dict(temperature=0.0), 'temperature=0.0 must be positive'),
     (dict(sinkhorn_epsilon=0.0), 'sinkhorn_epsilon=0.0 must be positive'),
-])
+  ],
+)
 def test_bad_hyperparameters_name_the_key(overrides, message):
   """Checked when the method is built, so `config_base.validate` stops the run first."""
   with pytest.raises(ValueError, match=message):

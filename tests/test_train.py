@@ -1,4 +1,5 @@
 """The trainer: sharded step == single-device step, resume, stages, init_from, config errors."""
+
 import functools
 import json
 import os
@@ -16,6 +17,7 @@ from semi_ssl import checkpoint, config_base, main, methods, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
 
+
 def step_on(devices, config, batch_np):
   """(loss, params) after one train step with the batch sharded over `devices`."""
   mesh = Mesh(np.asarray(devices), (parallel.DATA_AXIS,))
@@ -26,8 +28,11 @@ def step_on(devices, config, batch_np):
   state = jax.device_put(state, parallel.replicated(mesh))
   batch = jax.device_put(batch_np, parallel.batch_sharding(mesh))
   aug = augment.augment_config_from(config, splits.mean, splits.std, splits.image_shape)
-  step = jax.jit(functools.partial(train.train_step, method=method, graphdef=graphdef, tx=tx,
-                                   augment_cfg=aug, schedule=schedule))
+  step = jax.jit(
+    functools.partial(
+      train.train_step, method=method, graphdef=graphdef, tx=tx, augment_cfg=aug, schedule=schedule
+    )
+  )
   state, metrics = step(state, batch)
   state, metrics = step(state, batch)
   return float(metrics['loss']), jax.device_get(state.params)
@@ -73,8 +78,10 @@ def test_copy_subtrees_replaces_only_the_named_paths():
   source_flat = checkpoint._flatten(jax.device_get(source.params))
   before = checkpoint._flatten(jax.device_get(target.params))
   after = checkpoint._flatten(checkpoint.copy_subtrees(target.params, source_flat, ('backbone',)))
-  chex.assert_trees_all_equal(after, {path: source_flat[path] if path.startswith('backbone/')
-                                       else before[path] for path in before})
+  chex.assert_trees_all_equal(
+    after,
+    {path: source_flat[path] if path.startswith('backbone/') else before[path] for path in before},
+  )
   assert any(p.startswith('head/') for p in after)
 
 
@@ -107,8 +114,10 @@ def test_two_stage_config_with_init_from_and_skip_of_finished_stage(tmp_path, mo
   pre_params = saved_state(plan[0][1], 4)['params']
   fine_params = saved_state(plan[1][1], 2)['params']
   chex.assert_trees_all_equal(fine_params['backbone'], pre_params['backbone'])
-  assert any(not np.array_equal(fine, pre) for fine, pre in zip(
-      jax.tree.leaves(fine_params['head']), jax.tree.leaves(pre_params['head'])))
+  assert any(
+    not np.array_equal(fine, pre)
+    for fine, pre in zip(jax.tree.leaves(fine_params['head']), jax.tree.leaves(pre_params['head']))
+  )
   results = tmp_path / 'pretrain' / train.RESULTS_FILE
   mtime = results.stat().st_mtime_ns
   assert main.run_plan(plan) == rows  # Both stages finished: nothing runs again.
@@ -117,8 +126,11 @@ def test_two_stage_config_with_init_from_and_skip_of_finished_stage(tmp_path, mo
   monkeypatch.chdir(tmp_path.parent)
   assert main.run_plan(main.stage_plan(tiny_config(stages=(pre, fine)), tmp_path.name)) == rows
   fine.optimizer.learning_rate = 0.1
-  with pytest.raises(ValueError, match=r'finetune holds a run that started with other settings '
-                     r'.*optimizer.learning_rate was 0.0, now 0.1\. Use a new --workdir'):
+  with pytest.raises(
+    ValueError,
+    match=r'finetune holds a run that started with other settings '
+    r'.*optimizer.learning_rate was 0.0, now 0.1\. Use a new --workdir',
+  ):
     main.run_plan(main.stage_plan(tiny_config(stages=(pre, fine)), str(tmp_path)))
 
 
@@ -135,18 +147,24 @@ def test_init_from_copies_batchnorm_statistics_and_rebuilds_the_teacher(tmp_path
   source = checkpoint.load_variables(source_dir)
   assert any('mean' in p for p in source['model_state'])  # BatchNorm running statistics.
   config = tiny_config(seed=1)
-  method = _WithTeacher(config, base.DataInfo(num_classes=10, image_shape=(8, 8, 1)),
-                        parallel.create_mesh())
+  method = _WithTeacher(
+    config, base.DataInfo(num_classes=10, image_shape=(8, 8, 1)), parallel.create_mesh()
+  )
   init = train.state_initializer(method, train.create_optimizer(config, 1)[0], seed=1)[1]
   sharding = train.state_sharding(method, jax.eval_shape(init))
   fresh = jax.device_get(jax.jit(init, out_shardings=sharding)())
-  state = train.initialise_from(jax.jit(init, out_shardings=sharding)(), source, ('backbone',),
-                                method, sharding)
+  state = train.initialise_from(
+    jax.jit(init, out_shardings=sharding)(), source, ('backbone',), method, sharding
+  )
   for name, tree in (('params', state.params), ('model_state', state.model_state)):
     before = checkpoint._flatten(getattr(fresh, name))
-    chex.assert_trees_all_equal(checkpoint._flatten(tree), {
+    chex.assert_trees_all_equal(
+      checkpoint._flatten(tree),
+      {
         path: source[name][path] if path.startswith('backbone/') else value
-        for path, value in before.items()})
+        for path, value in before.items()
+      },
+    )
   chex.assert_trees_all_equal(state.method_state['teacher'], state.params)
 
 
@@ -157,7 +175,8 @@ def test_gcs_workdir_holds_the_records_and_checkpoints(tmp_path, monkeypatch, gc
   run = gcs_on_disk / 'bucket' / 'run'
   assert not (tmp_path / 'gs:').exists()
   assert json.loads((run / train.RESULTS_FILE).read_text()) == {
-      k: v for k, v in rows[0].items() if k != 'stage'}
+    k: v for k, v in rows[0].items() if k != 'stage'
+  }
   assert (run / train.SPLIT_FILE).exists() and (run / 'config.json').exists()
   assert list((run / 'tensorboard').iterdir())
   assert (run / checkpoint.CHECKPOINT_DIR / '2' / 'state').is_dir()
@@ -165,33 +184,45 @@ def test_gcs_workdir_holds_the_records_and_checkpoints(tmp_path, monkeypatch, gc
   ckpt = checkpoint.Checkpointer('gs://bucket/run', keep=5)
   assert str(ckpt.directory) == 'gs://bucket/run/checkpoints' and ckpt.last_complete_step == 2
   ckpt.close()
-  assert any(p.startswith('backbone/') for p in checkpoint.load_variables('gs://bucket/run')['params'])
+  assert any(
+    p.startswith('backbone/') for p in checkpoint.load_variables('gs://bucket/run')['params']
+  )
   mtime = (run / train.RESULTS_FILE).stat().st_mtime_ns
   assert main.run_plan(plan) == rows  # Finished: read back from gs://, not trained again.
   assert (run / train.RESULTS_FILE).stat().st_mtime_ns == mtime
 
 
-@pytest.mark.parametrize('override, message', [
+@pytest.mark.parametrize(
+  'override, message',
+  [
     (dict(method='nope'), "config.method='nope' is unknown"),
-    (dict(labelled_batch_size=12), 'config.labelled_batch_size=12 is not divisible by the 8 devices'),
+    (
+      dict(labelled_batch_size=12),
+      'config.labelled_batch_size=12 is not divisible by the 8 devices',
+    ),
     (dict(labels_per_class=1000), 'labels_per_class'),
     (dict(dataset='mnist'), 'mnist'),
     (dict(augment=dict(global_size=16)), 'global_size'),
     (dict(eval=dict(batch_size=100)), 'config.eval.batch_size=100 is not divisible by the 8'),
     (dict(eval=dict(crop_fraction=1.5)), 'config.eval.crop_fraction=1.5 must be in'),
     (dict(model=dict(backbone='resnet7')), "Unknown backbone 'resnet7'"),
-])
+  ],
+)
 def test_bad_config_names_the_key(override, message):
   with pytest.raises(ValueError, match=message):
     config_base.validate(tiny_config(**override), num_devices=8, workdir=None)
 
 
-@pytest.mark.parametrize('method, hyperparameter, value, message', [
+@pytest.mark.parametrize(
+  'method, hyperparameter, value, message',
+  [
     ('suave', 'num_prototypes', 3, 'num_prototypes'),
     ('semppl', 'queue_size', 100, 'queue_size'),
-])
+  ],
+)
 def test_bad_method_hyperparameters_are_caught_before_any_data_is_read(
-    method, hyperparameter, value, message):
+  method, hyperparameter, value, message
+):
   config = config_base.load_config_file(f'{REPO}/configs/{method}/digits.py')
   config[method][hyperparameter] = value
   with pytest.raises(ValueError, match=message):
@@ -208,24 +239,43 @@ def test_unwritable_workdir_is_refused(tmp_path):
 def test_main_command_end_to_end(tmp_path):
   """The README's main job, shortened: writes results.json and prints the table."""
   workdir = tmp_path / 'run'
-  cmd = [sys.executable, '-m', 'semi_ssl.main', '--config=configs/supervised/digits.py',
-         f'--workdir={workdir}', '--config.num_steps=6', '--config.log_every=3',
-         '--config.eval_every=3', '--config.checkpoint_every=3', '--config.model.width=0.25']
+  cmd = [
+    sys.executable,
+    '-m',
+    'semi_ssl.main',
+    '--config=configs/supervised/digits.py',
+    f'--workdir={workdir}',
+    '--config.num_steps=6',
+    '--config.log_every=3',
+    '--config.eval_every=3',
+    '--config.checkpoint_every=3',
+    '--config.model.width=0.25',
+  ]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=cpu_env(), timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads((workdir / train.RESULTS_FILE).read_text())
-  for key in ('method', 'dataset', 'labels_per_class', 'seed', 'steps', 'test_top1', 'knn_top1',
-              'wall_seconds'):
+  for key in (
+    'method',
+    'dataset',
+    'labels_per_class',
+    'seed',
+    'steps',
+    'test_top1',
+    'knn_top1',
+    'wall_seconds',
+  ):
     assert key in results
   assert results['steps'] == 6 and 0.0 <= results['test_top1'] <= 1.0
   assert 'test_top1' in out.stdout and 'supervised' in out.stdout
   assert (workdir / 'split.json').exists() and list((workdir / 'tensorboard').iterdir())
   # The same workdir with another seed: one line, before anything compiles.
-  out = subprocess.run(cmd + ['--config.seed=1'], cwd=REPO, capture_output=True, text=True,
-                       env=cpu_env(), timeout=300)
+  out = subprocess.run(
+    cmd + ['--config.seed=1'], cwd=REPO, capture_output=True, text=True, env=cpu_env(), timeout=300
+  )
   assert out.returncode == 1 and out.stderr.strip().splitlines() == [
-      f'Error: {workdir} holds a run that started with other settings ({workdir}/config.json): '
-      'seed was 0, now 1. Use a new --workdir, or rerun with the original value.'], out.stderr
+    f'Error: {workdir} holds a run that started with other settings ({workdir}/config.json): '
+    'seed was 0, now 1. Use a new --workdir, or rerun with the original value.'
+  ], out.stderr
 
 
 @pytest.mark.parametrize('name', ['sgd', 'lars', 'adamw'])
@@ -250,8 +300,12 @@ def test_fsdp_splits_large_arrays_and_trains_like_data_parallelism(tmp_path):
   mesh = parallel.create_mesh(4)
   assert dict(mesh.shape) == {'data': 2, 'model': 4}
   shardings = parallel.state_sharding(
-      {'kernel': jax.ShapeDtypeStruct((3, 3, 64, 128), np.float32),
-       'bias': jax.ShapeDtypeStruct((128,), np.float32)}, mesh)
+    {
+      'kernel': jax.ShapeDtypeStruct((3, 3, 64, 128), np.float32),
+      'bias': jax.ShapeDtypeStruct((128,), np.float32),
+    },
+    mesh,
+  )
   assert shardings['kernel'].spec == jax.sharding.PartitionSpec(None, None, None, 'model')
   assert shardings['bias'].spec == jax.sharding.PartitionSpec(None)
   config = tiny_config(num_steps=2, checkpoint_every=2, eval_every=100)
@@ -260,8 +314,12 @@ def test_fsdp_splits_large_arrays_and_trains_like_data_parallelism(tmp_path):
   fsdp.mesh.model = 4
   train.train_and_evaluate(config, str(tmp_path / 'dp'))
   train.train_and_evaluate(fsdp, str(tmp_path / 'fsdp'))
-  chex.assert_trees_all_close(saved_state(str(tmp_path / 'fsdp'), 2)['params'],
-                              saved_state(str(tmp_path / 'dp'), 2)['params'], rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(
+    saved_state(str(tmp_path / 'fsdp'), 2)['params'],
+    saved_state(str(tmp_path / 'dp'), 2)['params'],
+    rtol=1e-4,
+    atol=1e-5,
+  )
 
 
 class _GuessesZero(methods.supervised.Supervised):
@@ -273,7 +331,8 @@ class _GuessesZero(methods.supervised.Supervised):
 
 def test_further_eval_predictions_are_reported_as_top1(tmp_path, monkeypatch):
   monkeypatch.setitem(methods.REGISTRY, 'guesses_zero', _GuessesZero)
-  results = train.train_and_evaluate(tiny_config(method='guesses_zero', num_steps=2),
-                                     str(tmp_path / 'run'))
+  results = train.train_and_evaluate(
+    tiny_config(method='guesses_zero', num_steps=2), str(tmp_path / 'run')
+  )
   test_labels = datasets.load(tiny_config()).test_labels
   assert results['always_zero_top1'] == pytest.approx(np.mean(test_labels == 0))

@@ -1,6 +1,7 @@
 """Views through the networks (`methods/views.py`): one backbone call per view size, the heads
 once on all views, BatchNorm moving once per size; and the labelled images' own crop spec
 (`config.augment.labelled`) from the config to the train step and the methods."""
+
 import functools
 
 import jax
@@ -19,8 +20,16 @@ from helpers import tiny_config
 
 DIGITS = base.DataInfo(num_classes=10, image_shape=(8, 8, 1))
 # A labelled spec unlike the unlabelled views of the digits configs: one 6-pixel crop.
-LABELLED = dict(num_crops=1, size=6, scale=(0.5, 1.0), flip=True, color_jitter=0.0,
-                grayscale_prob=0.0, blur_prob=0.5, solarize_prob=0.0)
+LABELLED = dict(
+  num_crops=1,
+  size=6,
+  scale=(0.5, 1.0),
+  flip=True,
+  color_jitter=0.0,
+  grayscale_prob=0.0,
+  blur_prob=0.5,
+  solarize_prob=0.0,
+)
 
 
 def _views(seed, sizes, batch=4):
@@ -33,8 +42,14 @@ def _prototype_model(seed=0):
   config = config_base.get_base_config()
   config.model.width = 0.25
   rngs = nnx.Rngs(seed)
-  return PrototypeModel(base.create_backbone(config, DIGITS, rngs), hidden_dim=16, embed_dim=8,
-                        num_layers=2, num_prototypes=10, rngs=rngs)
+  return PrototypeModel(
+    base.create_backbone(config, DIGITS, rngs),
+    hidden_dim=16,
+    embed_dim=8,
+    num_layers=2,
+    num_prototypes=10,
+    rngs=rngs,
+  )
 
 
 def _batch_stats(model):
@@ -68,8 +83,12 @@ def test_train_outputs_equal_one_pass_of_the_concatenated_views():
   u6 = u6[:3]  # Views of one size may hold different numbers of rows.
   embeds, scores = views.prototype_outputs(grouped, [l6, u8a, u8b, u6], train=True)
 
-  features = jnp.concatenate([by_hand.backbone(jnp.concatenate([l6, u6]), train=True),
-                              by_hand.backbone(jnp.concatenate([u8a, u8b]), train=True)])
+  features = jnp.concatenate(
+    [
+      by_hand.backbone(jnp.concatenate([l6, u6]), train=True),
+      by_hand.backbone(jnp.concatenate([u8a, u8b]), train=True),
+    ]
+  )
   z = by_hand.embed_features(features, train=True)
   s = by_hand.prototypes(z)
   rows = {'l6': slice(0, 4), 'u6': slice(4, 7), 'u8a': slice(7, 11), 'u8b': slice(11, 15)}
@@ -86,8 +105,9 @@ def test_batch_norm_moves_once_per_size():
   m = 0.9
   bn = nnx.BatchNorm(3, momentum=m, rngs=nnx.Rngs(0))
   keys = jax.random.split(jax.random.key(2), 6)
-  inputs = ([2.0 + jax.random.normal(k, (5, 8, 8, 3)) for k in keys[:2]]
-            + [jax.random.normal(k, (5, 4, 4, 3)) for k in keys[2:]])
+  inputs = [2.0 + jax.random.normal(k, (5, 8, 8, 3)) for k in keys[:2]] + [
+    jax.random.normal(k, (5, 4, 4, 3)) for k in keys[2:]
+  ]
   outputs = views.by_size(lambda x: bn(x, use_running_average=False), inputs)
   assert [o.shape for o in outputs] == [v.shape for v in inputs]
 
@@ -115,8 +135,9 @@ def _digits_config(method: str, labelled=None):
 
 
 @pytest.mark.parametrize('method_name, teacher_calls', [('suave', 0), ('daino', 1)])
-def test_labelled_views_of_their_own_join_the_unlabelled_pass(method_name, teacher_calls,
-                                                               monkeypatch):
+def test_labelled_views_of_their_own_join_the_unlabelled_pass(
+  method_name, teacher_calls, monkeypatch
+):
   """One labelled 6-pixel view (mixed up) with 2 global 8-pixel and 2 local 6-pixel unlabelled
   views: the student's backbone runs once per size, the labelled view with the local crops;
   the teacher (Daino) once on the global views. The loss is finite."""
@@ -125,18 +146,20 @@ def test_labelled_views_of_their_own_join_the_unlabelled_pass(method_name, teach
   config_base.validate(config, num_devices=8, workdir=None)
   method = methods.REGISTRY[method_name](config, DIGITS, parallel.create_mesh())
   graphdef, params, rest = nnx.split(method.create_model(nnx.Rngs(0)), nnx.Param, ...)
-  batch = {'labelled': {'views': _views(3, (6,)), 'labels': jnp.arange(4)},
-           'unlabelled': {'views': _views(4, (8, 8, 6, 6), batch=8)}}
+  batch = {
+    'labelled': {'views': _views(3, (6,)), 'labels': jnp.arange(4)},
+    'unlabelled': {'views': _views(4, (8, 8, 6, 6), batch=8)},
+  }
   calls = []
   forward = resnet.ResNet.__call__
-  monkeypatch.setattr(resnet.ResNet, '__call__',
-                      lambda self, x, **kw: calls.append(x.shape) or forward(self, x, **kw))
+  monkeypatch.setattr(
+    resnet.ResNet, '__call__', lambda self, x, **kw: calls.append(x.shape) or forward(self, x, **kw)
+  )
 
   @jax.jit
   def loss(params, batch):
     model = nnx.merge(graphdef, params, rest, copy=True)
-    return method.loss(model, method.init_state(params), batch, jax.random.key(0),
-                       jnp.int32(0))
+    return method.loss(model, method.init_state(params), batch, jax.random.key(0), jnp.int32(0))
 
   value, (_, metrics) = loss(params, batch)
   assert calls == [(4 + 16, 6, 6, 1), (16, 8, 8, 1)] + [(16, 8, 8, 1)] * teacher_calls
@@ -153,14 +176,18 @@ class _ViewSpy(supervised.Supervised):
 def _step_views(config):
   """(views the train step gives the method, the step's keys, raw batch, augment config)."""
   splits = datasets.load(config)
-  method = _ViewSpy(config, base.DataInfo(splits.num_classes, splits.image_shape),
-                    parallel.create_mesh())
+  method = _ViewSpy(
+    config, base.DataInfo(splits.num_classes, splits.image_shape), parallel.create_mesh()
+  )
   tx, schedule = train.create_optimizer(config, config.num_steps)
   graphdef, state = train.init_state(method, tx, config.seed)
   aug = augment.augment_config_from(config, splits.mean, splits.std, splits.image_shape)
   raw = pipeline.host_batch(splits, 0, seed=0, labelled_batch_size=4, batch_size=8)
-  step = jax.jit(functools.partial(train.train_step, method=method, graphdef=graphdef, tx=tx,
-                                   augment_cfg=aug, schedule=schedule))
+  step = jax.jit(
+    functools.partial(
+      train.train_step, method=method, graphdef=graphdef, tx=tx, augment_cfg=aug, schedule=schedule
+    )
+  )
   _, metrics = step(state, raw)
   # The keys train_step draws the labelled and unlabelled views with.
   keys = jax.random.split(jax.random.fold_in(state.key, state.step), 3)[:2]
@@ -189,8 +216,12 @@ def test_labelled_stream_gets_its_own_spec_and_the_default_todays_views():
 
 
 def test_labelled_spec_config():
-  config = _digits_config('suave', ml_collections.ConfigDict(
-      {**LABELLED, 'num_crops': 2, 'color_jitter': 0.5, 'solarize_prob': 0.2}))
+  config = _digits_config(
+    'suave',
+    ml_collections.ConfigDict(
+      {**LABELLED, 'num_crops': 2, 'color_jitter': 0.5, 'solarize_prob': 0.2}
+    ),
+  )
   cfg = augment.augment_config_from(config, (0.5,), (0.25,), (8, 8, 1)).labelled
   assert cfg.global_crops == augment.CropSpec(2, 6, (0.5, 1.0)) and cfg.local_crops is None
   assert (cfg.flip, cfg.color_jitter, cfg.grayscale_prob) == (True, 0.5, 0.0)
@@ -198,19 +229,25 @@ def test_labelled_spec_config():
   assert (cfg.mean, cfg.std, cfg.labelled) == ((0.5,), (0.25,), None)
 
 
-@pytest.mark.parametrize('change, message', [
+@pytest.mark.parametrize(
+  'change, message',
+  [
     (dict(num_crops=0), 'config.augment.labelled.num_crops=0 must be >= 1'),
     (dict(size=9), r'config.augment.labelled.size=9 is larger than the stored images \(8'),
     (dict(scale=(0.9, 0.5)), r'config.augment.labelled.scale=\(0.9, 0.5\) must be an ordered'),
     (dict(scale='big'), "config.augment.labelled.scale='big' must be a tuple of floats"),
     (dict(color_jitter=-1.0), 'config.augment.labelled.color_jitter=-1.0 must be >= 0'),
     (dict(blur_prob=1.5), 'config.augment.labelled.blur_prob=1.5 is not a probability'),
-    (dict(solarize_prob=(0.1,)), r'config.augment.labelled.solarize_prob=\(0.1,\) must be one '
-                                 'probability'),
+    (
+      dict(solarize_prob=(0.1,)),
+      r'config.augment.labelled.solarize_prob=\(0.1,\) must be one '
+      'probability',
+    ),
     (dict(blur=0.5), 'config.augment.labelled.blur is unknown; its keys are num_crops, size'),
     (dict(size=None), 'config.augment.labelled lacks size: give all of num_crops'),
     (None, 'config.augment.labelled=3 must be a ConfigDict'),
-])
+  ],
+)
 def test_bad_labelled_spec_is_one_line_naming_the_key(change, message):
   """Through `config_base.validate`, before anything runs."""
   if change is None:
@@ -226,6 +263,7 @@ def test_bad_labelled_spec_is_one_line_naming_the_key(change, message):
 def test_semppl_refuses_a_labelled_spec():
   """It contrasts labelled and unlabelled images alike, view by view."""
   with pytest.raises(ValueError, match='leave config.augment.labelled unset') as error:
-    config_base.validate(_digits_config('semppl', ml_collections.ConfigDict(LABELLED)),
-                         num_devices=8, workdir=None)
+    config_base.validate(
+      _digits_config('semppl', ml_collections.ConfigDict(LABELLED)), num_devices=8, workdir=None
+    )
   assert '\n' not in str(error.value)

@@ -3,6 +3,7 @@
 `tfds.testing.mock_data` runs with MockPolicy.USE_FILES, which takes the split sizes from the
 dataset_info.json written by `prepare` (USE_CODE crashes `batch_size=-1` loads in TF 2.21).
 """
+
 import json
 import pathlib
 
@@ -11,32 +12,52 @@ import tensorflow_datasets as tfds
 from semi_ssl.data import datasets
 
 
-def prepare(data_dir: pathlib.Path, name: str, version: str, splits: dict[str, int],
-            file_format: str = 'tfrecord') -> None:
+def prepare(
+  data_dir: pathlib.Path,
+  name: str,
+  version: str,
+  splits: dict[str, int],
+  file_format: str = 'tfrecord',
+) -> None:
   """Writes the dataset_info.json of a prepared TFDS dataset: what `check_config` looks for
   and what `mock_data` reads the split sizes from."""
   version_dir = data_dir / name / version
   version_dir.mkdir(parents=True)
-  info = dict(name=name.split('/')[0], version=version, fileFormat=file_format,
-              splits=[dict(name=split, shardLengths=[str(n)]) for split, n in splits.items()])
+  info = dict(
+    name=name.split('/')[0],
+    version=version,
+    fileFormat=file_format,
+    splits=[dict(name=split, shardLengths=[str(n)]) for split, n in splits.items()],
+  )
   (version_dir / 'dataset_info.json').write_text(json.dumps(info))
 
 
-def prepare_for(data_dir: pathlib.Path, dataset: str, label_fraction: float | None,
-                num_examples: int) -> None:
+def prepare_for(
+  data_dir: pathlib.Path, dataset: str, label_fraction: float | None, num_examples: int
+) -> None:
   """Prepares every TFDS dataset that `datasets.load` reads for `dataset`, each split with
   `num_examples` records."""
   if dataset == 'imagenet2012':
     subset = f'imagenet2012_subset/{round(100 * label_fraction)}pct'
     for name, splits in (('imagenet2012', ('train', 'validation')), (subset, ('train',))):
-      prepare(data_dir, name, datasets._TFDS_VERSIONS[name],  # pylint: disable=protected-access
-              dict.fromkeys(splits, num_examples), 'array_record')
+      prepare(
+        data_dir,
+        name,
+        datasets._TFDS_VERSIONS[name],  # pylint: disable=protected-access
+        dict.fromkeys(splits, num_examples),
+        'array_record',
+      )
   else:
-    prepare(data_dir, dataset, datasets._TFDS_VERSIONS[dataset],  # pylint: disable=protected-access
-            dict.fromkeys(('train', 'test'), num_examples))
+    prepare(
+      data_dir,
+      dataset,
+      datasets._TFDS_VERSIONS[dataset],  # pylint: disable=protected-access
+      dict.fromkeys(('train', 'test'), num_examples),
+    )
 
 
 def mock_data(data_dir: pathlib.Path, num_examples: int):
   """Context in which TFDS reads `num_examples` random records per split of `data_dir`."""
-  return tfds.testing.mock_data(num_examples=num_examples, data_dir=str(data_dir),
-                                policy=tfds.testing.MockPolicy.USE_FILES)
+  return tfds.testing.mock_data(
+    num_examples=num_examples, data_dir=str(data_dir), policy=tfds.testing.MockPolicy.USE_FILES
+  )

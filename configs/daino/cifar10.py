@@ -8,6 +8,7 @@ Daino: the Daino values below follow its ImageNet script (daino/scripts/train_10
 temperatures, centring, label smoothing, labelled mixup); the schedule, crops and optimiser
 are our choices for 32x32 images, not the paper's.
 """
+
 from ml_collections import config_dict
 
 from semi_ssl import config_base
@@ -41,11 +42,20 @@ def get_config():
   c.optimizer.learning_rate = 0.1
   c.optimizer.warmup_steps = 2000
   c.optimizer.weight_decay = 5e-4
-  c.daino = config_dict.ConfigDict(dict(
-      projector_hidden_dim=2048, embed_dim=256, projector_layers=3,  # DINOHead's defaults.
+  c.daino = config_dict.ConfigDict(
+    dict(
+      projector_hidden_dim=2048,
+      embed_dim=256,
+      projector_layers=3,  # DINOHead's defaults.
       num_prototypes=0,  # 0: one prototype per class.
-      student_temperature=0.1, label_smoothing=0.01,
-      teacher_temperature=0.07, teacher_temperature_warmup_start=0.04,
+      student_temperature=0.1,
+      label_smoothing=0.01,
+      teacher_temperature=0.07,
+      teacher_temperature_warmup_start=0.04,
       teacher_temperature_warmup_steps=16_000,  # The first 1/6 of training, as 10 of 60 epochs.
-      teacher_momentum=0.99, center_momentum=0.9, mixup_alpha=1.0))
+      teacher_momentum=0.99,
+      center_momentum=0.9,
+      mixup_alpha=1.0,
+    )
+  )
   return c

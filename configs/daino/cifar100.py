@@ -5,6 +5,7 @@ python -m semi_ssl.main --config=configs/daino/cifar100.py --workdir=/tmp/daino_
 
 configs/daino/cifar10.py on CIFAR-100: every other value, and its source, is described there.
 """
+
 import os
 import runpy
 

@@ -12,6 +12,7 @@ Sources (github.com/pietroastolfi/suave-daino, the paper's code):
 Values marked "ours" are not in the paper's code. The paper starts from a self-supervised
 checkpoint ([D]: DINO, [S]: SwAV); set `init_from` to a pretrained run to do the same.
 """
+
 from ml_collections import config_dict
 
 from semi_ssl import config_base
@@ -53,9 +54,18 @@ def get_config():
   # Labelled images ([D] at commit 9adf13d, main_daino.py lines 238-245, `tr_lab`): one
   # RandomResizedCrop(224) of (0.08, 1) of the area, flip, colour jitter (0.4, 0.4, 0.4, 0.1)
   # with p=0.8 (SimCLR strength 0.5), grayscale p=0.2, no blur or solarize.
-  c.augment.labelled = config_dict.ConfigDict(dict(
-      num_crops=1, size=c.augment.get_ref('global_size'), scale=(0.08, 1.0), flip=True,
-      color_jitter=0.5, grayscale_prob=0.2, blur_prob=0.0, solarize_prob=0.0))
+  c.augment.labelled = config_dict.ConfigDict(
+    dict(
+      num_crops=1,
+      size=c.augment.get_ref('global_size'),
+      scale=(0.08, 1.0),
+      flip=True,
+      color_jitter=0.5,
+      grayscale_prob=0.2,
+      blur_prob=0.0,
+      solarize_prob=0.0,
+    )
+  )
   # [S] LARS: base lr 0.4 at 256 unlabelled images, final lr 0.001, 5 warm-up epochs,
   # momentum 0.9, eta 0.001, weight decay 1e-6 (main_suave.py default). The lr is scaled
   # linearly to the 1024 unlabelled images of [D] (ours).
@@ -66,17 +76,23 @@ def get_config():
   c.optimizer.momentum = 0.9
   c.optimizer.trust_coefficient = 0.001
   c.optimizer.weight_decay = 1e-6
-  c.daino = config_dict.ConfigDict(dict(
+  c.daino = config_dict.ConfigDict(
+    dict(
       # DINOHead's defaults in [D] src/vision_transformer.py: 3 layers, 2048 hidden, 256 out.
-      projector_hidden_dim=2048, embed_dim=256, projector_layers=3,
+      projector_hidden_dim=2048,
+      embed_dim=256,
+      projector_layers=3,
       num_prototypes=0,  # 0: one per class; [D] --out_dim 1000.
       student_temperature=0.1,  # [D] --temperature 0.1.
       label_smoothing=0.01,  # [D] --label_smoothing default 0.01.
       # [D] --warmup_teacher_temp 0.04 --teacher_temp 0.07 --warmup_teacher_temp_epochs 10.
-      teacher_temperature=0.07, teacher_temperature_warmup_start=0.04,
+      teacher_temperature=0.07,
+      teacher_temperature_warmup_start=0.04,
       teacher_temperature_warmup_steps=10 * _STEPS_PER_EPOCH,
       teacher_momentum=0.99,  # [D] --momentum_teacher 0.990, cosine to 1.
       center_momentum=0.9,  # [D] DINOLoss default.
       # [D] --mixup_lab true; [D] mixes with mixup and CutMix (alpha 1); here mixup only.
-      mixup_alpha=1.0))
+      mixup_alpha=1.0,
+    )
+  )
   return c

@@ -7,6 +7,7 @@ configs/daino/imagenet_10pct.py on TFDS imagenet2012_subset/1pct; everything els
 sources (daino/scripts/train_1perc.sh differs from train_10perc.sh only in --labels_perc),
 is described there.
 """
+
 import os
 import runpy
 

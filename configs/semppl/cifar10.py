@@ -14,6 +14,7 @@ release (github.com/google-deepmind/semppl) is ImageNet linear-evaluation code o
       yamls/*semppl* configs): 4 large + 2 small views, k = 1, 3 semantic positives, alpha 0.2.
 Values marked "ours" are neither.
 """
+
 import ml_collections
 
 from semi_ssl import config_base
@@ -27,8 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = 'cifar10'
   c.labels_per_class = 25  # The FixMatch benchmarks: 4, 25 or 400 per class.
 
-  c.batch_size = 256           # [S] batch_size 256.
-  c.labelled_batch_size = 64   # Ours.
+  c.batch_size = 256  # [S] batch_size 256.
+  c.labelled_batch_size = 64  # Ours.
   c.num_steps = 1000 * _STEPS_PER_EPOCH  # [S] max_epochs 1000.
   c.log_every = 200
   c.eval_every = 50 * _STEPS_PER_EPOCH
@@ -63,14 +64,21 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.eval.batch_size = 1024  # Divisible by any power-of-two device count.
 
-  c.semppl = ml_collections.ConfigDict(dict(
-      mlp_hidden_dim=4096, embed_dim=256, mlp_layers=2,  # [S] proj/pred hidden 4096, out 256.
+  c.semppl = ml_collections.ConfigDict(
+    dict(
+      mlp_hidden_dim=4096,
+      embed_dim=256,
+      mlp_layers=2,  # [S] proj/pred hidden 4096, out 256.
       temperature=0.2,  # Ours.
       queue_size=16_384,  # Ours: 32 steps of 4 x 128 labelled projections.
-      knn_k=1, knn_approximate=False,  # [R] topk 1.
-      num_semantic_positives=3, semantic_weight=0.2,  # [R] num_semantic_positives 3, alpha 0.2.
+      knn_k=1,
+      knn_approximate=False,  # [R] topk 1.
+      num_semantic_positives=3,
+      semantic_weight=0.2,  # [R] num_semantic_positives 3, alpha 0.2.
       semantic_warmup_steps=0,  # Ours: alpha from the first step.
       # The paper trains its classifier on frozen features (linear evaluation).
       classifier_trains_backbone=False,
-      target_momentum=0.99))  # [S] base_tau 0.99, final_tau 1.0 (cosine).
+      target_momentum=0.99,
+    )
+  )  # [S] base_tau 0.99, final_tau 1.0 (cosine).
   return c

@@ -6,6 +6,7 @@ python -m semi_ssl.main --config=configs/semppl/cifar100.py --workdir=/tmp/sempp
 Every other value, and its source, is that of cifar10.py: solo-learn's BYOL recipe is the same
 for both CIFARs (byol.yaml: "change here for cifar100" names the dataset only).
 """
+
 import os
 import runpy
 

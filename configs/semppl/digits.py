@@ -11,6 +11,7 @@ steps (+2 points on seed 2, whose early pseudo-labels are worst), temperature 0.
 0.1, a faster target (momentum 0.95: the run is short), and the classifier's gradient into the
 backbone (+1 point).
 """
+
 from ml_collections import config_dict
 
 from semi_ssl import config_base
@@ -36,12 +37,20 @@ def get_config():
   c.optimizer.learning_rate = 0.1
   c.optimizer.warmup_steps = 100
   c.optimizer.weight_decay = 5e-4
-  c.semppl = config_dict.ConfigDict(dict(
-      mlp_hidden_dim=256, embed_dim=64, mlp_layers=2,
+  c.semppl = config_dict.ConfigDict(
+    dict(
+      mlp_hidden_dim=256,
+      embed_dim=64,
+      mlp_layers=2,
       temperature=0.2,
-      queue_size=512,             # 8 steps of 2 x 32 labelled projections.
-      knn_k=10, knn_approximate=False,
-      num_semantic_positives=8, semantic_weight=5.0, semantic_warmup_steps=300,
+      queue_size=512,  # 8 steps of 2 x 32 labelled projections.
+      knn_k=10,
+      knn_approximate=False,
+      num_semantic_positives=8,
+      semantic_weight=5.0,
+      semantic_warmup_steps=300,
       classifier_trains_backbone=True,
-      target_momentum=0.95))      # cosine schedule to 1.0 over num_steps
+      target_momentum=0.95,
+    )
+  )  # cosine schedule to 1.0 over num_steps
   return c

@@ -21,6 +21,7 @@ Values marked "ours" are from none of these. The paper evaluates by linear evalu
 fine-tuning of the pretrained encoder; here `test_top1` is the online linear classifier on
 frozen features.
 """
+
 from ml_collections import config_dict
 
 from semi_ssl import config_base
@@ -34,8 +35,8 @@ def get_config():
   c.dataset = 'imagenet2012'
   c.label_fraction = 0.1
   c.decode_size = 256
-  c.batch_size = 4096            # [B] batch 4096.
-  c.labelled_batch_size = 1024   # Ours.
+  c.batch_size = 4096  # [B] batch 4096.
+  c.labelled_batch_size = 1024  # Ours.
   c.num_steps = 300 * _STEPS_PER_EPOCH  # [B] 300 epochs.
   c.log_every = 100
   c.eval_every = 10 * _STEPS_PER_EPOCH
@@ -71,17 +72,23 @@ def get_config():
   c.optimizer.momentum = 0.9
   c.optimizer.trust_coefficient = 1e-3
   c.optimizer.weight_decay = 1e-6
-  c.semppl = config_dict.ConfigDict(dict(
+  c.semppl = config_dict.ConfigDict(
+    dict(
       # [B] projector 4096 -> 256, predictor 4096 -> 256; [O] networks.py: Linear-BN-ReLU-Linear.
-      mlp_hidden_dim=4096, embed_dim=256, mlp_layers=2,
+      mlp_hidden_dim=4096,
+      embed_dim=256,
+      mlp_layers=2,
       temperature=0.2,  # Ours.
       queue_size=65_536,  # Ours: 16 steps of 4 x 1024 labelled projections.
       knn_k=1,  # [R] topk 1.
       knn_approximate=False,  # True on TPU: approx_max_k per device (ours).
-      num_semantic_positives=3, semantic_weight=0.2,  # [R] num_semantic_positives 3, alpha 0.2.
+      num_semantic_positives=3,
+      semantic_weight=0.2,  # [R] num_semantic_positives 3, alpha 0.2.
       semantic_warmup_steps=0,  # Ours: alpha from the first step.
       # The paper trains its classifier on frozen features (linear evaluation).
       classifier_trains_backbone=False,
       # [B] base_target_ema 0.99 (300 epochs); [O] schedules.py: cosine to 1.
-      target_momentum=0.99))
+      target_momentum=0.99,
+    )
+  )
   return c

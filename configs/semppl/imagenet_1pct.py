@@ -6,6 +6,7 @@ python -m semi_ssl.main --config=configs/semppl/imagenet_1pct.py --workdir=DIR \
 configs/semppl/imagenet_10pct.py on TFDS imagenet2012_subset/1pct; everything else, and the
 sources, is described there.
 """
+
 import os
 import runpy
 

@@ -11,6 +11,7 @@ to me, so the architecture, optimiser, augmentation and length are those of SwAV
 solo-learn, the library of Suave's first author (github.com/vturrisi/solo-learn,
 `scripts/pretrain/cifar/swav.sh`, `solo/methods/base.py`); they are not from the Suave paper.
 """
+
 import ml_collections
 
 from semi_ssl import config_base
@@ -25,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = 'cifar10'
   c.labels_per_class = 25  # The FixMatch benchmarks: 4, 25 or 400 per class.
 
-  c.batch_size = 256          # solo-learn swav.sh: --batch_size 256.
+  c.batch_size = 256  # solo-learn swav.sh: --batch_size 256.
   c.labelled_batch_size = 128  # Suave's 2:1 unlabelled:labelled ratio (train_10perc.sh: 32 / 16).
   steps_per_epoch = _TRAIN_IMAGES // c.batch_size
   c.num_steps = _EPOCHS * steps_per_epoch
@@ -64,14 +65,19 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.eval.batch_size = 1024  # Divisible by any power-of-two device count.
 
-  c.suave = ml_collections.ConfigDict(dict(
+  c.suave = ml_collections.ConfigDict(
+    dict(
       # swav.sh: --proj_hidden_dim 2048 --proj_output_dim 128; SwAV's 2-layer projector.
-      projector_hidden_dim=2048, embed_dim=128, projector_layers=2,
+      projector_hidden_dim=2048,
+      embed_dim=128,
+      projector_layers=2,
       num_prototypes=0,  # One prototype per class (main_suave.py: --nmb_prototypes 1000).
       # main_suave.py defaults: --temperature 0.1 --epsilon 0.05 --sinkhorn_iterations 3
       # --label_smoothing 0.01.
-      temperature=0.1, label_smoothing=0.01,
-      sinkhorn_epsilon=0.05, sinkhorn_iters=3,
+      temperature=0.1,
+      label_smoothing=0.01,
+      sinkhorn_epsilon=0.05,
+      sinkhorn_iters=3,
       # Entries per global crop, as SwAV's queue_length: one queue of 3840 for each of the 2
       # global crops (swav.sh: --queue_size 3840 and solo-learn's queue [2, queue_size, D] at
       # batch 256, as train_10perc.sh's --queue_length 3840). Here it fills from the first step
@@ -80,5 +86,10 @@ def get_config() -> ml_collections.ConfigDict:
       queue_size=3840,
       # train_10perc.sh: --freeze_prototypes_niters 0 --warmup_proj_nepochs 0
       # --use_momentum false. Its mixup is left out: no CIFAR source uses it.
-      freeze_prototypes_steps=0, heads_only_steps=0, ema_momentum=0.0, mixup_alpha=0.0))
+      freeze_prototypes_steps=0,
+      heads_only_steps=0,
+      ema_momentum=0.0,
+      mixup_alpha=0.0,
+    )
+  )
   return c

@@ -6,6 +6,7 @@ python -m semi_ssl.main --config=configs/suave/cifar100.py --workdir=/tmp/suave_
 Every other value, and its source, is that of cifar10.py: solo-learn's SwAV recipe is the same
 for both CIFARs (`scripts/pretrain/cifar/swav.sh` takes the dataset as its only argument).
 """
+
 import os
 import runpy
 

@@ -7,6 +7,7 @@ the same labelled images, and the final table shows both (the README's main job)
 
 python -m semi_ssl.main --config=configs/suave/digits.py:with_baseline --workdir=/tmp/digits
 """
+
 import os
 
 from ml_collections import config_dict
@@ -15,8 +16,9 @@ from semi_ssl import config_base, errors
 
 
 def get_config(arg: str = ''):
-  errors.require(arg in ('', 'with_baseline'),
-                 f"unknown argument ':{arg}': use ':with_baseline' or none.")
+  errors.require(
+    arg in ('', 'with_baseline'), f"unknown argument ':{arg}': use ':with_baseline' or none."
+  )
   c = config_base.get_base_config()
   c.method = 'suave'
   c.dataset = 'digits'
@@ -38,14 +40,23 @@ def get_config(arg: str = ''):
   c.optimizer.learning_rate = 0.1
   c.optimizer.warmup_steps = 100
   c.optimizer.weight_decay = 5e-4
-  c.suave = config_dict.ConfigDict(dict(
-      projector_hidden_dim=256, embed_dim=64, projector_layers=2,
-      num_prototypes=0,           # 0: one prototype per class
-      temperature=0.1, label_smoothing=0.01,
-      sinkhorn_epsilon=0.05, sinkhorn_iters=3,
-      queue_size=0,               # Entries per global crop (SwAV's queue_length); 0: no queue
-      freeze_prototypes_steps=0, heads_only_steps=0,
-      ema_momentum=0.0, mixup_alpha=1.0))
+  c.suave = config_dict.ConfigDict(
+    dict(
+      projector_hidden_dim=256,
+      embed_dim=64,
+      projector_layers=2,
+      num_prototypes=0,  # 0: one prototype per class
+      temperature=0.1,
+      label_smoothing=0.01,
+      sinkhorn_epsilon=0.05,
+      sinkhorn_iters=3,
+      queue_size=0,  # Entries per global crop (SwAV's queue_length); 0: no queue
+      freeze_prototypes_steps=0,
+      heads_only_steps=0,
+      ema_momentum=0.0,
+      mixup_alpha=1.0,
+    )
+  )
   if arg == 'with_baseline':
     baseline = os.path.join(os.path.dirname(__file__), '..', 'supervised', 'digits.py')
     c = config_base.with_baseline(c, config_base.load_config_file(baseline))

@@ -25,6 +25,7 @@ Differences from that code: mixup mixes the labelled batch instead of extending 
 CutMix, unlabelled images are never mixed, the fine-tune's labelled colour jitter has hue 0.025
 instead of 0.1 (one SimCLR strength sets all four), and LARS leaves biases and norms out.
 """
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -39,8 +40,9 @@ def _if_set(ref: config_dict.FieldReference, value) -> config_dict.FieldReferenc
   return ref._apply_op(lambda _: value)  # pylint: disable=protected-access
 
 
-def _linked(parent: ml_collections.ConfigDict, *, skip: tuple[str, ...] = (),
-            **own) -> ml_collections.ConfigDict:
+def _linked(
+  parent: ml_collections.ConfigDict, *, skip: tuple[str, ...] = (), **own
+) -> ml_collections.ConfigDict:
   """A ConfigDict of the `own` values and, by reference, every other key of `parent` but
   `skip`: overrides of `parent`'s keys on the command line reach it."""
   linked = ml_collections.ConfigDict(own)
@@ -58,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.label_fraction = 0.1  # --labels_perc 10: SimCLR's subset (TFDS imagenet2012_subset/10pct).
   c.decode_size = 256  # Shorter side resized to 256, centre square kept; crops come from it.
 
-  c.batch_size = 256           # README: 8 GPUs x --batch_size 32.
+  c.batch_size = 256  # README: 8 GPUs x --batch_size 32.
   c.labelled_batch_size = 128  # README: 8 GPUs x --lab_batch_size 16.
   c.num_steps = 100 * _STEPS_PER_EPOCH  # --epochs 100.
   c.log_every = 100
@@ -87,9 +89,18 @@ def get_config() -> ml_collections.ConfigDict:
   # Labelled images (github.com/pietroastolfi/suave-daino at 9adf13d, suave/main_suave.py
   # lines 298-305, `tr_lab`): one RandomResizedCrop(224) of (0.08, 1) of the area, flip, colour
   # jitter (0.4, 0.4, 0.4, 0.1) with p=0.8 (SimCLR strength 0.5), grayscale p=0.2, no blur.
-  c.augment.labelled = ml_collections.ConfigDict(dict(
-      num_crops=1, size=c.augment.get_ref('global_size'), scale=(0.08, 1.0), flip=True,
-      color_jitter=0.5, grayscale_prob=0.2, blur_prob=0.0, solarize_prob=0.0))
+  c.augment.labelled = ml_collections.ConfigDict(
+    dict(
+      num_crops=1,
+      size=c.augment.get_ref('global_size'),
+      scale=(0.08, 1.0),
+      flip=True,
+      color_jitter=0.5,
+      grayscale_prob=0.2,
+      blur_prob=0.0,
+      solarize_prob=0.0,
+    )
+  )
 
   # train_10perc.sh: --base_lr 0.4 --final_lr 0.001 --warmup_epochs 5 (from 0); main_suave.py:
   # LARS(momentum=0.9, eta=0.001), --wd 1e-6.
@@ -104,13 +115,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 512
   c.eval.crop_fraction = 0.875  # Resize 256, centre crop 224.
 
-  c.suave = ml_collections.ConfigDict(dict(
+  c.suave = ml_collections.ConfigDict(
+    dict(
       # main_suave.py: --hidden_mlp 2048 --feat_dim 128 (SwAV's 2-layer projection head);
       # --nmb_prototypes 1000: one prototype per class.
-      projector_hidden_dim=2048, embed_dim=128, projector_layers=2, num_prototypes=0,
+      projector_hidden_dim=2048,
+      embed_dim=128,
+      projector_layers=2,
+      num_prototypes=0,
       # main_suave.py: --temperature 0.1 --label_smoothing 0.01 --sinkhorn_iterations 3;
       # train_10perc.sh: --epsilon 0.05 --queue_length 3840 --epoch_queue_starts 0.
-      temperature=0.1, label_smoothing=0.01, sinkhorn_epsilon=0.05, sinkhorn_iters=3,
+      temperature=0.1,
+      label_smoothing=0.01,
+      sinkhorn_epsilon=0.05,
+      sinkhorn_iters=3,
       # Entries per global crop, as --queue_length: main_suave.py keeps queue[i] of
       # queue_length / 8 GPUs for each of the 2 global crops, i.e. 3840 per crop over the
       # batch of 256 (SwAV's value for batch 256). Filled from the first step (epoch 0), it
@@ -119,41 +137,64 @@ def get_config() -> ml_collections.ConfigDict:
       queue_size=3840,
       # train_10perc.sh: --freeze_prototypes_niters 0 --warmup_proj_nepochs 0
       # --use_momentum false --mixup_lab true (main_suave.py: mixup_alpha=1.).
-      freeze_prototypes_steps=0, heads_only_steps=0, ema_momentum=0.0, mixup_alpha=1.0))
+      freeze_prototypes_steps=0,
+      heads_only_steps=0,
+      ema_momentum=0.0,
+      mixup_alpha=1.0,
+    )
+  )
 
   # main_suave.py loads --swav_init_ckpt without its prototypes and, with --init_proj false
   # (train_10perc.sh), without its projection head: the backbone only.
   c.swav_checkpoint = config_dict.placeholder(str)
   swav = c.get_ref('swav_checkpoint')
-  c.init_from = ml_collections.ConfigDict(dict(
-      workdir=swav, stage=config_dict.placeholder(str), paths=_if_set(swav, ('backbone',))))
+  c.init_from = ml_collections.ConfigDict(
+    dict(workdir=swav, stage=config_dict.placeholder(str), paths=_if_set(swav, ('backbone',)))
+  )
 
   # The fine-tune changes what finetune_10perc.sh changes and reads the rest from stage 1.
-  c.finetune = ml_collections.ConfigDict(dict(
+  c.finetune = ml_collections.ConfigDict(
+    dict(
       num_steps=5 * _STEPS_PER_EPOCH,  # --epochs 5.
       # --base_lr 0.03 --final_lr 0.0003 --warmup_epochs 0.
-      optimizer=_linked(c.optimizer, learning_rate=0.03, end_learning_rate_factor=0.0003 / 0.03,
-                        warmup_steps=0),
+      optimizer=_linked(
+        c.optimizer, learning_rate=0.03, end_learning_rate_factor=0.0003 / 0.03, warmup_steps=0
+      ),
       # --nmb_crops 2 --size_crops 224 --min_scale_crops 0.08 --max_scale_crops 1.0
       # --color_jit_unlab false (no colour jitter, grayscale or blur). Labelled images:
       # --light_augment_lab true (main_suave.py lines 315-322): one RandomResizedCrop(224),
       # flip, colour jitter (0.1, 0.1, 0.1, 0.1) with p=0.8 (strength 0.125: hue 0.025), no
       # grayscale.
-      augment=_linked(c.augment, global_scale=(0.08, 1.0), num_local_crops=0, color_jitter=0.0,
-                      grayscale_prob=0.0, blur_prob=(0.0,), local_blur_prob=0.0,
-                      labelled=_linked(c.augment.labelled, color_jitter=0.125,
-                                       grayscale_prob=0.0)),
-      suave=_linked(c.suave, label_smoothing=0.001)))  # --label_smoothing 0.001.
+      augment=_linked(
+        c.augment,
+        global_scale=(0.08, 1.0),
+        num_local_crops=0,
+        color_jitter=0.0,
+        grayscale_prob=0.0,
+        blur_prob=(0.0,),
+        local_blur_prob=0.0,
+        labelled=_linked(c.augment.labelled, color_jitter=0.125, grayscale_prob=0.0),
+      ),
+      suave=_linked(c.suave, label_smoothing=0.001),
+    )
+  )  # --label_smoothing 0.001.
 
   skip = ('stages', 'finetune')
   c.stages = (
-      _linked(c, skip=skip, name='suave'),
-      # finetune_10perc.sh: --init_proj true, from the first stage's checkpoint; main_suave.py
-      # drops the checkpoint's prototypes in every case.
-      _linked(c, skip=skip, name='finetune', num_steps=c.finetune.get_ref('num_steps'),
-              optimizer=c.finetune.optimizer, augment=c.finetune.augment, suave=c.finetune.suave,
-              init_from=ml_collections.ConfigDict(dict(
-                  workdir=config_dict.placeholder(str), stage='suave',
-                  paths=('backbone', 'projector')))),
+    _linked(c, skip=skip, name='suave'),
+    # finetune_10perc.sh: --init_proj true, from the first stage's checkpoint; main_suave.py
+    # drops the checkpoint's prototypes in every case.
+    _linked(
+      c,
+      skip=skip,
+      name='finetune',
+      num_steps=c.finetune.get_ref('num_steps'),
+      optimizer=c.finetune.optimizer,
+      augment=c.finetune.augment,
+      suave=c.finetune.suave,
+      init_from=ml_collections.ConfigDict(
+        dict(workdir=config_dict.placeholder(str), stage='suave', paths=('backbone', 'projector'))
+      ),
+    ),
   )
   return c

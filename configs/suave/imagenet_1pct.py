@@ -10,6 +10,7 @@ train_10perc.sh only in --labels_perc); the fine-tune follows `suave/scripts/fin
 except for its --lr_last_layer 0.01 (the prototypes' learning rate), which has no counterpart
 here: they follow the schedule of the other parameters.
 """
+
 import os
 import runpy
 

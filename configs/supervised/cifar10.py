@@ -9,6 +9,7 @@ github.com/kuangliu/pytorch-cifar (`main.py`: SGD, lr 0.1, momentum 0.9, weight 
 cosine to 0 over 200 epochs, plain cross-entropy). Views: the labelled-image augmentation of
 Suave's official code (github.com/pietroastolfi/suave-daino, `suave/main_suave.py`, `tr_lab`).
 """
+
 import ml_collections
 
 from semi_ssl import config_base

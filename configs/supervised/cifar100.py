@@ -6,6 +6,7 @@ python -m semi_ssl.main --config=configs/supervised/cifar100.py --workdir=/tmp/s
 Every other value, and its source, is that of cifar10.py; the lower bound for
 configs/suave/cifar100.py.
 """
+
 import os
 import runpy
 

@@ -2,6 +2,7 @@
 
 python -m semi_ssl.main --config=configs/supervised/digits.py --workdir=/tmp/sup_digits
 """
+
 from ml_collections import config_dict
 
 from semi_ssl import config_base

@@ -10,6 +10,7 @@ length: S4L's supervised 10% baseline (github.com/google-research/s4l,
 steps at epochs 140/160/180. Views: the labelled-image augmentation of Suave's official code
 (github.com/pietroastolfi/suave-daino, `suave/main_suave.py`, `tr_lab`).
 """
+
 import ml_collections
 
 from semi_ssl import config_base

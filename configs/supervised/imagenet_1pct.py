@@ -8,6 +8,7 @@ configs/supervised/imagenet_10pct.py on SimCLR's 1% subset (TFDS imagenet2012_su
 `config/supervised_imagenet_1p.sh`: batch 256, lr 0.01, weight decay 1e-2, 5 warm-up epochs,
 1000 epochs), again with a cosine instead of its steps at epochs 700/800/900.
 """
+
 import os
 import runpy
 

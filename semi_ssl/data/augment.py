@@ -11,6 +11,7 @@ One view of one example goes through (SimCLR / BYOL / DINO order):
 Colour jitter and grayscale need RGB and are skipped for other channel counts (digits);
 blur and solarize work on any image and are governed by their probabilities alone.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,6 +40,7 @@ _NUM_DRAWS = 18  # Uniforms per view of one example; see `_augment_one`.
 @dataclasses.dataclass(frozen=True)
 class CropSpec:
   """One family of random-resized crops: `num` views of `size` x `size` pixels."""
+
   num: int
   size: int
   scale: tuple[float, float]  # Range of the crop's area as a fraction of the image.
@@ -48,6 +50,7 @@ class CropSpec:
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
   """Static description of the views; hashable, so it can be a static jit argument."""
+
   global_crops: CropSpec
   local_crops: CropSpec | None
   flip: bool  # Horizontal flip with p=0.5.
@@ -75,69 +78,108 @@ def _config_floats(aug, key: str, prefix: str = '') -> tuple[float, ...]:
   """`aug[key]` as floats; a ValueError naming `config.augment.<prefix><key>` unless it holds
   numbers."""
   values = aug[key]
-  require(isinstance(values, Sequence) and not isinstance(values, str)
-          and all(isinstance(v, numbers.Real) for v in values),
-          f'config.augment.{prefix}{key}={values!r} must be a tuple of floats, e.g. '
-          f'--config.augment.{prefix}{key}="(0.5, 1.0)".')
+  require(
+    isinstance(values, Sequence)
+    and not isinstance(values, str)
+    and all(isinstance(v, numbers.Real) for v in values),
+    f'config.augment.{prefix}{key}={values!r} must be a tuple of floats, e.g. '
+    f'--config.augment.{prefix}{key}="(0.5, 1.0)".',
+  )
   return _floats(values)
 
 
-def _check_crops(size_key: str, size: int, scale_key: str, scale: tuple[float, ...],
-                 image_side: int | None) -> None:
+def _check_crops(
+  size_key: str, size: int, scale_key: str, scale: tuple[float, ...], image_side: int | None
+) -> None:
   require(size >= 1, f'config.augment.{size_key}={size} must be a positive number of pixels.')
-  require(image_side is None or size <= image_side,
-          f'config.augment.{size_key}={size} is larger than the stored images '
-          f'({image_side} pixels); set it <= {image_side}.')
-  require(len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0,
-          f'config.augment.{scale_key}={scale} must be an ordered (low, high) area fraction '
-          'with 0 < low <= high <= 1, e.g. (0.08, 1.0).')
+  require(
+    image_side is None or size <= image_side,
+    f'config.augment.{size_key}={size} is larger than the stored images '
+    f'({image_side} pixels); set it <= {image_side}.',
+  )
+  require(
+    len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0,
+    f'config.augment.{scale_key}={scale} must be an ordered (low, high) area fraction '
+    'with 0 < low <= high <= 1, e.g. (0.08, 1.0).',
+  )
 
 
 def _check_probability(key: str, value) -> None:
   probs = np.atleast_1d(value)
-  require(bool(np.all((probs >= 0.0) & (probs <= 1.0))),
-          f'config.augment.{key}={value} is not a probability; set it in [0, 1].')
+  require(
+    bool(np.all((probs >= 0.0) & (probs <= 1.0))),
+    f'config.augment.{key}={value} is not a probability; set it in [0, 1].',
+  )
 
 
 # The keys of `config.augment.labelled`, all required when it is set.
-LABELLED_KEYS = ('num_crops', 'size', 'scale', 'flip', 'color_jitter', 'grayscale_prob',
-                 'blur_prob', 'solarize_prob')
+LABELLED_KEYS = (
+  'num_crops',
+  'size',
+  'scale',
+  'flip',
+  'color_jitter',
+  'grayscale_prob',
+  'blur_prob',
+  'solarize_prob',
+)
 
 
-def _labelled_config(labelled, mean: tuple[float, ...], std: tuple[float, ...],
-                     side: int | None) -> AugmentConfig:
+def _labelled_config(
+  labelled, mean: tuple[float, ...], std: tuple[float, ...], side: int | None
+) -> AugmentConfig:
   """The labelled images' views from `config.augment.labelled`: `num_crops` crops of `size`
   pixels covering `scale` of the image's area, each flipped, jittered, grayed, blurred and
   solarized with the given strength and probabilities (one for every view)."""
-  require(hasattr(labelled, 'keys'),
-          f'config.augment.labelled={labelled!r} must be a ConfigDict of '
-          f'{", ".join(LABELLED_KEYS)}, or None (the unlabelled views).')
+  require(
+    hasattr(labelled, 'keys'),
+    f'config.augment.labelled={labelled!r} must be a ConfigDict of '
+    f'{", ".join(LABELLED_KEYS)}, or None (the unlabelled views).',
+  )
   for key in labelled.keys():
-    require(key in LABELLED_KEYS, f'config.augment.labelled.{key} is unknown; its keys are '
-            f'{", ".join(LABELLED_KEYS)}.')
+    require(
+      key in LABELLED_KEYS,
+      f'config.augment.labelled.{key} is unknown; its keys are {", ".join(LABELLED_KEYS)}.',
+    )
   missing = [key for key in LABELLED_KEYS if key not in labelled]
-  require(not missing, f'config.augment.labelled lacks {", ".join(missing)}: give all of '
-          f'{", ".join(LABELLED_KEYS)}, or set it to None (the unlabelled views).')
-  require(labelled.num_crops >= 1,
-          f'config.augment.labelled.num_crops={labelled.num_crops} must be >= 1.')
+  require(
+    not missing,
+    f'config.augment.labelled lacks {", ".join(missing)}: give all of '
+    f'{", ".join(LABELLED_KEYS)}, or set it to None (the unlabelled views).',
+  )
+  require(
+    labelled.num_crops >= 1, f'config.augment.labelled.num_crops={labelled.num_crops} must be >= 1.'
+  )
   scale = _config_floats(labelled, 'scale', prefix='labelled.')
   _check_crops('labelled.size', labelled.size, 'labelled.scale', scale, side)
-  require(labelled.color_jitter >= 0.0,
-          f'config.augment.labelled.color_jitter={labelled.color_jitter} must be >= 0 (0 = off).')
+  require(
+    labelled.color_jitter >= 0.0,
+    f'config.augment.labelled.color_jitter={labelled.color_jitter} must be >= 0 (0 = off).',
+  )
   for key in ('grayscale_prob', 'blur_prob', 'solarize_prob'):
-    require(isinstance(labelled[key], numbers.Real),
-            f'config.augment.labelled.{key}={labelled[key]!r} must be one probability, for '
-            'every labelled view.')
+    require(
+      isinstance(labelled[key], numbers.Real),
+      f'config.augment.labelled.{key}={labelled[key]!r} must be one probability, for '
+      'every labelled view.',
+    )
     _check_probability(f'labelled.{key}', labelled[key])
   return AugmentConfig(
-      global_crops=CropSpec(labelled.num_crops, labelled.size, scale), local_crops=None,
-      flip=bool(labelled.flip), color_jitter=float(labelled.color_jitter),
-      grayscale_prob=float(labelled.grayscale_prob), blur_prob=(float(labelled.blur_prob),),
-      local_blur_prob=0.0, solarize_prob=(float(labelled.solarize_prob),), mean=mean, std=std)
+    global_crops=CropSpec(labelled.num_crops, labelled.size, scale),
+    local_crops=None,
+    flip=bool(labelled.flip),
+    color_jitter=float(labelled.color_jitter),
+    grayscale_prob=float(labelled.grayscale_prob),
+    blur_prob=(float(labelled.blur_prob),),
+    local_blur_prob=0.0,
+    solarize_prob=(float(labelled.solarize_prob),),
+    mean=mean,
+    std=std,
+  )
 
 
-def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
-                        image_shape: Sequence[int] | None = None) -> AugmentConfig:
+def augment_config_from(
+  config, mean: Sequence[float], std: Sequence[float], image_shape: Sequence[int] | None = None
+) -> AugmentConfig:
   """Builds and validates an AugmentConfig from `config.augment`.
 
   Args:
@@ -154,10 +196,14 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
   """
   aug = config.augment
   side = min(image_shape[:2]) if image_shape is not None else None
-  require(aug.num_global_crops >= 1,
-          f'config.augment.num_global_crops={aug.num_global_crops} must be >= 1.')
-  require(aug.num_local_crops >= 0,
-          f'config.augment.num_local_crops={aug.num_local_crops} must be >= 0 (0 = none).')
+  require(
+    aug.num_global_crops >= 1,
+    f'config.augment.num_global_crops={aug.num_global_crops} must be >= 1.',
+  )
+  require(
+    aug.num_local_crops >= 0,
+    f'config.augment.num_local_crops={aug.num_local_crops} must be >= 0 (0 = none).',
+  )
   global_scale = _config_floats(aug, 'global_scale')
   _check_crops('global_size', aug.global_size, 'global_scale', global_scale, side)
   local_crops = None
@@ -165,29 +211,45 @@ def augment_config_from(config, mean: Sequence[float], std: Sequence[float],
     local_scale = _config_floats(aug, 'local_scale')
     _check_crops('local_size', aug.local_size, 'local_scale', local_scale, side)
     local_crops = CropSpec(aug.num_local_crops, aug.local_size, local_scale)
-  require(aug.color_jitter >= 0.0,
-          f'config.augment.color_jitter={aug.color_jitter} must be >= 0 (0 = off, SimCLR: 1.0).')
+  require(
+    aug.color_jitter >= 0.0,
+    f'config.augment.color_jitter={aug.color_jitter} must be >= 0 (0 = off, SimCLR: 1.0).',
+  )
   per_view = {key: _config_floats(aug, key) for key in ('blur_prob', 'solarize_prob')}
   for key, probs in per_view.items():
-    require(len(probs) > 0, f'config.augment.{key} is empty; give one probability per '
-            'global view, e.g. (1.0, 0.1); the last one serves further views.')
+    require(
+      len(probs) > 0,
+      f'config.augment.{key} is empty; give one probability per '
+      'global view, e.g. (1.0, 0.1); the last one serves further views.',
+    )
   for key in ('grayscale_prob', 'blur_prob', 'local_blur_prob', 'solarize_prob'):
     _check_probability(key, aug[key])
   mean, std = _floats(mean), _floats(std)
-  require(len(mean) == len(std) and all(s > 0 for s in std),
-          f'mean={mean} and std={std} must have one entry per channel and std > 0.')
+  require(
+    len(mean) == len(std) and all(s > 0 for s in std),
+    f'mean={mean} and std={std} must have one entry per channel and std > 0.',
+  )
   if image_shape is not None:
-    require(len(mean) == image_shape[-1],
-            f'mean/std have {len(mean)} entries but the images have {image_shape[-1]} channels; '
-            'give one per channel.')
+    require(
+      len(mean) == image_shape[-1],
+      f'mean/std have {len(mean)} entries but the images have {image_shape[-1]} channels; '
+      'give one per channel.',
+    )
   return AugmentConfig(
-      global_crops=CropSpec(aug.num_global_crops, aug.global_size, global_scale),
-      local_crops=local_crops, flip=bool(aug.flip), color_jitter=float(aug.color_jitter),
-      grayscale_prob=float(aug.grayscale_prob), blur_prob=per_view['blur_prob'],
-      local_blur_prob=float(aug.local_blur_prob), solarize_prob=per_view['solarize_prob'],
-      mean=mean, std=std,
-      labelled=(None if aug.get('labelled') is None
-                else _labelled_config(aug.labelled, mean, std, side)))
+    global_crops=CropSpec(aug.num_global_crops, aug.global_size, global_scale),
+    local_crops=local_crops,
+    flip=bool(aug.flip),
+    color_jitter=float(aug.color_jitter),
+    grayscale_prob=float(aug.grayscale_prob),
+    blur_prob=per_view['blur_prob'],
+    local_blur_prob=float(aug.local_blur_prob),
+    solarize_prob=per_view['solarize_prob'],
+    mean=mean,
+    std=std,
+    labelled=(
+      None if aug.get('labelled') is None else _labelled_config(aug.labelled, mean, std, side)
+    ),
+  )
 
 
 # --- Geometry (one example) ------------------------------------------------------------------
@@ -202,8 +264,15 @@ def _crop_and_resize(image: jax.Array, box: tuple[jax.Array | float, ...], size:
   top, left, height, width = box
   scale = jnp.stack([size / height, size / width])
   translation = -jnp.stack([top, left]) * scale
-  return jax.image.scale_and_translate(image, (size, size, image.shape[-1]), (0, 1), scale,
-                                       translation, method='linear', antialias=True)
+  return jax.image.scale_and_translate(
+    image,
+    (size, size, image.shape[-1]),
+    (0, 1),
+    scale,
+    translation,
+    method='linear',
+    antialias=True,
+  )
 
 
 def _lerp(u: jax.Array, low: float, high: float) -> jax.Array:
@@ -237,8 +306,11 @@ def _rgb_to_hsv(x: jax.Array) -> jax.Array:
   delta = value - jnp.min(x, axis=-1)
   safe_delta = jnp.where(delta > 0, delta, 1.0)
   saturation = jnp.where(value > 0, delta / jnp.where(value > 0, value, 1.0), 0.0)
-  hue = jnp.where(value == r, (g - b) / safe_delta,
-                  jnp.where(value == g, 2.0 + (b - r) / safe_delta, 4.0 + (r - g) / safe_delta))
+  hue = jnp.where(
+    value == r,
+    (g - b) / safe_delta,
+    jnp.where(value == g, 2.0 + (b - r) / safe_delta, 4.0 + (r - g) / safe_delta),
+  )
   hue = jnp.where(delta > 0, (hue / 6.0) % 1.0, 0.0)
   return jnp.stack([hue, saturation, value], axis=-1)
 
@@ -277,10 +349,12 @@ def _color_jitter(u: jax.Array, x: jax.Array, strength: float) -> jax.Array:
   a random order (SimCLR's `color_jitter_rand`), clipping to [0, 1] after each.
   """
   factors = _lerp(u[:3], max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength)
-  ops = [functools.partial(_adjust_brightness, factor=factors[0]),
-         functools.partial(_adjust_contrast, factor=factors[1]),
-         functools.partial(_adjust_saturation, factor=factors[2]),
-         functools.partial(_adjust_hue, delta=_lerp(u[3], -0.2 * strength, 0.2 * strength))]
+  ops = [
+    functools.partial(_adjust_brightness, factor=factors[0]),
+    functools.partial(_adjust_contrast, factor=factors[1]),
+    functools.partial(_adjust_saturation, factor=factors[2]),
+    functools.partial(_adjust_hue, delta=_lerp(u[3], -0.2 * strength, 0.2 * strength)),
+  ]
   order = jnp.argsort(u[4:8])  # A uniformly random permutation.
 
   def apply_step(step: int, x: jax.Array) -> jax.Array:
@@ -298,8 +372,10 @@ def _gaussian_blur(x: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
     padding = [(0, 0)] * x.ndim
     padding[axis] = (radius, radius)
     padded = jnp.pad(x, padding, mode='reflect')
-    x = sum(kernel[i] * jax.lax.slice_in_dim(padded, i, i + x.shape[axis], axis=axis)
-            for i in range(2 * radius + 1))
+    x = sum(
+      kernel[i] * jax.lax.slice_in_dim(padded, i, i + x.shape[axis], axis=axis)
+      for i in range(2 * radius + 1)
+    )
   return x
 
 
@@ -312,15 +388,24 @@ def _solarize(x: jax.Array) -> jax.Array:
 
 def _normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
   """[..., C] in [0, 1] -> (x - mean) / std."""
-  require(len(mean) == len(std) == x.shape[-1],
-          f'mean={tuple(mean)} and std={tuple(std)} need one entry per image channel '
-          f'({x.shape[-1]}).')
+  require(
+    len(mean) == len(std) == x.shape[-1],
+    f'mean={tuple(mean)} and std={tuple(std)} need one entry per image channel ({x.shape[-1]}).',
+  )
   return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
 
 
-def _augment_one(key: jax.Array, image: jax.Array, blur_prob: jax.Array,
-                 solarize_prob: jax.Array, *, cfg: AugmentConfig, crop: CropSpec, blur: bool,
-                 solarize: bool) -> jax.Array:
+def _augment_one(
+  key: jax.Array,
+  image: jax.Array,
+  blur_prob: jax.Array,
+  solarize_prob: jax.Array,
+  *,
+  cfg: AugmentConfig,
+  crop: CropSpec,
+  blur: bool,
+  solarize: bool,
+) -> jax.Array:
   """One view of one uint8 [H, W, C] image -> float32 [size, size, C], normalised.
 
   Every random choice reads one entry of a single draw of uniforms: one random-number call per
@@ -348,13 +433,19 @@ def _augment_one(key: jax.Array, image: jax.Array, blur_prob: jax.Array,
   return _normalize(x, cfg.mean, cfg.std)
 
 
-def _augment_family(key: jax.Array, images: jax.Array, cfg: AugmentConfig, crop: CropSpec,
-                    blur_probs: tuple[float, ...],
-                    solarize_probs: tuple[float, ...]) -> list[jax.Array]:
+def _augment_family(
+  key: jax.Array,
+  images: jax.Array,
+  cfg: AugmentConfig,
+  crop: CropSpec,
+  blur_probs: tuple[float, ...],
+  solarize_probs: tuple[float, ...],
+) -> list[jax.Array]:
   """The len(blur_probs) views of one crop family, computed together (vmap over views and
   examples, one key each): uint8 [B, H, W, C] -> views, each float32 [B, size, size, C]."""
-  augment = functools.partial(_augment_one, cfg=cfg, crop=crop, blur=max(blur_probs) > 0,
-                              solarize=max(solarize_probs) > 0)
+  augment = functools.partial(
+    _augment_one, cfg=cfg, crop=crop, blur=max(blur_probs) > 0, solarize=max(solarize_probs) > 0
+  )
   per_view = jax.vmap(jax.vmap(augment, in_axes=(0, 0, None, None)), in_axes=(0, None, 0, 0))
   keys = jax.random.split(key, (len(blur_probs), images.shape[0]))
   return list(per_view(keys, images, jnp.asarray(blur_probs), jnp.asarray(solarize_probs)))
@@ -370,22 +461,40 @@ def multi_crop(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> list[ja
 
   View v of example i depends only on (key, B, v, images[i]), whatever the sharding of `images`.
   """
-  require(images.ndim == 4 and images.dtype == jnp.uint8,
-          f'multi_crop expects uint8 images [B, H, W, C], got {images.dtype} {images.shape}.')
+  require(
+    images.ndim == 4 and images.dtype == jnp.uint8,
+    f'multi_crop expects uint8 images [B, H, W, C], got {images.dtype} {images.shape}.',
+  )
   global_key, local_key = jax.random.split(key)
   num_global = cfg.global_crops.num
-  views = _augment_family(global_key, images, cfg, cfg.global_crops,
-                          _per_view(cfg.blur_prob, num_global),
-                          _per_view(cfg.solarize_prob, num_global))
+  views = _augment_family(
+    global_key,
+    images,
+    cfg,
+    cfg.global_crops,
+    _per_view(cfg.blur_prob, num_global),
+    _per_view(cfg.solarize_prob, num_global),
+  )
   if cfg.local_crops is not None:
     num_local = cfg.local_crops.num
-    views += _augment_family(local_key, images, cfg, cfg.local_crops,
-                             (cfg.local_blur_prob,) * num_local, (0.0,) * num_local)
+    views += _augment_family(
+      local_key,
+      images,
+      cfg,
+      cfg.local_crops,
+      (cfg.local_blur_prob,) * num_local,
+      (0.0,) * num_local,
+    )
   return views
 
 
-def eval_view(images: jax.Array, size: int, mean: Sequence[float], std: Sequence[float],
-              crop_fraction: float = 1.0) -> jax.Array:
+def eval_view(
+  images: jax.Array,
+  size: int,
+  mean: Sequence[float],
+  std: Sequence[float],
+  crop_fraction: float = 1.0,
+) -> jax.Array:
   """uint8 [B, H, W, C] -> float32 [B, size, size, C], normalised.
 
   Takes the centred square of side crop_fraction * min(H, W) and resizes it to `size`

@@ -20,6 +20,7 @@ images of every class, or a stratified `config.label_fraction` of it, chosen by 
 TFDS datasets must be prepared beforehand: offline, TFDS looks for an unprepared dataset on
 the network for minutes before failing, so `check_config` first looks for its files.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from semi_ssl.config_base import closest_key
 
 class ArrayLike(Protocol):
   """Random-access images: `x[int indices of any shape] -> uint8 [*indices.shape, H, W, C]`."""
+
   shape: tuple[int, ...]
   dtype: np.dtype
 
@@ -58,6 +60,7 @@ class ArrayLike(Protocol):
 @dataclasses.dataclass(frozen=True)
 class DatasetSplits:
   """A dataset split for semi-supervised learning; unlabelled images come without labels."""
+
   name: str
   num_classes: int
   image_shape: tuple[int, int, int]  # (H, W, C) of the stored uint8 images.
@@ -73,11 +76,11 @@ class DatasetSplits:
 
 # TFDS datasets read here, pinned to the version whose files `check_config` looks for.
 _TFDS_VERSIONS = {
-    'cifar10': '3.0.2',
-    'cifar100': '3.0.2',
-    'imagenet2012': '5.1.0',
-    'imagenet2012_subset/1pct': '5.0.0',
-    'imagenet2012_subset/10pct': '5.0.0',
+  'cifar10': '3.0.2',
+  'cifar100': '3.0.2',
+  'imagenet2012': '5.1.0',
+  'imagenet2012_subset/1pct': '5.0.0',
+  'imagenet2012_subset/10pct': '5.0.0',
 }
 # ImageNet label fractions with a canonical labelled subset (SimCLR, used by its successors).
 _IMAGENET_SUBSETS = {0.01: 'imagenet2012_subset/1pct', 0.1: 'imagenet2012_subset/10pct'}
@@ -85,7 +88,8 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 # TFDS features to read from ImageNet records: the encoded image only, or the label only.
 _ENCODED_IMAGE = tfds.decode.PartialDecoding(
-    {'image': True}, decoders={'image': tfds.decode.SkipDecoding()})
+  {'image': True}, decoders={'image': tfds.decode.SkipDecoding()}
+)
 _LABEL = tfds.decode.PartialDecoding({'label': True})
 
 
@@ -102,9 +106,14 @@ _CIFAR10 = _Cifar('cifar10', 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.26
 _CIFAR100 = _Cifar('cifar100', 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 500)
 
 
-def select_labelled(labels: np.ndarray, num_classes: int, *, seed: int,
-                    labels_per_class: int | None = None,
-                    label_fraction: float | None = None) -> np.ndarray:
+def select_labelled(
+  labels: np.ndarray,
+  num_classes: int,
+  *,
+  seed: int,
+  labels_per_class: int | None = None,
+  label_fraction: float | None = None,
+) -> np.ndarray:
   """Seeded stratified choice of the labelled examples.
 
   Args:
@@ -125,8 +134,10 @@ def select_labelled(labels: np.ndarray, num_classes: int, *, seed: int,
     n = len(members)
     k = labels_per_class if label_fraction is None else min(n, max(1, round(label_fraction * n)))
     if k > n:
-      raise ValueError(f'labels_per_class={k} exceeds the {n} examples of class {c}: use at most '
-                       f'{np.bincount(labels, minlength=num_classes).min()}.')
+      raise ValueError(
+        f'labels_per_class={k} exceeds the {n} examples of class {c}: use at most '
+        f'{np.bincount(labels, minlength=num_classes).min()}.'
+      )
     chosen.append(rng.choice(members, k, replace=False))
   return np.sort(np.concatenate(chosen))
 
@@ -174,7 +185,8 @@ def decode_center_square(encoded: bytes, size: int) -> np.ndarray:
     side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2
     square = image.convert('RGB').resize(
-        (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+      (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
+    )
   return np.asarray(square)
 
 
@@ -185,71 +197,117 @@ def _data_dir(config: ml_collections.ConfigDict) -> str:
 def _require_prepared(name: str, data_dir: str, *, random_access: bool = False) -> None:
   """Raises ValueError unless TFDS dataset `name` is built in `data_dir`; reads no data."""
   version_dir = epath.Path(data_dir) / name / _TFDS_VERSIONS[name]
-  build = f"tfds build {name}{' --file_format=array_record' * random_access} --data_dir={data_dir}"
+  build = f'tfds build {name}{" --file_format=array_record" * random_access} --data_dir={data_dir}'
   if not (version_dir / 'dataset_info.json').exists():
     raise ValueError(
-        f"dataset '{name}' is not prepared in {data_dir} (no {version_dir}/dataset_info.json): "
-        f"run '{build}' on a machine with internet (or pass --config.data_dir=DIR where it is).")
+      f"dataset '{name}' is not prepared in {data_dir} (no {version_dir}/dataset_info.json): "
+      f"run '{build}' on a machine with internet (or pass --config.data_dir=DIR where it is)."
+    )
   if random_access:
     info = json.loads((version_dir / 'dataset_info.json').read_text())
     stored = {info.get('fileFormat', 'tfrecord'), *info.get('alternativeFileFormats', ())}
     if not stored & {f.value for f in file_adapters.FileFormat.with_random_access()}:
       raise ValueError(
-          f"dataset '{name}' in {data_dir} is stored as {', '.join(sorted(stored))}, which has no "
-          f"random access: run 'tfds convert_format --dataset_version_dir={version_dir} "
-          f"--out_file_format=array_record' or '{build}'.")
+        f"dataset '{name}' in {data_dir} is stored as {', '.join(sorted(stored))}, which has no "
+        f"random access: run 'tfds convert_format --dataset_version_dir={version_dir} "
+        f"--out_file_format=array_record' or '{build}'."
+      )
 
 
 def _tfds_arrays(name: str, split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
   """A whole TFDS split in memory: uint8 images [N, H, W, C], int32 labels [N]."""
-  images, labels = tfds.as_numpy(tfds.load(
-      f'{name}:{_TFDS_VERSIONS[name]}', split=split, data_dir=data_dir, batch_size=-1,
-      as_supervised=True, download=False))
+  images, labels = tfds.as_numpy(
+    tfds.load(
+      f'{name}:{_TFDS_VERSIONS[name]}',
+      split=split,
+      data_dir=data_dir,
+      batch_size=-1,
+      as_supervised=True,
+      download=False,
+    )
+  )
   return images, labels.astype(np.int32)
 
 
 def _tfds_source(name: str, split: str, data_dir: str, features: tfds.decode.PartialDecoding):
   """Random access to `features` of the records of a TFDS split (array_record format)."""
-  return tfds.data_source(f'{name}:{_TFDS_VERSIONS[name]}', split=split, data_dir=data_dir,
-                          download=False, decoders=features)
+  return tfds.data_source(
+    f'{name}:{_TFDS_VERSIONS[name]}',
+    split=split,
+    data_dir=data_dir,
+    download=False,
+    decoders=features,
+  )
 
 
 def _read_labels(name: str, split: str, data_dir: str) -> np.ndarray:
   """All labels of a TFDS split: int32 [N]. Reads whole records, so seconds per 10k images."""
   source = _tfds_source(name, split, data_dir, _LABEL)
   with futures.ThreadPoolExecutor() as pool:
-    return np.fromiter(pool.map(lambda i: source[i]['label'], range(len(source))),
-                       np.int32, len(source))
+    return np.fromiter(
+      pool.map(lambda i: source[i]['label'], range(len(source))), np.int32, len(source)
+    )
 
 
-def _split_info(config: ml_collections.ConfigDict, labelled_labels: np.ndarray,
-                num_classes: int, *, num_unlabelled: int, num_test: int,
-                **extra: Any) -> dict[str, Any]:
+def _split_info(
+  config: ml_collections.ConfigDict,
+  labelled_labels: np.ndarray,
+  num_classes: int,
+  *,
+  num_unlabelled: int,
+  num_test: int,
+  **extra: Any,
+) -> dict[str, Any]:
   return dict(
-      dataset=config.dataset, seed=config.seed, labels_per_class=config.labels_per_class,
-      label_fraction=config.label_fraction, num_labelled=len(labelled_labels),
-      num_unlabelled=num_unlabelled, num_test=num_test,
-      labelled_per_class=np.bincount(labelled_labels, minlength=num_classes).tolist(), **extra)
+    dataset=config.dataset,
+    seed=config.seed,
+    labels_per_class=config.labels_per_class,
+    label_fraction=config.label_fraction,
+    num_labelled=len(labelled_labels),
+    num_unlabelled=num_unlabelled,
+    num_test=num_test,
+    labelled_per_class=np.bincount(labelled_labels, minlength=num_classes).tolist(),
+    **extra,
+  )
 
 
-def _split_in_memory(config: ml_collections.ConfigDict, num_classes: int,
-                     mean: tuple[float, ...], std: tuple[float, ...],
-                     train: tuple[np.ndarray, np.ndarray],
-                     test: tuple[np.ndarray, np.ndarray]) -> DatasetSplits:
+def _split_in_memory(
+  config: ml_collections.ConfigDict,
+  num_classes: int,
+  mean: tuple[float, ...],
+  std: tuple[float, ...],
+  train: tuple[np.ndarray, np.ndarray],
+  test: tuple[np.ndarray, np.ndarray],
+) -> DatasetSplits:
   """Splits in-memory (images [N, H, W, C], labels [N]) train data by `select_labelled`."""
   images, labels = train
-  labelled = select_labelled(labels, num_classes, seed=config.seed,
-                             labels_per_class=config.labels_per_class,
-                             label_fraction=config.label_fraction)
+  labelled = select_labelled(
+    labels,
+    num_classes,
+    seed=config.seed,
+    labels_per_class=config.labels_per_class,
+    label_fraction=config.label_fraction,
+  )
   return DatasetSplits(
-      name=config.dataset, num_classes=num_classes, image_shape=tuple(images.shape[1:]),
-      mean=mean, std=std,
-      labelled_images=images[labelled], labelled_labels=labels[labelled],
-      unlabelled_images=np.delete(images, labelled, axis=0),
-      test_images=test[0], test_labels=test[1],
-      split_info=_split_info(config, labels[labelled], num_classes,
-                             num_unlabelled=len(labels) - len(labelled), num_test=len(test[1]),
-                             labelled_indices=labelled.tolist()))
+    name=config.dataset,
+    num_classes=num_classes,
+    image_shape=tuple(images.shape[1:]),
+    mean=mean,
+    std=std,
+    labelled_images=images[labelled],
+    labelled_labels=labels[labelled],
+    unlabelled_images=np.delete(images, labelled, axis=0),
+    test_images=test[0],
+    test_labels=test[1],
+    split_info=_split_info(
+      config,
+      labels[labelled],
+      num_classes,
+      num_unlabelled=len(labels) - len(labelled),
+      num_test=len(test[1]),
+      labelled_indices=labelled.tolist(),
+    ),
+  )
 
 
 def _digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -261,7 +319,8 @@ def _digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarr
   images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]  # 0..16 -> 0..255
   labels = digits.target.astype(np.int32)
   train, test = model_selection.train_test_split(
-      np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0)
+    np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0
+  )
   return (images[train], labels[train]), (images[test], labels[test])
 
 
@@ -272,18 +331,20 @@ def _check_digits(config: ml_collections.ConfigDict) -> None:
 def _load_digits(config: ml_collections.ConfigDict) -> DatasetSplits:
   train, test = _digits()
   pixels = train[0] / 255  # Statistics of the whole train split: labelled and unlabelled.
-  return _split_in_memory(config, 10, (float(pixels.mean()),), (float(pixels.std()),),
-                          train, test)
+  return _split_in_memory(config, 10, (float(pixels.mean()),), (float(pixels.std()),), train, test)
 
 
 _NPZ_KEYS = ('train_images', 'train_labels', 'test_images', 'test_labels')
-_NPZ_CONTENT = ('an np.savez archive of uint8 train_images, test_images [N, H, W, C] and '
-                'integer train_labels, test_labels [N]')
+_NPZ_CONTENT = (
+  'an np.savez archive of uint8 train_images, test_images [N, H, W, C] and '
+  'integer train_labels, test_labels [N]'
+)
 
 
 @functools.lru_cache(maxsize=2)
-def _read_npz(path: str, mtime: float) -> tuple[tuple[np.ndarray, np.ndarray],
-                                                tuple[np.ndarray, np.ndarray]]:
+def _read_npz(
+  path: str, mtime: float
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
   """Checked (images, labels) of train and test from an .npz (see the module docstring)."""
   del mtime  # Part of the cache key: a rewritten file is read again.
   try:
@@ -294,11 +355,15 @@ def _read_npz(path: str, mtime: float) -> tuple[tuple[np.ndarray, np.ndarray],
   for split in ('train', 'test'):
     check_images(arrays[f'{split}_images'], arrays[f'{split}_labels'], f'{path}: {split}')
   if arrays['test_images'].shape[1:] != arrays['train_images'].shape[1:]:
-    raise ValueError(f"{path}: test images are {arrays['test_images'].shape[1:]} but train images "
-                     f"{arrays['train_images'].shape[1:]}: both splits need one image shape.")
+    raise ValueError(
+      f'{path}: test images are {arrays["test_images"].shape[1:]} but train images '
+      f'{arrays["train_images"].shape[1:]}: both splits need one image shape.'
+    )
   check_labels(arrays['train_labels'], arrays['test_labels'], path)
-  return ((arrays['train_images'], arrays['train_labels'].astype(np.int32)),
-          (arrays['test_images'], arrays['test_labels'].astype(np.int32)))
+  return (
+    (arrays['train_images'], arrays['train_labels'].astype(np.int32)),
+    (arrays['test_images'], arrays['test_labels'].astype(np.int32)),
+  )
 
 
 def _not_npz(path: str, problem: str) -> ValueError:
@@ -312,14 +377,21 @@ def _npz_arrays(path: str) -> dict[str, np.ndarray]:
   if start == np.lib.format.MAGIC_PREFIX:
     raise _not_npz(path, 'it is a single .npy array (np.save), not an .npz archive')
   if not zipfile.is_zipfile(path):
-    kind = ('empty' if not start else 'truncated or damaged' if start.startswith(b'PK')
-            else 'not a zip archive (text or another format)')
+    kind = (
+      'empty'
+      if not start
+      else 'truncated or damaged'
+      if start.startswith(b'PK')
+      else 'not a zip archive (text or another format)'
+    )
     raise _not_npz(path, f'it is {kind}')
   with np.load(path, allow_pickle=False) as data:
     missing = [k for k in _NPZ_KEYS if k not in data]
     if missing:
-      raise ValueError(f'config.data_file={path} lacks {missing}: save it with '
-                       f'np.savez(path, {", ".join(f"{k}=..." for k in _NPZ_KEYS)}).')
+      raise ValueError(
+        f'config.data_file={path} lacks {missing}: save it with '
+        f'np.savez(path, {", ".join(f"{k}=..." for k in _NPZ_KEYS)}).'
+      )
     return {k: _npz_array(data, k, path) for k in _NPZ_KEYS}
 
 
@@ -328,8 +400,11 @@ def _npz_array(data, key: str, path: str) -> np.ndarray:
   try:
     array = data[key]
   except ValueError as error:  # numpy refuses object arrays without allow_pickle.
-    problem = (f'{key} holds Python objects, which are not unpickled'
-               if 'allow_pickle' in str(error) else f'{key} cannot be read ({error})')
+    problem = (
+      f'{key} holds Python objects, which are not unpickled'
+      if 'allow_pickle' in str(error)
+      else f'{key} cannot be read ({error})'
+    )
     raise _not_npz(path, problem) from None
   if not isinstance(array, np.ndarray):  # np.load returns a member without the .npy header raw.
     raise _not_npz(path, f'{key} is not a saved numpy array')
@@ -339,17 +414,25 @@ def _npz_array(data, key: str, path: str) -> np.ndarray:
 def check_images(images: np.ndarray, labels: np.ndarray, where: str) -> None:
   """Raises ValueError unless images are uint8 [N, H, W, 1 or 3], N, H, W > 0, labels int [N]."""
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError(f'{where} images have shape {images.shape}; expected [N, H, W, C] with C = '
-                     '1 or 3 (add a channel axis to grayscale images with images[..., None]).')
+    raise ValueError(
+      f'{where} images have shape {images.shape}; expected [N, H, W, C] with C = '
+      '1 or 3 (add a channel axis to grayscale images with images[..., None]).'
+    )
   if not images.size:
-    raise ValueError(f'{where} images have shape {images.shape}, which holds no pixels; expected '
-                     '[N, H, W, C] with at least one image of at least one pixel.')
+    raise ValueError(
+      f'{where} images have shape {images.shape}, which holds no pixels; expected '
+      '[N, H, W, C] with at least one image of at least one pixel.'
+    )
   if images.dtype != np.uint8:
-    raise ValueError(f'{where} images have dtype {images.dtype}; expected uint8 in 0..255 '
-                     '(from floats in [0, 1]: np.round(images * 255).astype(np.uint8)).')
+    raise ValueError(
+      f'{where} images have dtype {images.dtype}; expected uint8 in 0..255 '
+      '(from floats in [0, 1]: np.round(images * 255).astype(np.uint8)).'
+    )
   if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f'{where} labels have shape {labels.shape} and dtype {labels.dtype}; '
-                     f'expected integers [{len(images)}], one class index per image.')
+    raise ValueError(
+      f'{where} labels have shape {labels.shape} and dtype {labels.dtype}; '
+      f'expected integers [{len(images)}], one class index per image.'
+    )
 
 
 def check_labels(train_labels: np.ndarray, test_labels: np.ndarray, where: str) -> None:
@@ -360,28 +443,33 @@ def check_labels(train_labels: np.ndarray, test_labels: np.ndarray, where: str) 
   """
   must = 'labels must be 0..C-1 with every class in train_labels'
   if train_labels.min() < 0:
-    raise ValueError(f'{where}: train_labels has {_describe(train_labels[train_labels < 0])}: '
-                     f'{must} (drop or remap the negative labels).')
+    raise ValueError(
+      f'{where}: train_labels has {_describe(train_labels[train_labels < 0])}: '
+      f'{must} (drop or remap the negative labels).'
+    )
   classes = np.unique(train_labels).tolist()  # Sorted Python ints; classes[-1] = C - 1.
   if len(classes) != classes[-1] + 1:
     first_missing = next(c for c, present in enumerate(classes) if c != present)
     raise ValueError(
-        f'{where}: train_labels has {_describe(train_labels[train_labels > first_missing])} but '
-        f'{_describe_missing(classes)} no train image: {must} (drop or remap the stray labels).')
+      f'{where}: train_labels has {_describe(train_labels[train_labels > first_missing])} but '
+      f'{_describe_missing(classes)} no train image: {must} (drop or remap the stray labels).'
+    )
   outside = (test_labels < 0) | (test_labels > classes[-1])
   if outside.any():
     raise ValueError(
-        f'{where}: test_labels has {_describe(test_labels[outside])} but train_labels has classes '
-        f'0..{classes[-1]} only: every test label must be a class with train images (drop or '
-        'remap the others).')
+      f'{where}: test_labels has {_describe(test_labels[outside])} but train_labels has classes '
+      f'0..{classes[-1]} only: every test label must be a class with train images (drop or '
+      'remap the others).'
+    )
 
 
 def _describe(labels: np.ndarray, shown: int = 5) -> str:
   """E.g. '1 label equal to 1000000' or '40 labels with values 3, 7, 8, 9, 10, ...'."""
   values = np.unique(labels)
   listed = ', '.join(map(str, values[:shown])) + ', ...' * (len(values) > shown)
-  return (f"{len(labels)} label{'s' * (len(labels) != 1)} "
-          + (f'equal to {values[0]}' if len(values) == 1 else f'with values {listed}'))
+  return f'{len(labels)} label{"s" * (len(labels) != 1)} ' + (
+    f'equal to {values[0]}' if len(values) == 1 else f'with values {listed}'
+  )
 
 
 def _describe_missing(classes: list[int], shown: int = 5) -> str:
@@ -402,8 +490,10 @@ def _describe_missing(classes: list[int], shown: int = 5) -> str:
 def _npz(config: ml_collections.ConfigDict):
   path = config.data_file
   if not path or not epath.Path(path).is_file():
-    raise ValueError(f"config.data_file={path!r} is not a file: dataset='npz' reads your data "
-                     f'from {_NPZ_CONTENT}, e.g. --config.data_file=/data/mine.npz.')
+    raise ValueError(
+      f"config.data_file={path!r} is not a file: dataset='npz' reads your data "
+      f'from {_NPZ_CONTENT}, e.g. --config.data_file=/data/mine.npz.'
+    )
   return _read_npz(str(path), epath.Path(path).stat().mtime)
 
 
@@ -415,8 +505,14 @@ def _check_npz(config: ml_collections.ConfigDict) -> None:
 def _load_npz(config: ml_collections.ConfigDict) -> DatasetSplits:
   train, test = _npz(config)
   pixels = train[0].reshape(-1, train[0].shape[-1]) / 255
-  return _split_in_memory(config, num_classes(config), tuple(map(float, pixels.mean(0))),
-                          tuple(map(float, pixels.std(0))), train, test)
+  return _split_in_memory(
+    config,
+    num_classes(config),
+    tuple(map(float, pixels.mean(0))),
+    tuple(map(float, pixels.std(0))),
+    train,
+    test,
+  )
 
 
 def _check_cifar(cifar: _Cifar, config: ml_collections.ConfigDict) -> None:
@@ -433,12 +529,14 @@ def _load_cifar(cifar: _Cifar, config: ml_collections.ConfigDict) -> DatasetSpli
 def _check_imagenet(config: ml_collections.ConfigDict) -> None:
   if config.label_fraction not in _IMAGENET_SUBSETS:
     raise ValueError(
-        f'config.label_fraction={config.label_fraction} (config.labels_per_class='
-        f'{config.labels_per_class}) is not supported on imagenet2012: set label_fraction to '
-        f'0.01 or 0.1 (the SimCLR subsets) and labels_per_class to None.')
+      f'config.label_fraction={config.label_fraction} (config.labels_per_class='
+      f'{config.labels_per_class}) is not supported on imagenet2012: set label_fraction to '
+      f'0.01 or 0.1 (the SimCLR subsets) and labels_per_class to None.'
+    )
   if not (isinstance(config.decode_size, int) and config.decode_size > 0):
-    raise ValueError(f'config.decode_size={config.decode_size!r} must be a positive integer, '
-                     'e.g. 256.')
+    raise ValueError(
+      f'config.decode_size={config.decode_size!r} must be a positive integer, e.g. 256.'
+    )
   for name in ('imagenet2012', _IMAGENET_SUBSETS[config.label_fraction]):
     _require_prepared(name, _data_dir(config), random_access=True)
 
@@ -452,18 +550,27 @@ def _load_imagenet(config: ml_collections.ConfigDict) -> DatasetSplits:
   unlabelled_images = images('imagenet2012', 'train')
   test_labels = _read_labels('imagenet2012', 'validation', data_dir)
   return DatasetSplits(
-      name=config.dataset, num_classes=1000,
-      image_shape=(config.decode_size, config.decode_size, 3),
-      mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
-      labelled_images=images(subset, 'train'), labelled_labels=labelled_labels,
-      unlabelled_images=unlabelled_images,
-      test_images=images('imagenet2012', 'validation'), test_labels=test_labels,
-      split_info=_split_info(
-          config, labelled_labels, 1000, num_unlabelled=len(unlabelled_images),
-          num_test=len(test_labels),
-          protocol=f"labelled: TFDS {subset} train; unlabelled: all of imagenet2012 train, "
-                   "labelled images included (SimCLR protocol); test: imagenet2012 validation",
-          tfds_versions={name: _TFDS_VERSIONS[name] for name in ('imagenet2012', subset)}))
+    name=config.dataset,
+    num_classes=1000,
+    image_shape=(config.decode_size, config.decode_size, 3),
+    mean=_IMAGENET_MEAN,
+    std=_IMAGENET_STD,
+    labelled_images=images(subset, 'train'),
+    labelled_labels=labelled_labels,
+    unlabelled_images=unlabelled_images,
+    test_images=images('imagenet2012', 'validation'),
+    test_labels=test_labels,
+    split_info=_split_info(
+      config,
+      labelled_labels,
+      1000,
+      num_unlabelled=len(unlabelled_images),
+      num_test=len(test_labels),
+      protocol=f'labelled: TFDS {subset} train; unlabelled: all of imagenet2012 train, '
+      'labelled images included (SimCLR protocol); test: imagenet2012 validation',
+      tfds_versions={name: _TFDS_VERSIONS[name] for name in ('imagenet2012', subset)},
+    ),
+  )
 
 
 def _imagenet_images(name: str, split: str, *, data_dir: str, size: int) -> DecodedImages:
@@ -473,20 +580,22 @@ def _imagenet_images(name: str, split: str, *, data_dir: str, size: int) -> Deco
 def _check_labels_per_class(config: ml_collections.ConfigDict, smallest_class: int) -> None:
   if config.labels_per_class is not None and config.labels_per_class > smallest_class:
     raise ValueError(
-        f'config.labels_per_class={config.labels_per_class} exceeds the {smallest_class} train '
-        f'images of the smallest {config.dataset} class: use at most {smallest_class}.')
+      f'config.labels_per_class={config.labels_per_class} exceeds the {smallest_class} train '
+      f'images of the smallest {config.dataset} class: use at most {smallest_class}.'
+    )
 
 
 _Check = Callable[[ml_collections.ConfigDict], None]
 _Load = Callable[[ml_collections.ConfigDict], DatasetSplits]
 _DATASETS: dict[str, tuple[_Check, _Load]] = {
-    'digits': (_check_digits, _load_digits),
-    'cifar10': (functools.partial(_check_cifar, _CIFAR10),
-                functools.partial(_load_cifar, _CIFAR10)),
-    'cifar100': (functools.partial(_check_cifar, _CIFAR100),
-                 functools.partial(_load_cifar, _CIFAR100)),
-    'imagenet2012': (_check_imagenet, _load_imagenet),
-    'npz': (_check_npz, _load_npz),
+  'digits': (_check_digits, _load_digits),
+  'cifar10': (functools.partial(_check_cifar, _CIFAR10), functools.partial(_load_cifar, _CIFAR10)),
+  'cifar100': (
+    functools.partial(_check_cifar, _CIFAR100),
+    functools.partial(_load_cifar, _CIFAR100),
+  ),
+  'imagenet2012': (_check_imagenet, _load_imagenet),
+  'npz': (_check_npz, _load_npz),
 }
 
 
@@ -497,15 +606,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   """
   if config.dataset not in _DATASETS:
     raise ValueError(
-        f"config.dataset='{config.dataset}' is unknown{closest_key(config.dataset, _DATASETS)}; "
-        f"valid datasets: {', '.join(sorted(_DATASETS))}.")
+      f"config.dataset='{config.dataset}' is unknown{closest_key(config.dataset, _DATASETS)}; "
+      f'valid datasets: {", ".join(sorted(_DATASETS))}.'
+    )
   labels_per_class, label_fraction = config.labels_per_class, config.label_fraction
   if (labels_per_class is None) == (label_fraction is None):
     raise ValueError(
-        f'config.labels_per_class={labels_per_class} and config.label_fraction={label_fraction}: '
-        'set exactly one of them: give only one of --config.labels_per_class=N and '
-        '--config.label_fraction=F (it unsets the other), or unset one with e.g. '
-        '--config.labels_per_class=None.')
+      f'config.labels_per_class={labels_per_class} and config.label_fraction={label_fraction}: '
+      'set exactly one of them: give only one of --config.labels_per_class=N and '
+      '--config.label_fraction=F (it unsets the other), or unset one with e.g. '
+      '--config.labels_per_class=None.'
+    )
   if labels_per_class is not None and labels_per_class < 1:
     raise ValueError(f'config.labels_per_class={labels_per_class} must be at least 1.')
   if label_fraction is not None and not 0 < label_fraction <= 1:
@@ -524,8 +635,12 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """(H, W, C) of the stored images of `config.dataset`, known without loading them."""
   if config.dataset == 'npz':
     return tuple(_npz(config)[0][0].shape[1:])
-  return {'digits': (8, 8, 1), 'cifar10': (32, 32, 3), 'cifar100': (32, 32, 3),
-          'imagenet2012': (config.decode_size, config.decode_size, 3)}[config.dataset]
+  return {
+    'digits': (8, 8, 1),
+    'cifar10': (32, 32, 3),
+    'cifar100': (32, 32, 3),
+    'imagenet2012': (config.decode_size, config.decode_size, 3),
+  }[config.dataset]
 
 
 def load(config: ml_collections.ConfigDict) -> DatasetSplits:

@@ -5,6 +5,7 @@ images; step `s` takes positions [s * B, (s + 1) * B) of that sequence, so a lab
 larger than the labelled subset simply spans several passes. Every process gathers only its
 own rows of each global batch, so the global batch is the same whatever the process count.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,35 +40,62 @@ def batch_indices(step: int, *, batch_size: int, size: int, seed: int, stream: i
   return indices
 
 
-def host_batch(splits: DatasetSplits, step: int, *, seed: int, labelled_batch_size: int,
-               batch_size: int | None) -> dict:
+def host_batch(
+  splits: DatasetSplits, step: int, *, seed: int, labelled_batch_size: int, batch_size: int | None
+) -> dict:
   """This process's rows of the global batch of `step` (uint8 images, int32 labels).
 
   `batch_size=None` leaves out the unlabelled stream (methods that do not use it).
   """
   rows = parallel.process_slice(labelled_batch_size)
-  idx = batch_indices(step, batch_size=labelled_batch_size, size=len(splits.labelled_labels),
-                      seed=seed, stream=LABELLED_STREAM)[rows]
-  batch = {'labelled': {'images': np.asarray(splits.labelled_images[idx]),
-                        'labels': splits.labelled_labels[idx].astype(np.int32)}}
+  idx = batch_indices(
+    step,
+    batch_size=labelled_batch_size,
+    size=len(splits.labelled_labels),
+    seed=seed,
+    stream=LABELLED_STREAM,
+  )[rows]
+  batch = {
+    'labelled': {
+      'images': np.asarray(splits.labelled_images[idx]),
+      'labels': splits.labelled_labels[idx].astype(np.int32),
+    }
+  }
   if batch_size is not None:
     rows = parallel.process_slice(batch_size)
-    idx = batch_indices(step, batch_size=batch_size, size=len(splits.unlabelled_images),
-                        seed=seed, stream=UNLABELLED_STREAM)[rows]
+    idx = batch_indices(
+      step,
+      batch_size=batch_size,
+      size=len(splits.unlabelled_images),
+      seed=seed,
+      stream=UNLABELLED_STREAM,
+    )[rows]
     batch['unlabelled'] = {'images': np.asarray(splits.unlabelled_images[idx])}
   return batch
 
 
-def iterate(splits: DatasetSplits, mesh: Mesh, *, start_step: int, num_steps: int, seed: int,
-            labelled_batch_size: int, batch_size: int | None, prefetch: int = 2) -> Iterator[dict]:
+def iterate(
+  splits: DatasetSplits,
+  mesh: Mesh,
+  *,
+  start_step: int,
+  num_steps: int,
+  seed: int,
+  labelled_batch_size: int,
+  batch_size: int | None,
+  prefetch: int = 2,
+) -> Iterator[dict]:
   """Global batches for steps start_step..num_steps-1, gathered ahead in a background thread."""
   buffer: queue.Queue = queue.Queue(maxsize=prefetch)
 
   def produce():
     try:
       for step in range(start_step, num_steps):
-        buffer.put(host_batch(splits, step, seed=seed, labelled_batch_size=labelled_batch_size,
-                              batch_size=batch_size))
+        buffer.put(
+          host_batch(
+            splits, step, seed=seed, labelled_batch_size=labelled_batch_size, batch_size=batch_size
+          )
+        )
     except Exception as error:  # Re-raised in the consumer, which would otherwise wait forever.
       buffer.put(error)
 

@@ -17,6 +17,7 @@ ones. Views of one size go through a network in one call (`methods/views.py`, `b
 `unlabelled` is absent for methods with `uses_unlabelled = False`; unlabelled images never
 come with labels.
 """
+
 from __future__ import annotations
 
 import abc
@@ -37,6 +38,7 @@ Metrics = dict[str, jax.Array]
 @dataclasses.dataclass(frozen=True)
 class DataInfo:
   """What a method may know about its data: never the unlabelled labels."""
+
   num_classes: int
   image_shape: tuple[int, int, int]
 
@@ -70,8 +72,9 @@ class Method(abc.ABC):
     return parallel.state_sharding(abstract_state, self.mesh)
 
   @abc.abstractmethod
-  def loss(self, model: nnx.Module, state: PyTree, batch: dict, key: jax.Array,
-           step: jax.Array) -> tuple[jax.Array, tuple[PyTree, Metrics]]:
+  def loss(
+    self, model: nnx.Module, state: PyTree, batch: dict, key: jax.Array, step: jax.Array
+  ) -> tuple[jax.Array, tuple[PyTree, Metrics]]:
     """Scalar loss to minimise, with the new method state and scalar metrics."""
 
   def trainable(self, params: nnx.State, step: jax.Array) -> PyTree | None:
@@ -98,17 +101,26 @@ class Method(abc.ABC):
     """
     return model.backbone(images, train=False)
 
-  def eval_predictions(self, model: nnx.Module, state: PyTree,
-                       images: jax.Array) -> dict[str, jax.Array]:
+  def eval_predictions(
+    self, model: nnx.Module, state: PyTree, images: jax.Array
+  ) -> dict[str, jax.Array]:
     """Further class predictions {name: int32 [B]} of normalised eval images, each reported
     as `<name>_top1` on the test set (e.g. SemPPL's kNN pseudo-labels)."""
     del model, state, images
     return {}
 
 
-def create_backbone(config: ml_collections.ConfigDict, data: DataInfo, rngs: nnx.Rngs) -> nnx.Module:
+def create_backbone(
+  config: ml_collections.ConfigDict, data: DataInfo, rngs: nnx.Rngs
+) -> nnx.Module:
   """The ResNet named by `config.model`, for images of `data.image_shape`."""
   from semi_ssl.models import resnet
+
   return resnet.create_backbone(
-      config.model.backbone, width=config.model.width, stem=config.model.stem,
-      num_channels=data.image_shape[-1], rngs=rngs, dtype=jax.numpy.dtype(config.model.dtype))
+    config.model.backbone,
+    width=config.model.width,
+    stem=config.model.stem,
+    num_channels=data.image_shape[-1],
+    rngs=rngs,
+    dtype=jax.numpy.dtype(config.model.dtype),
+  )

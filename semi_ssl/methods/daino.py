@@ -19,6 +19,7 @@ of github.com/pietroastolfi/suave-daino) validates the teacher after every epoch
 both networks at the end; `Method.predict` only sees the trained model, not the method state
 that holds the teacher, so this implementation reports the student.
 """
+
 from __future__ import annotations
 
 import jax
@@ -32,16 +33,18 @@ from semi_ssl.ops import losses
 from semi_ssl.ops.ema import ema
 
 
-def teacher_temperature(step: jax.Array, *, start: float, end: float,
-                        warmup_steps: int) -> jax.Array:
+def teacher_temperature(
+  step: jax.Array, *, start: float, end: float, warmup_steps: int
+) -> jax.Array:
   """Linear from `start` (step 0) to `end` (`warmup_steps`), then `end` (DINO)."""
   if not warmup_steps:
     return jnp.asarray(end, jnp.float32)
   return start + (end - start) * jnp.clip(step / warmup_steps, 0.0, 1.0)
 
 
-def teacher_targets(scores: list[jax.Array], center: jax.Array,
-                    temperature: jax.Array) -> list[jax.Array]:
+def teacher_targets(
+  scores: list[jax.Array], center: jax.Array, temperature: jax.Array
+) -> list[jax.Array]:
   """Centred, sharpened teacher distributions: G x [N, K] scores, center [K] -> G x [N, K]."""
   return [jax.nn.softmax((s - center) / temperature, axis=-1) for s in scores]
 
@@ -68,44 +71,61 @@ class Daino(PrototypeMethod):
       require(0.0 <= hp[key] <= 1.0, f'config.daino.{key}={hp[key]} must be in [0, 1].')
     for key in ('student_temperature', 'teacher_temperature', 'teacher_temperature_warmup_start'):
       require(hp[key] > 0.0, f'config.daino.{key}={hp[key]} must be positive, e.g. 0.1.')
-    require(hp.teacher_temperature_warmup_steps >= 0,
-            f'config.daino.teacher_temperature_warmup_steps={hp.teacher_temperature_warmup_steps}'
-            ' must be >= 0 (0 = no warm-up).')
+    require(
+      hp.teacher_temperature_warmup_steps >= 0,
+      f'config.daino.teacher_temperature_warmup_steps={hp.teacher_temperature_warmup_steps}'
+      ' must be >= 0 (0 = no warm-up).',
+    )
     aug = config.augment
-    require(aug.num_global_crops + aug.num_local_crops >= 2,
-            'Daino needs a second view to predict the teacher from: set '
-            'config.augment.num_global_crops=2 or add local crops.')
+    require(
+      aug.num_global_crops + aug.num_local_crops >= 2,
+      'Daino needs a second view to predict the teacher from: set '
+      'config.augment.num_global_crops=2 or add local crops.',
+    )
     self.teacher = EMATeacher(hp.teacher_momentum, cosine_steps=config.num_steps)
 
   def init_state(self, params):
-    return {'teacher': self.teacher.init(params),
-            'center': jnp.zeros((self.num_prototypes,), jnp.float32)}
+    return {
+      'teacher': self.teacher.init(params),
+      'center': jnp.zeros((self.num_prototypes,), jnp.float32),
+    }
 
   def loss(self, model, state, batch, key, step):
     hp = self.hp
     targets, (_, labelled_scores), (_, scores) = views.student_outputs(
-        model, batch, key, num_classes=self.data.num_classes,
-        num_prototypes=self.num_prototypes, label_smoothing=hp.label_smoothing,
-        mixup_alpha=hp.mixup_alpha)
+      model,
+      batch,
+      key,
+      num_classes=self.data.num_classes,
+      num_prototypes=self.num_prototypes,
+      label_smoothing=hp.label_smoothing,
+      mixup_alpha=hp.mixup_alpha,
+    )
     teacher_scores = self._teacher_scores(
-        model, state['teacher'],
-        batch['unlabelled']['views'][:self.config.augment.num_global_crops])
+      model, state['teacher'], batch['unlabelled']['views'][: self.config.augment.num_global_crops]
+    )
     temperature = teacher_temperature(
-        step, start=hp.teacher_temperature_warmup_start, end=hp.teacher_temperature,
-        warmup_steps=hp.teacher_temperature_warmup_steps)
+      step,
+      start=hp.teacher_temperature_warmup_start,
+      end=hp.teacher_temperature,
+      warmup_steps=hp.teacher_temperature_warmup_steps,
+    )
     assignments = teacher_targets(teacher_scores, state['center'], temperature)
     loss_l = losses.labelled_loss(labelled_scores, targets, hp.student_temperature)
     loss_u = losses.swapped_assignment_loss(scores, assignments, hp.student_temperature)
-    state = {**state, 'center': update_center(state['center'], teacher_scores,
-                                              hp.center_momentum)}
-    metrics = {'loss_labelled': jnp.mean(loss_l), 'loss_unlabelled': jnp.mean(loss_u),
-               # Against the dominant class of the targets: the label, or with mixup the
-               # label of the larger share.
-               'train_top1': losses.accuracy(labelled_scores[0][:, :self.data.num_classes],
-                                             jnp.argmax(targets, axis=-1)),
-               'teacher_temperature': temperature,
-               # Near 0: one-hot targets; near log K: uniform (collapse).
-               'target_entropy': jnp.mean(jnp.stack([entropy(q) for q in assignments]))}
+    state = {**state, 'center': update_center(state['center'], teacher_scores, hp.center_momentum)}
+    metrics = {
+      'loss_labelled': jnp.mean(loss_l),
+      'loss_unlabelled': jnp.mean(loss_u),
+      # Against the dominant class of the targets: the label, or with mixup the
+      # label of the larger share.
+      'train_top1': losses.accuracy(
+        labelled_scores[0][:, : self.data.num_classes], jnp.argmax(targets, axis=-1)
+      ),
+      'teacher_temperature': temperature,
+      # Near 0: one-hot targets; near log K: uniform (collapse).
+      'target_entropy': jnp.mean(jnp.stack([entropy(q) for q in assignments])),
+    }
     return losses.combine(loss_l, loss_u), (state, metrics)
 
   def _teacher_scores(self, model, teacher, global_views):
@@ -114,8 +134,9 @@ class Daino(PrototypeMethod):
     The views go through the teacher together (`views.by_size`), so its BatchNorm sees all of
     them (DINO; main_daino.py: `teacher(images[:2])`).
     """
-    _, scores = views.prototype_outputs(self.teacher.model(model, teacher), global_views,
-                                        train=True)
+    _, scores = views.prototype_outputs(
+      self.teacher.model(model, teacher), global_views, train=True
+    )
     return [jax.lax.stop_gradient(s) for s in scores]
 
   def update_state(self, params, state, step):

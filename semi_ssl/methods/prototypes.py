@@ -1,5 +1,6 @@
 """What Suave and Daino share as methods (not a method): a `PrototypeModel` whose first C of
 K prototypes are the class prototypes, and `predict` reading their scores."""
+
 from __future__ import annotations
 
 from semi_ssl.errors import require
@@ -17,16 +18,22 @@ class PrototypeMethod(base.Method):
     super().__init__(config, data, mesh)
     self.hp = config[self.config_key]
     self.num_prototypes = self.hp.num_prototypes or data.num_classes
-    require(self.num_prototypes >= data.num_classes,
-            f'config.{self.config_key}.num_prototypes={self.num_prototypes} is below the '
-            f'{data.num_classes} classes: use 0 (= number of classes) or more.')
+    require(
+      self.num_prototypes >= data.num_classes,
+      f'config.{self.config_key}.num_prototypes={self.num_prototypes} is below the '
+      f'{data.num_classes} classes: use 0 (= number of classes) or more.',
+    )
 
   def create_model(self, rngs):
-    return PrototypeModel(base.create_backbone(self.config, self.data, rngs),
-                          hidden_dim=self.hp.projector_hidden_dim, embed_dim=self.hp.embed_dim,
-                          num_layers=self.hp.projector_layers,
-                          num_prototypes=self.num_prototypes, rngs=rngs)
+    return PrototypeModel(
+      base.create_backbone(self.config, self.data, rngs),
+      hidden_dim=self.hp.projector_hidden_dim,
+      embed_dim=self.hp.embed_dim,
+      num_layers=self.hp.projector_layers,
+      num_prototypes=self.num_prototypes,
+      rngs=rngs,
+    )
 
   def predict(self, model, images):
     """The class prototypes' scores [B, C] of normalised eval images [B, H, W, C]."""
-    return model(images, train=False)[:, :self.data.num_classes]
+    return model(images, train=False)[:, : self.data.num_classes]

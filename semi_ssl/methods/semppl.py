@@ -35,6 +35,7 @@ fine-tuning), unless `classifier_trains_backbone` lets its gradient into the bac
 Left out from the paper: ReLICv2's invariance penalty (the KL terms weighted by lambda) and its
 subsampling of 10 negatives per anchor; all images of the global batch are negatives here.
 """
+
 from __future__ import annotations
 
 import functools
@@ -56,13 +57,23 @@ from semi_ssl.ops.normalize import l2_normalize
 class SemPPLModel(nnx.Module):
   """backbone -> projector -> predictor, and a linear classifier on the backbone features."""
 
-  def __init__(self, backbone: nnx.Module, *, num_classes: int, hidden_dim: int, embed_dim: int,
-               num_layers: int, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    backbone: nnx.Module,
+    *,
+    num_classes: int,
+    hidden_dim: int,
+    embed_dim: int,
+    num_layers: int,
+    rngs: nnx.Rngs,
+  ):
     self.backbone = backbone
-    self.projector = heads.MLP(backbone.feature_dim, hidden_dim, embed_dim, num_layers=num_layers,
-                               batch_norm=True, rngs=rngs)
-    self.predictor = heads.MLP(embed_dim, hidden_dim, embed_dim, num_layers=num_layers,
-                               batch_norm=True, rngs=rngs)
+    self.projector = heads.MLP(
+      backbone.feature_dim, hidden_dim, embed_dim, num_layers=num_layers, batch_norm=True, rngs=rngs
+    )
+    self.predictor = heads.MLP(
+      embed_dim, hidden_dim, embed_dim, num_layers=num_layers, batch_norm=True, rngs=rngs
+    )
     self.classifier = nnx.Linear(backbone.feature_dim, num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
@@ -84,8 +95,9 @@ class SemPPLModel(nnx.Module):
     return self.classifier(features).astype(jnp.float32)
 
 
-def contrastive_losses(anchors: jax.Array, targets: jax.Array, positives: jax.Array,
-                       valid: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+def contrastive_losses(
+  anchors: jax.Array, targets: jax.Array, positives: jax.Array, valid: jax.Array, temperature: float
+) -> tuple[jax.Array, jax.Array]:
   """InfoNCE of each anchor against its augmentation positive and its semantic positives,
   all sharing the anchor's negatives.
 
@@ -121,36 +133,56 @@ class SemPPL(base.Method):
     num_devices, per_device = mesh.size, hp.queue_size // mesh.size
     aug = config.augment
     enqueued = aug.num_global_crops * config.labelled_batch_size
-    require(aug.num_global_crops + aug.num_local_crops >= 2,
-            'SemPPL contrasts views of one image: set config.augment.num_global_crops=2 or add '
-            'local crops.')
-    require(aug.get('labelled') is None,
-            'SemPPL contrasts the views of labelled and unlabelled images alike, so both need '
-            'the same views: leave config.augment.labelled unset (None).')
-    require(hp.temperature > 0,
-            f'config.semppl.temperature={hp.temperature} must be positive, e.g. 0.1.')
-    require(0.0 <= hp.target_momentum <= 1.0,
-            f'config.semppl.target_momentum={hp.target_momentum} must be in [0, 1].')
-    require(hp.queue_size % num_devices == 0,
-            f'config.semppl.queue_size={hp.queue_size} is not divisible by the {num_devices} '
-            'devices it is split over: use a multiple of them.')
+    require(
+      aug.num_global_crops + aug.num_local_crops >= 2,
+      'SemPPL contrasts views of one image: set config.augment.num_global_crops=2 or add '
+      'local crops.',
+    )
+    require(
+      aug.get('labelled') is None,
+      'SemPPL contrasts the views of labelled and unlabelled images alike, so both need '
+      'the same views: leave config.augment.labelled unset (None).',
+    )
+    require(
+      hp.temperature > 0, f'config.semppl.temperature={hp.temperature} must be positive, e.g. 0.1.'
+    )
+    require(
+      0.0 <= hp.target_momentum <= 1.0,
+      f'config.semppl.target_momentum={hp.target_momentum} must be in [0, 1].',
+    )
+    require(
+      hp.queue_size % num_devices == 0,
+      f'config.semppl.queue_size={hp.queue_size} is not divisible by the {num_devices} '
+      'devices it is split over: use a multiple of them.',
+    )
     for key in ('knn_k', 'num_semantic_positives'):
-      require(1 <= hp[key] <= per_device,
-              f'config.semppl.{key}={hp[key]} must be in [1, {per_device}] (the queue entries per '
-              f'device: queue_size {hp.queue_size} / {num_devices} devices).')
-    require(enqueued <= hp.queue_size,
-            f'config.semppl.queue_size={hp.queue_size} is below the {enqueued} labelled '
-            'projections enqueued per step (global crops x labelled_batch_size): enlarge it.')
+      require(
+        1 <= hp[key] <= per_device,
+        f'config.semppl.{key}={hp[key]} must be in [1, {per_device}] (the queue entries per '
+        f'device: queue_size {hp.queue_size} / {num_devices} devices).',
+      )
+    require(
+      enqueued <= hp.queue_size,
+      f'config.semppl.queue_size={hp.queue_size} is below the {enqueued} labelled '
+      'projections enqueued per step (global crops x labelled_batch_size): enlarge it.',
+    )
     self.target = EMATeacher(hp.target_momentum, cosine_steps=config.num_steps)
 
   def create_model(self, rngs):
-    return SemPPLModel(base.create_backbone(self.config, self.data, rngs),
-                       num_classes=self.data.num_classes, hidden_dim=self.hp.mlp_hidden_dim,
-                       embed_dim=self.hp.embed_dim, num_layers=self.hp.mlp_layers, rngs=rngs)
+    return SemPPLModel(
+      base.create_backbone(self.config, self.data, rngs),
+      num_classes=self.data.num_classes,
+      hidden_dim=self.hp.mlp_hidden_dim,
+      embed_dim=self.hp.embed_dim,
+      num_layers=self.hp.mlp_layers,
+      rngs=rngs,
+    )
 
   def init_state(self, params):
-    return {'target': self.target.init(params),
-            'queue': queue.init(self.hp.queue_size, self.hp.embed_dim, labels=True)}
+    return {
+      'target': self.target.init(params),
+      'queue': queue.init(self.hp.queue_size, self.hp.embed_dim, labels=True),
+    }
 
   def state_sharding(self, abstract_state):
     """The trainer's rule, but the queue's rows [Q] are split over all devices, as the kNN
@@ -164,47 +196,70 @@ class SemPPL(base.Method):
     num_labelled, num_global = labels.shape[0], self.config.augment.num_global_crops
     # Labelled and unlabelled crops of one view, and the views of one size, go through the
     # backbone together (`views.by_size`), the heads once on all: BatchNorm sees the whole batch.
-    inputs = [jnp.concatenate([l, u])
-              for l, u in zip(batch['labelled']['views'], batch['unlabelled']['views'])]
-    features, predictions = zip(*views.by_size(
-        functools.partial(model.backbone, train=True), inputs,
-        lambda f: (f, model.predict_features(f, train=True))))
+    inputs = [
+      jnp.concatenate([l, u])
+      for l, u in zip(batch['labelled']['views'], batch['unlabelled']['views'])
+    ]
+    features, predictions = zip(
+      *views.by_size(
+        functools.partial(model.backbone, train=True),
+        inputs,
+        lambda f: (f, model.predict_features(f, train=True)),
+      )
+    )
     targets = self._target_projections(model, state['target'], inputs[:num_global])
 
-    labelled_queue = queue.write(state['queue'],
-                                 jnp.concatenate([t[:num_labelled] for t in targets]),
-                                 jnp.tile(labels, num_global))
+    labelled_queue = queue.write(
+      state['queue'],
+      jnp.concatenate([t[:num_labelled] for t in targets]),
+      jnp.tile(labels, num_global),
+    )
     queries = l2_normalize(sum(p[num_labelled:] for p in predictions[:num_global]))
     positives, valid, votes = self._semantic_positives(key, labels, queries, labelled_queue)
 
-    pairs = [contrastive_losses(h, targets[g], positives, valid, hp.temperature)
-             for g in range(num_global) for v, h in enumerate(predictions) if v != g]
+    pairs = [
+      contrastive_losses(h, targets[g], positives, valid, hp.temperature)
+      for g in range(num_global)
+      for v, h in enumerate(predictions)
+      if v != g
+    ]
     loss_augm, loss_sempos = (jnp.mean(jnp.stack(terms)) for terms in zip(*pairs))
     classifier_input = (lambda f: f) if hp.classifier_trains_backbone else jax.lax.stop_gradient
     logits = [model.classify(classifier_input(f[:num_labelled])) for f in features[:num_global]]
-    loss_classifier = jnp.mean(jnp.stack([
-        losses.cross_entropy(l, losses.one_hot_targets(labels, self.data.num_classes))
-        for l in logits]))
+    loss_classifier = jnp.mean(
+      jnp.stack(
+        [
+          losses.cross_entropy(l, losses.one_hot_targets(labels, self.data.num_classes))
+          for l in logits
+        ]
+      )
+    )
     # Linear from ~0 to `semantic_weight` over the first `semantic_warmup_steps` steps.
     semantic_weight = hp.semantic_weight * jnp.minimum(
-        1.0, (step + 1) / (hp.semantic_warmup_steps + 1))
-    metrics = {'loss_augmentation': loss_augm, 'loss_semantic': loss_sempos,
-               'loss_classifier': loss_classifier,
-               'train_top1': losses.accuracy(logits[0], labels),
-               # Share of the k neighbours that voted for the pseudo-label.
-               'pseudo_label_agreement': jnp.mean(jnp.max(votes, axis=-1)) / hp.knn_k,
-               'semantic_positives_found': jnp.mean(valid),
-               'queue_fill': jnp.mean(labelled_queue['labels'] != knn.EMPTY),
-               'semantic_weight': semantic_weight}
+      1.0, (step + 1) / (hp.semantic_warmup_steps + 1)
+    )
+    metrics = {
+      'loss_augmentation': loss_augm,
+      'loss_semantic': loss_sempos,
+      'loss_classifier': loss_classifier,
+      'train_top1': losses.accuracy(logits[0], labels),
+      # Share of the k neighbours that voted for the pseudo-label.
+      'pseudo_label_agreement': jnp.mean(jnp.max(votes, axis=-1)) / hp.knn_k,
+      'semantic_positives_found': jnp.mean(valid),
+      'queue_fill': jnp.mean(labelled_queue['labels'] != knn.EMPTY),
+      'semantic_weight': semantic_weight,
+    }
     loss = loss_augm + semantic_weight * loss_sempos + loss_classifier
     return loss, ({**state, 'queue': labelled_queue}, metrics)
 
   def _target_projections(self, model, target, global_views):
     """Unit-norm target projections (no gradient) G x [B, D] of the global views."""
     target_model = self.target.model(model, target)
-    projections = views.by_size(functools.partial(target_model.backbone, train=True),
-                                global_views,
-                                functools.partial(target_model.project_features, train=True))
+    projections = views.by_size(
+      functools.partial(target_model.backbone, train=True),
+      global_views,
+      functools.partial(target_model.project_features, train=True),
+    )
     return [jax.lax.stop_gradient(t) for t in projections]
 
   def _semantic_positives(self, key, labels, queries, queue):
@@ -220,18 +275,25 @@ class SemPPL(base.Method):
   def _knn(self, queries, queue):
     """(labels int32 [N], votes int32 [N, C]) of queries [N, D] from the queue, split over
     the devices."""
-    vote = functools.partial(knn.knn_pseudo_labels, k=self.hp.knn_k,
-                             num_classes=self.data.num_classes, axis_name=self.mesh.axis_names,
-                             approximate=self.hp.knn_approximate)
-    return self._per_device(vote, (self.split,) * 3)(queries, queue['embeddings'],
-                                                      queue['labels'])
+    vote = functools.partial(
+      knn.knn_pseudo_labels,
+      k=self.hp.knn_k,
+      num_classes=self.data.num_classes,
+      axis_name=self.mesh.axis_names,
+      approximate=self.hp.knn_approximate,
+    )
+    return self._per_device(vote, (self.split,) * 3)(queries, queue['embeddings'], queue['labels'])
 
   def _sample(self, key, labels, queue):
     """Semantic positives [N, S, D] of each label [N] from the queue, and their validity."""
-    sample = functools.partial(knn.sample_same_label, num_samples=self.hp.num_semantic_positives,
-                               axis_name=self.mesh.axis_names)
+    sample = functools.partial(
+      knn.sample_same_label,
+      num_samples=self.hp.num_semantic_positives,
+      axis_name=self.mesh.axis_names,
+    )
     return self._per_device(sample, (P(),) + (self.split,) * 3)(
-        key, labels, queue['embeddings'], queue['labels'])
+      key, labels, queue['embeddings'], queue['labels']
+    )
 
   def _per_device(self, fn, in_specs):
     """`fn` run per device over the mesh, its outputs split over all devices."""

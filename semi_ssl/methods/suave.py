@@ -16,6 +16,7 @@ crop that joins that crop's Sinkhorn problem once full (small batches), frozen p
 the first steps, only the heads trained for the first steps, an EMA (momentum) encoder whose
 own pass and prototypes compute the assignments, and mixup of labelled images.
 """
+
 from __future__ import annotations
 
 import jax
@@ -36,10 +37,13 @@ class Suave(PrototypeMethod):
   def __init__(self, config, data, mesh):
     super().__init__(config, data, mesh)
     hp = self.hp
-    require(0.0 <= hp.ema_momentum <= 1.0,
-            f'config.suave.ema_momentum={hp.ema_momentum} must be in [0, 1] (0: no EMA teacher).')
-    require(hp.queue_size >= 0,
-            f'config.suave.queue_size={hp.queue_size} must be >= 0 (0: no queue).')
+    require(
+      0.0 <= hp.ema_momentum <= 1.0,
+      f'config.suave.ema_momentum={hp.ema_momentum} must be in [0, 1] (0: no EMA teacher).',
+    )
+    require(
+      hp.queue_size >= 0, f'config.suave.queue_size={hp.queue_size} must be >= 0 (0: no queue).'
+    )
     for key in ('temperature', 'sinkhorn_epsilon'):
       require(hp[key] > 0.0, f'config.suave.{key}={hp[key]} must be positive, e.g. 0.1.')
     self.teacher = EMATeacher(hp.ema_momentum) if hp.ema_momentum else None
@@ -51,8 +55,9 @@ class Suave(PrototypeMethod):
     if self.hp.queue_size:
       # One queue of `queue_size` per global crop (SwAV's queue[i]), newest entries first, and
       # the number of entries each holds (saturating at `queue_size`).
-      state['queue'] = queue.init(self.hp.queue_size, self.hp.embed_dim,
-                                  crops=self.config.augment.num_global_crops)['embeddings']
+      state['queue'] = queue.init(
+        self.hp.queue_size, self.hp.embed_dim, crops=self.config.augment.num_global_crops
+      )['embeddings']
       state['queue_count'] = jnp.zeros((), jnp.int32)
     return state
 
@@ -60,19 +65,30 @@ class Suave(PrototypeMethod):
     hp = self.hp
     labels = batch['labelled']['labels']
     targets, (_, labelled_scores), (embeds, scores) = views.student_outputs(
-        model, batch, key, num_classes=self.data.num_classes,
-        num_prototypes=self.num_prototypes, label_smoothing=hp.label_smoothing,
-        mixup_alpha=hp.mixup_alpha)
+      model,
+      batch,
+      key,
+      num_classes=self.data.num_classes,
+      num_prototypes=self.num_prototypes,
+      label_smoothing=hp.label_smoothing,
+      mixup_alpha=hp.mixup_alpha,
+    )
     num_global = self.config.augment.num_global_crops
     sk_embeds, sk_scores, prototypes = self._sinkhorn_inputs(
-        model, state, batch['unlabelled']['views'][:num_global], embeds[:num_global],
-        scores[:num_global])
+      model,
+      state,
+      batch['unlabelled']['views'][:num_global],
+      embeds[:num_global],
+      scores[:num_global],
+    )
     assignments, state = self._assign(state, sk_embeds, sk_scores, prototypes)
     loss_l = losses.labelled_loss(labelled_scores, targets, hp.temperature)
     loss_u = losses.swapped_assignment_loss(scores, assignments, hp.temperature)
-    metrics = {'loss_labelled': jnp.mean(loss_l), 'loss_unlabelled': jnp.mean(loss_u),
-               'train_top1': losses.accuracy(labelled_scores[0][:, :self.data.num_classes],
-                                             labels)}
+    metrics = {
+      'loss_labelled': jnp.mean(loss_l),
+      'loss_unlabelled': jnp.mean(loss_u),
+      'train_top1': losses.accuracy(labelled_scores[0][:, : self.data.num_classes], labels),
+    }
     return losses.combine(loss_l, loss_u), (state, metrics)
 
   def _sinkhorn_inputs(self, model, state, global_views, embeds, scores):
@@ -86,12 +102,18 @@ class Suave(PrototypeMethod):
     stay on the teacher's copy of the model state and are dropped.
     """
     if 'teacher' not in state:
-      return ([jax.lax.stop_gradient(z) for z in embeds],
-              [jax.lax.stop_gradient(s) for s in scores], model.prototypes)
+      return (
+        [jax.lax.stop_gradient(z) for z in embeds],
+        [jax.lax.stop_gradient(s) for s in scores],
+        model.prototypes,
+      )
     teacher = self.teacher.model(model, state['teacher'])
     embeds, scores = views.prototype_outputs(teacher, global_views, train=True)
-    return ([jax.lax.stop_gradient(z) for z in embeds],
-            [jax.lax.stop_gradient(s) for s in scores], teacher.prototypes)
+    return (
+      [jax.lax.stop_gradient(z) for z in embeds],
+      [jax.lax.stop_gradient(s) for s in scores],
+      teacher.prototypes,
+    )
 
   def _assign(self, state, embeds, scores, prototypes):
     """Sinkhorn assignments G x [B_u, K] of the global views from their `scores` G x [B_u, K].
@@ -110,7 +132,7 @@ class Suave(PrototypeMethod):
     assignments = []
     for past, s in zip(queues, scores):
       queued = jax.lax.stop_gradient(prototypes(past))
-      with_queue = run(jnp.concatenate([s, queued]))[:s.shape[0]]
+      with_queue = run(jnp.concatenate([s, queued]))[: s.shape[0]]
       assignments.append(jnp.where(full, with_queue, run(s)))
     queues = jnp.stack([queue.push(past, z) for past, z in zip(queues, embeds)])
     count = jnp.minimum(count + embeds[0].shape[0], size)
@@ -122,9 +144,11 @@ class Suave(PrototypeMethod):
       return None
     heads_only = step < hp.heads_only_steps
     frozen_prototypes = step < hp.freeze_prototypes_steps
+
     def mask(path, _):
       top = str(getattr(path[0], 'key', path[0]))
       return {'backbone': ~heads_only, 'prototypes': ~frozen_prototypes}.get(top, jnp.bool_(True))
+
     return jax.tree_util.tree_map_with_path(mask, params)
 
   def update_state(self, params, state, step):

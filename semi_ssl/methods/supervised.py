@@ -1,5 +1,6 @@
 """Supervised baseline: the backbone and a linear classifier trained on the labelled subset
 only, with the labelled views of the semi-supervised methods. Every method must beat it."""
+
 from __future__ import annotations
 
 import jax
@@ -28,13 +29,16 @@ class Supervised(base.Method):
   uses_unlabelled = False
 
   def create_model(self, rngs: nnx.Rngs) -> Classifier:
-    return Classifier(base.create_backbone(self.config, self.data, rngs), self.data.num_classes, rngs)
+    return Classifier(
+      base.create_backbone(self.config, self.data, rngs), self.data.num_classes, rngs
+    )
 
   def loss(self, model, state, batch, key, step):
     del key, step
     labelled = batch['labelled']
     targets = losses.one_hot_targets(
-        labelled['labels'], self.data.num_classes, self.config.supervised.label_smoothing)
+      labelled['labels'], self.data.num_classes, self.config.supervised.label_smoothing
+    )
     logits = views.by_size(lambda x: model(x, train=True), labelled['views'])
     loss = jnp.mean(jnp.stack([losses.cross_entropy(l, targets) for l in logits]))
     return loss, (state, {'train_top1': losses.accuracy(logits[0], labelled['labels'])})

@@ -1,6 +1,7 @@
 """An EMA teacher (Daino, Suave's EMA encoder) or target network (SemPPL, BYOL): a copy of
 the student's parameters in the method state, moved towards the student after every step,
 and run through the student's graph (not a method)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,6 +18,7 @@ class EMATeacher:
   """EMA of the student's parameters with momentum `momentum`, constant, or with
   `cosine_steps` > 0 rising from `momentum` to 1 over that many steps on a cosine (BYOL,
   DINO)."""
+
   momentum: float
   cosine_steps: int = 0
 
@@ -26,8 +28,11 @@ class EMATeacher:
 
   def update(self, teacher: nnx.State, params: nnx.State, step: jax.Array) -> nnx.State:
     """The teacher after the optimiser update of step `step` gave the student `params`."""
-    momentum = (cosine_momentum(step, self.cosine_steps, self.momentum) if self.cosine_steps
-                else self.momentum)
+    momentum = (
+      cosine_momentum(step, self.cosine_steps, self.momentum)
+      if self.cosine_steps
+      else self.momentum
+    )
     return ema(teacher, params, momentum)
 
   def model(self, student: nnx.Module, teacher: nnx.State) -> nnx.Module:

@@ -1,6 +1,7 @@
 """How methods pass views through their networks (one call per view size), and what they do
 with the views of a batch before their loss: labelled targets, mixup, and the student's joint
 pass over labelled and unlabelled views (not a method)."""
+
 from __future__ import annotations
 
 import functools
@@ -16,8 +17,11 @@ from semi_ssl.ops import losses
 PyTree = Any
 
 
-def by_size(network: Callable[[jax.Array], PyTree], views: Sequence[jax.Array],
-            head: Callable[[PyTree], PyTree] | None = None) -> list[PyTree]:
+def by_size(
+  network: Callable[[jax.Array], PyTree],
+  views: Sequence[jax.Array],
+  head: Callable[[PyTree], PyTree] | None = None,
+) -> list[PyTree]:
   """`head(network(view))` of every view [B_v, h, w, C], with one `network` call per view size.
 
   The views of one size (h, w, C) are concatenated along the batch axis, in their order in
@@ -53,10 +57,12 @@ def _rows(tree: PyTree, start: int, stop: int) -> PyTree:
   return jax.tree.map(lambda x: x[start:stop], tree)
 
 
-def prototype_outputs(model, views: Sequence[jax.Array], *,
-                      train: bool) -> tuple[list[jax.Array], list[jax.Array]]:
+def prototype_outputs(
+  model, views: Sequence[jax.Array], *, train: bool
+) -> tuple[list[jax.Array], list[jax.Array]]:
   """(embeddings V x [B_v, D], scores V x [B_v, K]) of a `PrototypeModel`'s views, `by_size`:
   one backbone call per view size, the projector and prototypes once on all views."""
+
   def head(features):
     embeddings = model.embed_features(features, train=train)
     return embeddings, model.prototypes(embeddings)
@@ -74,15 +80,23 @@ def mixup(key: jax.Array, views: list[jax.Array], targets: jax.Array, alpha: flo
   return [mix(v) for v in views], mix(targets)
 
 
-def labelled_inputs(batch: dict, key: jax.Array, *, num_classes: int, num_prototypes: int,
-                    label_smoothing: float, mixup_alpha: float):
+def labelled_inputs(
+  batch: dict,
+  key: jax.Array,
+  *,
+  num_classes: int,
+  num_prototypes: int,
+  label_smoothing: float,
+  mixup_alpha: float,
+):
   """(targets [B_l, K], the labelled views V_l x [B_l, ...]).
 
   Targets are the smoothed one-hot labels over the first C of K prototypes, mixed up with the
   labelled views when `mixup_alpha` > 0.
   """
-  targets = losses.class_targets(batch['labelled']['labels'], num_classes, num_prototypes,
-                                 label_smoothing)
+  targets = losses.class_targets(
+    batch['labelled']['labels'], num_classes, num_prototypes, label_smoothing
+  )
   labelled_views = batch['labelled']['views']
   if mixup_alpha:
     labelled_views, targets = mixup(key, labelled_views, targets, mixup_alpha)
@@ -100,8 +114,12 @@ def student_outputs(model, batch: dict, key: jax.Array, **kwargs):
   BatchNorm sees the whole batch, whatever the labelled views' number and size.
   """
   targets, labelled_views = labelled_inputs(batch, key, **kwargs)
-  embeds, scores = prototype_outputs(model, [*labelled_views, *batch['unlabelled']['views']],
-                                     train=True)
+  embeds, scores = prototype_outputs(
+    model, [*labelled_views, *batch['unlabelled']['views']], train=True
+  )
   num_labelled_views = len(labelled_views)
-  return (targets, (embeds[:num_labelled_views], scores[:num_labelled_views]),
-          (embeds[num_labelled_views:], scores[num_labelled_views:]))
+  return (
+    targets,
+    (embeds[:num_labelled_views], scores[:num_labelled_views]),
+    (embeds[num_labelled_views:], scores[num_labelled_views:]),
+  )

@@ -2,6 +2,7 @@
 
 Linear classifiers are plain ``nnx.Linear`` layers on the backbone features.
 """
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -18,15 +19,26 @@ class MLP(nnx.Module):
   output is float32.
   """
 
-  def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, *,
-               num_layers: int, batch_norm: bool, rngs: nnx.Rngs,
-               dtype: DTypeLike = jnp.float32):
+  def __init__(
+    self,
+    in_dim: int,
+    hidden_dim: int,
+    out_dim: int,
+    *,
+    num_layers: int,
+    batch_norm: bool,
+    rngs: nnx.Rngs,
+    dtype: DTypeLike = jnp.float32,
+  ):
     if num_layers < 1:
-      raise ValueError(f"num_layers must be >= 1, got {num_layers}.")
+      raise ValueError(f'num_layers must be >= 1, got {num_layers}.')
     dims = [in_dim] + [hidden_dim] * (num_layers - 1)
-    self.hidden = nnx.List([
+    self.hidden = nnx.List(
+      [
         _LinearBN(d_in, d_out, use_bn=batch_norm, rngs=rngs, dtype=dtype)
-        for d_in, d_out in zip(dims[:-1], dims[1:])])
+        for d_in, d_out in zip(dims[:-1], dims[1:])
+      ]
+    )
     self.out = _LinearBN(dims[-1], out_dim, use_bn=False, rngs=rngs, dtype=dtype)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -39,10 +51,8 @@ class MLP(nnx.Module):
 class _LinearBN(nnx.Module):
   """Linear (bias only without BN) optionally followed by float32 BatchNorm."""
 
-  def __init__(self, in_dim: int, out_dim: int, *, use_bn: bool,
-               rngs: nnx.Rngs, dtype: DTypeLike):
-    self.linear = nnx.Linear(in_dim, out_dim, use_bias=not use_bn,
-                             dtype=dtype, rngs=rngs)
+  def __init__(self, in_dim: int, out_dim: int, *, use_bn: bool, rngs: nnx.Rngs, dtype: DTypeLike):
+    self.linear = nnx.Linear(in_dim, out_dim, use_bias=not use_bn, dtype=dtype, rngs=rngs)
     self.bn = batch_norm(out_dim, rngs=rngs) if use_bn else None
     self.dtype = dtype
 
@@ -61,8 +71,7 @@ class Prototypes(nnx.Module):
   """
 
   def __init__(self, in_dim: int, num_prototypes: int, *, rngs: nnx.Rngs):
-    self.kernel = nnx.Param(
-        jax.random.normal(rngs.params(), (num_prototypes, in_dim)))
+    self.kernel = nnx.Param(jax.random.normal(rngs.params(), (num_prototypes, in_dim)))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """[B, in_dim] -> [B, num_prototypes] float32 cosine scores in [-1, 1]."""

@@ -1,5 +1,6 @@
 """The prototype model of Suave and Daino (and SwAV-like methods): backbone -> projector ->
 L2-normalised embedding -> cosine scores of K prototypes."""
+
 import jax
 from flax import nnx
 
@@ -13,11 +14,20 @@ class PrototypeModel(nnx.Module):
   Its parameters live under ``backbone``, ``projector`` and ``prototypes``.
   """
 
-  def __init__(self, backbone: nnx.Module, *, hidden_dim: int, embed_dim: int,
-               num_layers: int, num_prototypes: int, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    backbone: nnx.Module,
+    *,
+    hidden_dim: int,
+    embed_dim: int,
+    num_layers: int,
+    num_prototypes: int,
+    rngs: nnx.Rngs,
+  ):
     self.backbone = backbone
-    self.projector = heads.MLP(backbone.feature_dim, hidden_dim, embed_dim,
-                               num_layers=num_layers, batch_norm=True, rngs=rngs)
+    self.projector = heads.MLP(
+      backbone.feature_dim, hidden_dim, embed_dim, num_layers=num_layers, batch_norm=True, rngs=rngs
+    )
     self.prototypes = heads.Prototypes(embed_dim, num_prototypes, rngs=rngs)
 
   def embed(self, x: jax.Array, *, train: bool) -> jax.Array:

@@ -1,4 +1,5 @@
 """Exponential moving averages of parameters (EMA teachers and targets) as pure functions."""
+
 from __future__ import annotations
 
 from typing import Any

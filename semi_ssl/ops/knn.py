@@ -11,6 +11,7 @@ more than N x m scores: memory is O(N x keys per device), never O(N x all keys).
 
 Empty queue slots carry the label `EMPTY` and are never a neighbour or a sample.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,20 +25,27 @@ from semi_ssl.ops.sinkhorn import AxisName
 EMPTY = -1  # Label of an unused queue slot.
 
 
-def _top_k(scores: jax.Array, k: int, *, approximate: bool, recall_target: float,
-           total_keys: int):
+def _top_k(scores: jax.Array, k: int, *, approximate: bool, recall_target: float, total_keys: int):
   """Largest k of each row of [N, m]: (values [N, k], indices [N, k]), descending.
 
   `total_keys` (over all devices) sets the approximate search's recall for the whole queue.
   """
   if approximate:
-    return jax.lax.approx_max_k(scores, k, recall_target=recall_target,
-                                reduction_input_size_override=total_keys)
+    return jax.lax.approx_max_k(
+      scores, k, recall_target=recall_target, reduction_input_size_override=total_keys
+    )
   return jax.lax.top_k(scores, k)
 
 
-def global_top_k(scores: jax.Array, payload, *, k: int, axis_name: AxisName | None = None,
-                 approximate: bool = False, recall_target: float = 0.95):
+def global_top_k(
+  scores: jax.Array,
+  payload,
+  *,
+  k: int,
+  axis_name: AxisName | None = None,
+  approximate: bool = False,
+  recall_target: float = 0.95,
+):
   """The k best keys of every query over the keys of all devices, with their payload.
 
   Args:
@@ -57,11 +65,18 @@ def global_top_k(scores: jax.Array, payload, *, k: int, axis_name: AxisName | No
     `axis_name`).
   """
   if k > scores.shape[1]:
-    raise ValueError(f'global_top_k: k={k} is larger than the {scores.shape[1]} keys per '
-                     'device; lower k or enlarge the queue.')
+    raise ValueError(
+      f'global_top_k: k={k} is larger than the {scores.shape[1]} keys per '
+      'device; lower k or enlarge the queue.'
+    )
   num_devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
-  top, index = _top_k(scores, k, approximate=approximate, recall_target=recall_target,
-                      total_keys=num_devices * scores.shape[1])
+  top, index = _top_k(
+    scores,
+    k,
+    approximate=approximate,
+    recall_target=recall_target,
+    total_keys=num_devices * scores.shape[1],
+  )
   picked = jax.tree.map(lambda p: p[index], payload)  # [N, k, ...]
   if axis_name is None:
     return top, picked
@@ -86,8 +101,9 @@ def _gather(x: jax.Array, axis_name: AxisName | None) -> jax.Array:
   return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
 
 
-def majority_vote(similarities: jax.Array, labels: jax.Array,
-                  num_classes: int) -> tuple[jax.Array, jax.Array]:
+def majority_vote(
+  similarities: jax.Array, labels: jax.Array, num_classes: int
+) -> tuple[jax.Array, jax.Array]:
   """The most frequent label among each query's neighbours; ties go to the larger summed
   similarity (then to the smaller class).
 
@@ -107,12 +123,20 @@ def majority_vote(similarities: jax.Array, labels: jax.Array,
   return winner.astype(jnp.int32), votes.astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'num_classes', 'axis_name', 'approximate',
-                                             'recall_target'))
-def knn_pseudo_labels(queries: jax.Array, keys: jax.Array, key_labels: jax.Array, *, k: int,
-                      num_classes: int, axis_name: AxisName | None = None,
-                      approximate: bool = False,
-                      recall_target: float = 0.95) -> tuple[jax.Array, jax.Array]:
+@functools.partial(
+  jax.jit, static_argnames=('k', 'num_classes', 'axis_name', 'approximate', 'recall_target')
+)
+def knn_pseudo_labels(
+  queries: jax.Array,
+  keys: jax.Array,
+  key_labels: jax.Array,
+  *,
+  k: int,
+  num_classes: int,
+  axis_name: AxisName | None = None,
+  approximate: bool = False,
+  recall_target: float = 0.95,
+) -> tuple[jax.Array, jax.Array]:
   """Majority vote of the k keys nearest to each query by cosine similarity.
 
   Args:
@@ -130,15 +154,27 @@ def knn_pseudo_labels(queries: jax.Array, keys: jax.Array, key_labels: jax.Array
   queries = _gather(l2_normalize(jax.lax.stop_gradient(queries).astype(jnp.float32)), axis_name)
   keys = l2_normalize(jax.lax.stop_gradient(keys).astype(jnp.float32))
   similarities = jnp.where(key_labels[None, :] != EMPTY, queries @ keys.T, -jnp.inf)
-  top, labels = global_top_k(similarities, key_labels, k=k, axis_name=axis_name,
-                             approximate=approximate, recall_target=recall_target)
+  top, labels = global_top_k(
+    similarities,
+    key_labels,
+    k=k,
+    axis_name=axis_name,
+    approximate=approximate,
+    recall_target=recall_target,
+  )
   return majority_vote(top, labels, num_classes)
 
 
 @functools.partial(jax.jit, static_argnames=('num_samples', 'axis_name'))
-def sample_same_label(rng: jax.Array, labels: jax.Array, keys: jax.Array, key_labels: jax.Array,
-                      *, num_samples: int,
-                      axis_name: AxisName | None = None) -> tuple[jax.Array, jax.Array]:
+def sample_same_label(
+  rng: jax.Array,
+  labels: jax.Array,
+  keys: jax.Array,
+  key_labels: jax.Array,
+  *,
+  num_samples: int,
+  axis_name: AxisName | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """For each label, `num_samples` distinct keys of that label, uniformly at random.
 
   Every (query, key) pair gets a uniform score from `fold_in(rng, global key index)`, and the
@@ -160,9 +196,14 @@ def sample_same_label(rng: jax.Array, labels: jax.Array, keys: jax.Array, key_la
   labels = _gather(labels, axis_name)
   offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * keys.shape[0]
   key_index = offset + jnp.arange(keys.shape[0])
-  scores = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(rng, i), labels.shape),
-                    out_axes=1)(key_index)  # [N, m]
+  scores = jax.vmap(
+    lambda i: jax.random.uniform(jax.random.fold_in(rng, i), labels.shape), out_axes=1
+  )(key_index)  # [N, m]
   match = (key_labels[None, :] == labels[:, None]) & (key_labels[None, :] != EMPTY)
-  top, samples = global_top_k(jnp.where(match, scores, -jnp.inf), jax.lax.stop_gradient(keys),
-                              k=num_samples, axis_name=axis_name)
+  top, samples = global_top_k(
+    jnp.where(match, scores, -jnp.inf),
+    jax.lax.stop_gradient(keys),
+    k=num_samples,
+    axis_name=axis_name,
+  )
   return samples, jnp.isfinite(top)

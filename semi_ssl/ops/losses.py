@@ -1,5 +1,6 @@
 """Loss terms as pure functions. Every method's classification-like term goes through
 `cross_entropy`, with one-hot (optionally smoothed) or soft targets."""
+
 from __future__ import annotations
 
 import jax
@@ -22,8 +23,9 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
 
 
-def class_targets(labels: jax.Array, num_classes: int, num_prototypes: int,
-                  smoothing: float) -> jax.Array:
+def class_targets(
+  labels: jax.Array, num_classes: int, num_prototypes: int, smoothing: float
+) -> jax.Array:
   """Smoothed one-hot targets over the first C of K prototypes, zero on the others: [N, K]."""
   targets = one_hot_targets(labels, num_classes, smoothing)
   return jnp.pad(targets, ((0, 0), (0, num_prototypes - num_classes)))
@@ -34,15 +36,20 @@ def labelled_loss(scores: list[jax.Array], targets: jax.Array, temperature: floa
   return jnp.mean(jnp.stack([cross_entropy(s / temperature, targets) for s in scores]), axis=0)
 
 
-def swapped_assignment_loss(scores: list[jax.Array], assignments: list[jax.Array],
-                            temperature: float) -> jax.Array:
+def swapped_assignment_loss(
+  scores: list[jax.Array], assignments: list[jax.Array], temperature: float
+) -> jax.Array:
   """Mean CE of every view predicting the assignment of every *other* global view (SwAV).
 
   scores: V x [N, K] (global views first); assignments: G x [N, K] targets of the global
   views. Returns per-example losses [N], averaged over the (view, global view) pairs.
   """
-  pairs = [cross_entropy(s / temperature, q)
-           for g, q in enumerate(assignments) for v, s in enumerate(scores) if v != g]
+  pairs = [
+    cross_entropy(s / temperature, q)
+    for g, q in enumerate(assignments)
+    for v, s in enumerate(scores)
+    if v != g
+  ]
   return jnp.mean(jnp.stack(pairs), axis=0)
 
 

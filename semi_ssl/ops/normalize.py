@@ -1,4 +1,5 @@
 """Vector normalisation shared by heads, losses, queues and probes."""
+
 from __future__ import annotations
 
 import jax

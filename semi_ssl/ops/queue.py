@@ -7,6 +7,7 @@ the last Q entries: `write` over the oldest slots of a ring buffer (SemPPL), and
 first, moving the older entries down (SwAV's and Suave's code). A shared queue's rows may be
 split over the devices (`split_rows`), as the kNN vote of `ops/knn.py` reads them.
 """
+
 from __future__ import annotations
 
 import jax
@@ -26,14 +27,18 @@ def init(size: int, dim: int, *, crops: int = 0, labels: bool = False) -> dict[s
   return {**queue, 'position': jnp.zeros((), jnp.int32)}
 
 
-def write(queue: dict[str, jax.Array], embeddings: jax.Array,
-          labels: jax.Array | None = None) -> dict[str, jax.Array]:
+def write(
+  queue: dict[str, jax.Array], embeddings: jax.Array, labels: jax.Array | None = None
+) -> dict[str, jax.Array]:
   """Writes embeddings [n, D] (and labels [n]) over the n oldest entries of a ring buffer
   [Q, D] (n <= Q), in order, wrapping around its end; `position` is the next slot."""
   size, num = queue['embeddings'].shape[0], embeddings.shape[0]
   index = (queue['position'] + jnp.arange(num)) % size
-  written = {**queue, 'embeddings': queue['embeddings'].at[index].set(embeddings),
-             'position': (queue['position'] + num) % size}
+  written = {
+    **queue,
+    'embeddings': queue['embeddings'].at[index].set(embeddings),
+    'position': (queue['position'] + num) % size,
+  }
   if labels is not None:
     written['labels'] = queue['labels'].at[index].set(labels)
   return written

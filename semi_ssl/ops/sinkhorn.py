@@ -14,6 +14,7 @@ per-prototype step, the 1/N after the per-sample step and the final *N) are
 left out: each is removed by the normalisation that follows it, so the
 iterations reduce to alternating the two normalisations, ending per sample.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,13 +34,13 @@ def _logsumexp_over_samples(log_q: jax.Array, axis_name: AxisName | None) -> jax
   return shift + jnp.log(total)
 
 
-@functools.partial(jax.jit, static_argnames=("epsilon", "num_iters", "axis_name"))
+@functools.partial(jax.jit, static_argnames=('epsilon', 'num_iters', 'axis_name'))
 def sinkhorn(
-    scores: jax.Array,
-    *,
-    epsilon: float = 0.05,
-    num_iters: int = 3,
-    axis_name: AxisName | None = None,
+  scores: jax.Array,
+  *,
+  epsilon: float = 0.05,
+  num_iters: int = 3,
+  axis_name: AxisName | None = None,
 ) -> jax.Array:
   """Soft assignments of samples to prototypes, equipartitioned over the batch.
 
@@ -59,11 +60,13 @@ def sinkhorn(
     each column sums to N / K, N the global batch size.
   """
   if scores.ndim != 2:
-    raise ValueError(f"sinkhorn: scores must be [N, K], got shape {scores.shape}; flatten the batch axes first.")
+    raise ValueError(
+      f'sinkhorn: scores must be [N, K], got shape {scores.shape}; flatten the batch axes first.'
+    )
   if epsilon <= 0:
-    raise ValueError(f"sinkhorn: epsilon must be > 0, got {epsilon}; SwAV uses 0.05.")
+    raise ValueError(f'sinkhorn: epsilon must be > 0, got {epsilon}; SwAV uses 0.05.')
   if num_iters < 1:
-    raise ValueError(f"sinkhorn: num_iters must be >= 1, got {num_iters}; SwAV uses 3.")
+    raise ValueError(f'sinkhorn: num_iters must be >= 1, got {num_iters}; SwAV uses 3.')
 
   def normalise(_, log_q: jax.Array) -> jax.Array:
     log_q = log_q - _logsumexp_over_samples(log_q, axis_name)  # per prototype
