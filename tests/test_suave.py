@@ -106,14 +106,14 @@ def test_unlabelled_term_never_sees_a_label(digits):
 class ScoresAreInputs:
   """Stand-in for PrototypeModel whose prototype scores are its input views [N, 1, 1, K]."""
 
-  def embed(self, x, *, train):
+  def backbone(self, x, *, train):
     return x.reshape(x.shape[0], -1)
+
+  def embed_features(self, features, *, train):
+    return features
 
   def prototypes(self, z):
     return z
-
-  def __call__(self, x, *, train):
-    return self.prototypes(self.embed(x, train=train))
 
 
 def test_labelled_targets_are_the_labels():

@@ -92,15 +92,7 @@ class Daino(PrototypeMethod):
 
   def loss(self, model, state, batch, key, step):
     hp = self.hp
-    targets, (_, labelled_scores), (_, scores) = views.student_outputs(
-      model,
-      batch,
-      key,
-      num_classes=self.data.num_classes,
-      num_prototypes=self.num_prototypes,
-      label_smoothing=hp.label_smoothing,
-      mixup_alpha=hp.mixup_alpha,
-    )
+    targets, (_, labelled_scores), (_, scores) = self.student_outputs(model, batch, key)
     teacher_scores = self._teacher_scores(
       model, state['teacher'], batch['unlabelled']['views'][: self.config.augment.num_global_crops]
     )

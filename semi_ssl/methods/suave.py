@@ -64,15 +64,7 @@ class Suave(PrototypeMethod):
   def loss(self, model, state, batch, key, step):
     hp = self.hp
     labels = batch['labelled']['labels']
-    targets, (_, labelled_scores), (embeds, scores) = views.student_outputs(
-      model,
-      batch,
-      key,
-      num_classes=self.data.num_classes,
-      num_prototypes=self.num_prototypes,
-      label_smoothing=hp.label_smoothing,
-      mixup_alpha=hp.mixup_alpha,
-    )
+    targets, (_, labelled_scores), (embeds, scores) = self.student_outputs(model, batch, key)
     num_global = self.config.augment.num_global_crops
     sk_embeds, sk_scores, prototypes = self._sinkhorn_inputs(
       model,
