@@ -185,6 +185,15 @@ def test_stages_hand_over_parameters_both_models_have(path):
     assert copied and copied == {p: shape for p, shape in after.items() if p[0] == prefix}
 
 
+@pytest.fixture
+def linear_tracing(monkeypatch):
+  """Tracing in time linear in the program: flax's BatchNorm probes `tracer.sharding` at each
+  update of its statistics, whose error message walks the whole trace so far (quadratic: 6
+  minutes to trace Suave's ImageNet step, 13 s its tiny version); jax-ml/jax pull request
+  40041 drops that part of the message."""
+  monkeypatch.setattr(partial_eval.DynamicJaxprTracer, '_origin_msg', lambda self: '')
+
+
 # Every config file, and the staged variant of the digits one.
 RUNS = CONFIGS + ['configs/suave/digits.py:with_baseline']
 
@@ -213,7 +222,7 @@ TINY_IMAGENET = ('--config.decode_size=32', '--config.augment.global_size=28',
 
 
 @pytest.mark.parametrize('path', RUNS)
-def test_config_trains_on_mock_data(path, tmp_path):
+def test_config_trains_on_mock_data(path, tmp_path, linear_tracing):
   """Two steps of each stage of the tiny config on one device, on mock TFDS data (CIFAR,
   ImageNet) or the digits: finite losses, no step skipped, the parameters moved."""
   num_examples = 40
@@ -247,14 +256,10 @@ def test_config_trains_on_mock_data(path, tmp_path):
 
 
 @pytest.mark.parametrize('path', RUNS)
-def test_full_size_step_lowers_on_8_devices(path, monkeypatch):
+def test_full_size_step_lowers_on_8_devices(path, linear_tracing):
   """The train step of each stage of the unchanged config (backbone, width, crops, batch) on
   the 8 devices, lowered on abstract inputs placed as the trainer places them (no compile):
   shapes and shardings fit, and the step returns a state shaped like the one it takes."""
-  # Each BatchNorm statistic set while tracing probes `tracer.sharding`, whose error message
-  # walks the whole trace so far (quadratic: 6 minutes for Suave on ImageNet); jax-ml/jax
-  # pull request 40041 drops that part of the message.
-  monkeypatch.setattr(partial_eval.DynamicJaxprTracer, '_origin_msg', lambda self: '')
   for stage in stages(load(path)):
     mesh = parallel.create_mesh(stage.mesh.model)
     shape = datasets.image_shape(stage)
