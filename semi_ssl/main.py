@@ -245,6 +245,10 @@ def main(argv):
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   import jax  # After flag parsing, so --help is fast.
 
+  from semi_ssl import jax_compat
+
+  jax_compat.linear_time_tracing()
+
   from semi_ssl import errors, parallel, train, workdir_lease
 
   try:

@@ -16,6 +16,11 @@ os.environ.setdefault(
   os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.pytest_cache', 'jax'),
 )
 
+# As main does: tracing time linear in the program (flax BatchNorm on jax 0.10; see the module).
+from semi_ssl import jax_compat  # noqa: E402  (after the environment above, which jax reads)
+
+jax_compat.linear_time_tracing()
+
 
 @pytest.fixture
 def gcs_on_disk(tmp_path, monkeypatch):

@@ -91,7 +91,7 @@ def test_approximate_top_k_is_exact_on_cpu():
     knn.knn_pseudo_labels(queries, keys, labels, k=9, num_classes=4, approximate=a)
     for a in (False, True)
   )
-  jax.tree.map(np.testing.assert_array_equal, exact, approximate)
+  chex.assert_trees_all_equal(exact, approximate)
 
 
 def test_ties_go_to_the_larger_summed_similarity():
@@ -166,7 +166,7 @@ def test_global_top_k_split_over_devices_equals_one_device():
     )
   )
   got = split(scores, payload)
-  jax.tree.map(np.testing.assert_array_equal, got, want)
+  chex.assert_trees_all_equal(got, want)
   np.testing.assert_array_equal(want[0], -np.sort(-scores, axis=1)[:, :6])
 
 
@@ -206,7 +206,7 @@ def test_sampling_split_over_devices_equals_one_device_and_is_uniform():
   keys = np.arange(512, dtype=np.float32)[:, None]
   labels = np.zeros(64, np.int32)
   one, split = (sample(labels, keys, key_labels, 4, split=s) for s in (False, True))
-  jax.tree.map(np.testing.assert_array_equal, one, split)
+  chex.assert_trees_all_equal(one, split)
   # 64 anchors x 4 draws x 20 keys of the PRNG: every one of the 256 even keys is drawn about
   # 20 times, and the draws of different anchors differ.
   draws = np.concatenate(
