@@ -4,6 +4,7 @@ command in a subprocess. (Fixtures are in conftest.py.)"""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -88,12 +89,19 @@ def start_main(
   entry: tuple[str, ...] = ('-m', 'semi_ssl.main'),
 ) -> subprocess.Popen:
   """The main command (or Python with the arguments `entry`) in a subprocess on one CPU
-  device; `shell_prefix` (e.g. 'ulimit -f 20;') runs before it."""
+  device, with Ctrl-C handled as in a terminal (also where the tests run with SIGINT ignored,
+  as a shell's background job does); `shell_prefix` (e.g. 'ulimit -f 20;') runs before it."""
   command = [sys.executable, *entry, f'--workdir={workdir}', *flags]
   if shell_prefix:
     command = ['bash', '-c', f'{shell_prefix} exec "$@"', 'bash', *command]
   return subprocess.Popen(
-    command, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    command,
+    cwd=REPO,
+    env=cpu_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
 
 
