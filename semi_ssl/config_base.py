@@ -403,6 +403,27 @@ DATA_KEYS = (
 )
 
 
+def single_labelled_crop(
+  augment: ml_collections.ConfigDict, *, color_jitter: float, grayscale_prob: float
+) -> ml_collections.ConfigDict:
+  """`config.augment.labelled` of one random-resized crop of (0.08, 1) of the area at the
+  global crops' size (a reference: it follows `augment.global_size`), flipped, with the given
+  colour jitter strength and grayscale probability, no blur or solarize: the labelled views of
+  the official Suave and Daino code (the configs cite the lines)."""
+  return ml_collections.ConfigDict(
+    dict(
+      num_crops=1,
+      size=augment.get_ref('global_size'),
+      scale=(0.08, 1.0),
+      flip=True,
+      color_jitter=color_jitter,
+      grayscale_prob=grayscale_prob,
+      blur_prob=0.0,
+      solarize_prob=0.0,
+    )
+  )
+
+
 def with_baseline(
   config: ml_collections.ConfigDict, baseline: ml_collections.ConfigDict
 ) -> ml_collections.ConfigDict:

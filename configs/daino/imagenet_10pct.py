@@ -54,17 +54,8 @@ def get_config():
   # Labelled images ([D] at commit 9adf13d, main_daino.py lines 238-245, `tr_lab`): one
   # RandomResizedCrop(224) of (0.08, 1) of the area, flip, colour jitter (0.4, 0.4, 0.4, 0.1)
   # with p=0.8 (SimCLR strength 0.5), grayscale p=0.2, no blur or solarize.
-  c.augment.labelled = config_dict.ConfigDict(
-    dict(
-      num_crops=1,
-      size=c.augment.get_ref('global_size'),
-      scale=(0.08, 1.0),
-      flip=True,
-      color_jitter=0.5,
-      grayscale_prob=0.2,
-      blur_prob=0.0,
-      solarize_prob=0.0,
-    )
+  c.augment.labelled = config_base.single_labelled_crop(
+    c.augment, color_jitter=0.5, grayscale_prob=0.2
   )
   # [S] LARS: base lr 0.4 at 256 unlabelled images, final lr 0.001, 5 warm-up epochs,
   # momentum 0.9, eta 0.001, weight decay 1e-6 (main_suave.py default). The lr is scaled

@@ -89,17 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Labelled images (github.com/pietroastolfi/suave-daino at 9adf13d, suave/main_suave.py
   # lines 298-305, `tr_lab`): one RandomResizedCrop(224) of (0.08, 1) of the area, flip, colour
   # jitter (0.4, 0.4, 0.4, 0.1) with p=0.8 (SimCLR strength 0.5), grayscale p=0.2, no blur.
-  c.augment.labelled = ml_collections.ConfigDict(
-    dict(
-      num_crops=1,
-      size=c.augment.get_ref('global_size'),
-      scale=(0.08, 1.0),
-      flip=True,
-      color_jitter=0.5,
-      grayscale_prob=0.2,
-      blur_prob=0.0,
-      solarize_prob=0.0,
-    )
+  c.augment.labelled = config_base.single_labelled_crop(
+    c.augment, color_jitter=0.5, grayscale_prob=0.2
   )
 
   # train_10perc.sh: --base_lr 0.4 --final_lr 0.001 --warmup_epochs 5 (from 0); main_suave.py:
