@@ -190,6 +190,7 @@ def train_step(
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   if trainable is not None:
     updates = _masked(updates, trainable)
+    opt_state = keep_frozen_state(opt_state, state.opt_state, trainable)
   params = optax.apply_updates(state.params, updates)
   method_state = method.update_state(params, method_state, state.step)
   grad_norm = optax.global_norm(grads)
@@ -229,6 +230,22 @@ def all_finite(tree) -> jax.Array:
 
 def _masked(tree, mask):
   return jax.tree.map(lambda x, keep: jnp.where(keep, x, jnp.zeros_like(x)), tree, mask)
+
+
+def keep_frozen_state(new_opt_state, old_opt_state, trainable):
+  """`new_opt_state` but, in each subtree shaped like the parameters (momentum, Adam's
+  moments), the `old_opt_state` leaves of the parameters that `trainable` (bool scalars shaped
+  like the parameters) freezes: a frozen parameter's state stays as it was, as PyTorch's
+  `grad = None` leaves it; shared counters (the step count) advance."""
+  structure = jax.tree.structure(trainable)
+  shaped_like_params = lambda x: jax.tree.structure(x) == structure
+
+  def select(new, old):
+    if not shaped_like_params(new):
+      return new
+    return jax.tree.map(lambda keep, n, o: jnp.where(keep, n, o), trainable, new, old)
+
+  return jax.tree.map(select, new_opt_state, old_opt_state, is_leaf=shaped_like_params)
 
 
 def _write_json(path: epath.Path, data: dict) -> None:

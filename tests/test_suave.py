@@ -307,6 +307,14 @@ def test_frozen_prototypes_and_heads_only_warmup(digits):
     )
   )
   assert not changed('prototypes') and not changed('backbone') and changed('projector')
+  momentum = lambda state, name: [
+    x
+    for path, x in jax.tree_util.tree_leaves_with_path(state.opt_state)
+    if f"['{name}']" in jax.tree_util.keystr(path)
+  ]
+  # Nor does weight decay enter their momentum (SGD's trace starts at 0).
+  assert all(not np.any(x) for x in momentum(after, 'prototypes') + momentum(after, 'backbone'))
+  assert any(np.any(x) for x in momentum(after, 'projector'))
 
 
 def test_ema_teacher_and_queue_state(digits):

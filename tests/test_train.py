@@ -10,6 +10,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import Mesh
 
 from helpers import REPO, cpu_env, saved_state, tiny_config
@@ -336,3 +337,66 @@ def test_further_eval_predictions_are_reported_as_top1(tmp_path, monkeypatch):
   )
   test_labels = datasets.load(tiny_config()).test_labels
   assert results['always_zero_top1'] == pytest.approx(np.mean(test_labels == 0))
+
+
+class _LinearBackbone(nnx.Module):
+  """Mean-pooled pixels through one linear layer: a backbone that compiles in no time."""
+
+  def __init__(self, channels: int, rngs: nnx.Rngs):
+    self.feature_dim = 4
+    self.linear = nnx.Linear(channels, self.feature_dim, rngs=rngs)
+
+  def __call__(self, x, *, train):
+    del train
+    return self.linear(x.mean(axis=(1, 2)))
+
+
+class _HeadFrozenFromStep2(methods.supervised.Supervised):
+  """The baseline on `_LinearBackbone`, its classifier frozen from step 2 on."""
+
+  def create_model(self, rngs):
+    backbone = _LinearBackbone(self.data.image_shape[-1], rngs)
+    return methods.supervised.Classifier(backbone, self.data.num_classes, rngs)
+
+  def trainable(self, params, step):
+    return jax.tree_util.tree_map_with_path(
+      lambda path, _: (path[0].key != 'head') | (step < 2), params
+    )
+
+
+@pytest.mark.parametrize('name', ['sgd', 'lars', 'adamw'])
+def test_frozen_parameters_keep_their_value_and_optimizer_state(name):
+  """As PyTorch's `grad = None`: no weight decay, no momentum decay, no moment update."""
+  config = tiny_config(num_steps=5)
+  config.optimizer.update(name=name, learning_rate=0.1, warmup_steps=1, weight_decay=0.1)
+  splits = datasets.load(config)
+  method = _HeadFrozenFromStep2(
+    config, base.DataInfo(splits.num_classes, splits.image_shape), parallel.create_mesh(1)
+  )
+  tx, schedule = train.create_optimizer(config, config.num_steps)
+  graphdef, state = train.init_state(method, tx, config.seed)
+  aug = augment.augment_config_from(config, splits.mean, splits.std, splits.image_shape)
+  step = jax.jit(
+    functools.partial(
+      train.train_step, method=method, graphdef=graphdef, tx=tx, augment_cfg=aug, schedule=schedule
+    )
+  )
+  states = [jax.device_get(state)]
+  for s in range(config.num_steps):
+    batch = pipeline.host_batch(splits, s, seed=0, labelled_batch_size=16, batch_size=None)
+    state, _ = step(state, batch)
+    states.append(jax.device_get(state))
+
+  def part(state, name):
+    """The arrays of parameter `name` and of its optimiser state (momentum, moments)."""
+    leaves = jax.tree_util.tree_leaves_with_path((state.params, state.opt_state))
+    return [x for path, x in leaves if f"['{name}']" in jax.tree_util.keystr(path)]
+
+  start, frozen, end = states[0], states[2], states[-1]
+  assert len(part(end, 'head')) > 2  # Kernel, bias and their optimiser state.
+  chex.assert_trees_all_equal(part(end, 'head'), part(frozen, 'head'))
+  for trained, before in (
+    (part(frozen, 'head'), part(start, 'head')),
+    (part(end, 'backbone'), part(frozen, 'backbone')),
+  ):
+    assert all(not np.array_equal(a, b) for a, b in zip(trained, before) if a.ndim > 1)

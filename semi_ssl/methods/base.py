@@ -80,7 +80,8 @@ class Method(abc.ABC):
   def trainable(self, params: nnx.State, step: jax.Array) -> PyTree | None:
     """Bool scalars shaped like `params`: which parameters this step updates (None: all).
 
-    A frozen parameter gets neither gradient nor weight decay nor momentum that step.
+    A frozen parameter gets neither gradient nor weight decay nor momentum that step, and its
+    optimiser state (momentum, Adam's moments) stays as it was (`train.keep_frozen_state`).
     """
     del params, step
     return None
