@@ -38,6 +38,7 @@ def _config(**overrides) -> ml_collections.ConfigDict:
     labels_per_class=None,
     label_fraction=None,
     decode_size=16,
+    val_size=0,  # Today's tests of the rest of the split; the validation split's have their own.
   )
   config.update(overrides)
   return ml_collections.ConfigDict(config)
@@ -148,6 +149,8 @@ def test_unlabelled_images_come_without_labels():
     'unlabelled_images',
     'test_images',
     'test_labels',
+    'val_images',
+    'val_labels',
     'split_info',
   }
   splits = datasets.load(_config(labels_per_class=1))
@@ -289,8 +292,8 @@ def test_imagenet_from_mocked_tfds(tmp_path, monkeypatch):
     ('imagenet2012:5.1.0', 'train', 'image'),
     ('imagenet2012:5.1.0', 'validation', 'image'),
     ('imagenet2012:5.1.0', 'validation', 'label'),
+    ('imagenet2012_subset/1pct:5.0.0', 'train', 'file_name', 'label'),
     ('imagenet2012_subset/1pct:5.0.0', 'train', 'image'),
-    ('imagenet2012_subset/1pct:5.0.0', 'train', 'label'),
   ]
   assert splits.image_shape == (size, size, 3) and splits.num_classes == 1000
   for images in (splits.labelled_images, splits.unlabelled_images, splits.test_images):
