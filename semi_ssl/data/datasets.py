@@ -672,6 +672,7 @@ def _load_imagenet(config: ml_collections.ConfigDict) -> DatasetSplits:
       'validation images, labelled images included (SimCLR protocol); validation: a minival of '
       'imagenet2012 train images in neither SimCLR subset; test: imagenet2012 validation',
       tfds_versions={name: _TFDS_VERSIONS[name] for name in ('imagenet2012', subset)},
+      val_indices=val.tolist(),  # Records of imagenet2012 train.
     ),
   )
 
