@@ -622,7 +622,7 @@ def _check_imagenet(config: ml_collections.ConfigDict) -> None:
         name,
         data_dir,
         random_access=True,
-        needed_for=f', which the minival of config.val_size={config.val_size} images must '
+        needed_for=f', which the minival of {size} images, drawn at the first start, must '
         'avoid (or set --config.val_size=0)',
       )
 
@@ -699,7 +699,8 @@ def _imagenet_minival(data_dir: str, size: int) -> dict[str, list]:
   )
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f'{path.name}.{uuid.uuid4().hex}.tmp')  # Hosts draw it alike.
+    # A name of its own: every host of a pod draws the same minival and may write it at once.
+    partial = path.with_name(f'{path.name}.{uuid.uuid4().hex}.tmp')
     partial.write_text(json.dumps(minival))
     partial.replace(path)
   except OSError as error:
@@ -711,8 +712,8 @@ def draw_minival(train, subsets, size: int, *, num_classes: int = 1000, chunk: i
   """The first `size` records of a fixed permutation of `train` (seed _VALIDATION_SEED) whose
   file names are in none of `subsets`, at most ceil(size / num_classes) of a class (10,000
   of ImageNet: 10 of each class). `train`, `subsets`: sources opened with
-  `_LABEL_AND_FILE_NAME`. Reads every record of the subsets and, for ImageNet, about 4 x `size`
-  train records (each with its image): minutes, once.
+  `_LABEL_AND_FILE_NAME`. Reads every record of the subsets (141k for ImageNet's) and a few
+  times `size` train records, images included: minutes, once.
 
   Returns:
     {'indices': sorted record indices of `train` [size], 'labels' [size], 'file_names' [size]}.
