@@ -1,4 +1,5 @@
-"""Test-set evaluation: top-1/top-5 of the method's classifier and a kNN probe on features.
+"""Test-set evaluation: top-1/top-5 of the method's classifier and a kNN probe on features;
+the same on the validation split (keys `val_...`), on which hyperparameters are chosen.
 
 The kNN probe (weighted vote of the k nearest labelled images by cosine similarity, weights
 exp(sim / T), as in DINO) measures the backbone's features with no trained head: the
@@ -122,18 +123,19 @@ def make_evaluator(
   variables_like: Any,
 ) -> Callable[[Any], dict[str, float]]:
   """`evaluate(variables)` -> test_top1, test_top5 (when there are more than 5 classes),
-  knn_top1 and <name>_top1 for every further prediction, in [0, 1].
+  knn_top1 and <name>_top1 for every further prediction, in [0, 1]; and when the validation
+  split has images, the same on it: val_top1, val_top5, val_knn_top1, val_<name>_top1.
 
   `apply_fn(variables, images) -> (logits [B, C], features [B, D], {name: int32 [B]})` on
   preprocessed images; `preprocess(uint8 images) -> float images`. `variables_like`: the
   variables as jax.ShapeDtypeStructs with their shardings, from which the evaluation compiles
-  here, once. A `batch_size` beyond the larger of the two evaluated sets (labelled, test),
+  here, once. A `batch_size` beyond the largest of the evaluated sets (labelled, test, val),
   rounded up to a multiple of the devices, is lowered to it: padding is waste. Raises
   UserError when one batch does not fit in a device's memory (`device_memory`).
   """
   num_classes = splits.num_classes
   k = min(knn_k, len(splits.labelled_labels))
-  largest_set = max(len(splits.labelled_labels), len(splits.test_labels))
+  largest_set = max(len(splits.labelled_labels), len(splits.test_labels), len(splits.val_labels))
   requested, batch_size = batch_size, min(batch_size, _round_up(largest_set, mesh.size))
 
   @jax.jit
@@ -208,16 +210,21 @@ def make_evaluator(
     bank_features, bank_labels, bank_valid = (
       jax.device_put(jnp.concatenate(x)[:bank_size], sharded) for x in zip(*bank)
     )
-    totals = run(
-      splits.test_images,
-      splits.test_labels,
-      lambda b: counts(variables, b, bank_features, bank_labels, bank_valid),
-    )
-    results = {
-      key: float(sum(int(t[key]) for t in totals)) / len(splits.test_labels) for key in totals[0]
-    }
-    if num_classes <= 5:
-      del results['test_top5']
+
+    def rates(images, labels) -> dict[str, float]:
+      totals = run(
+        images, labels, lambda b: counts(variables, b, bank_features, bank_labels, bank_valid)
+      )
+      return {
+        key: float(sum(int(t[key]) for t in totals)) / len(labels)
+        for key in totals[0]
+        if key != 'test_top5' or num_classes > 5
+      }
+
+    results = rates(splits.test_images, splits.test_labels)
+    if len(splits.val_labels):  # The same compiled functions, on the validation split.
+      val = rates(splits.val_images, splits.val_labels)
+      results.update({f'val_{key.removeprefix("test_")}': value for key, value in val.items()})
     return results
 
   return evaluate

@@ -104,6 +104,7 @@ def format_table(rows: list[dict]) -> str:
     'labels',
     'seed',
     'steps',
+    'val_top1',
     'test_top1',
     'test_top5',
     'knn_top1',

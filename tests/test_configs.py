@@ -119,7 +119,7 @@ def test_tfds_configs_validate_once_their_data_is_prepared(path, tmp_path):
   config = load(path, f'--config.data_dir={empty}')
   with pytest.raises(ValueError, match=f"dataset '{config.dataset}' is not prepared in {empty}"):
     config_base.validate(config, num_devices=8, workdir=None)
-  tfds_mock.prepare_for(prepared, config.dataset, config.label_fraction, num_examples=4)
+  tfds_mock.prepare_for(prepared, config.dataset, num_examples=4)
   config = load(path, f'--config.data_dir={prepared}')
   for stage in [config, *stages(config)]:
     assert stage.data_dir == str(prepared)  # The override reaches every stage.
@@ -192,7 +192,7 @@ def test_swav_checkpoint_decides_how_the_first_stage_starts(path, swav, first_pa
   Either way every stage validates."""
   swav_flag = [f'--config.swav_checkpoint={swav}'] if swav else []
   config = load(path, f'--config.data_dir={tmp_path}', *swav_flag)
-  tfds_mock.prepare_for(tmp_path, config.dataset, config.label_fraction, num_examples=4)
+  tfds_mock.prepare_for(tmp_path, config.dataset, num_examples=4)
   suave, finetune = stages(config, '/work')
   assert (suave.name, suave.init_from.workdir, suave.init_from.paths) == (
     'suave',
@@ -309,7 +309,8 @@ def test_config_trains_on_mock_data(path, tmp_path):
   if 'finetune' in config:
     overrides.append('--config.finetune.num_steps=2')
   if config.dataset != 'digits':
-    tfds_mock.prepare_for(tmp_path, config.dataset, config.label_fraction, num_examples)
+    tfds_mock.prepare_for(tmp_path, config.dataset, num_examples)
+    overrides.append('--config.val_size=0')  # Mock records: see tfds_mock.mock_data.
   mesh = Mesh(
     np.asarray(jax.devices()[:1]).reshape(1, 1), (parallel.DATA_AXIS, parallel.MODEL_AXIS)
   )
@@ -376,7 +377,7 @@ def test_with_baseline_follows_the_top_level_data_keys():
   config = config_base.load_config_file(
     os.path.join(REPO, 'configs/suave/digits.py'), 'with_baseline'
   )
-  config.seed, config.dataset, config.data_file = 3, 'npz', '/data/mine.npz'
+  config.seed, config.dataset, config.data_file, config.val_size = 3, 'npz', '/data/mine.npz', 6
   baseline, method_stage = config.stages
   for key in config_base.DATA_KEYS:
     assert baseline[key] == method_stage[key] == config[key], key

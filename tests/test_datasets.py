@@ -38,6 +38,7 @@ def _config(**overrides) -> ml_collections.ConfigDict:
     labels_per_class=None,
     label_fraction=None,
     decode_size=16,
+    val_size=0,  # Today's tests of the rest of the split; the validation split's have their own.
   )
   config.update(overrides)
   return ml_collections.ConfigDict(config)
@@ -148,6 +149,8 @@ def test_unlabelled_images_come_without_labels():
     'unlabelled_images',
     'test_images',
     'test_labels',
+    'val_images',
+    'val_labels',
     'split_info',
   }
   splits = datasets.load(_config(labels_per_class=1))
@@ -176,6 +179,12 @@ def test_select_labelled_rejects_too_many_per_class():
     (dict(dataset='imagenet2012', label_fraction=0.05), 'config.label_fraction'),
     (dict(dataset='imagenet2012', labels_per_class=10), 'config.labels_per_class'),
     (dict(dataset='imagenet2012', label_fraction=0.1, decode_size=0), 'config.decode_size'),
+    (dict(labels_per_class=1, val_size=-1), 'config.val_size'),
+    (dict(labels_per_class=1, val_size=0.1), 'config.val_size'),
+    (dict(labels_per_class=1, val_size=5), 'config.val_size'),  # Fewer than the 10 classes.
+    (dict(labels_per_class=1, val_size=1437), 'config.val_size'),  # The whole train split.
+    (dict(dataset='cifar10', labels_per_class=4501, val_size=None), 'config.labels_per_class'),
+    (dict(dataset='cifar100', labels_per_class=451, val_size=None), 'config.labels_per_class'),
   ],
 )
 def test_check_config_errors_name_the_key(overrides, key):
@@ -186,6 +195,172 @@ def test_check_config_errors_name_the_key(overrides, key):
 
 def test_check_config_accepts_smallest_digits_class():
   datasets.check_config(_config(labels_per_class=139))
+
+
+# --- The validation split. -------------------------------------------------------------------
+
+
+def test_digits_validation_split_is_a_fixed_stratified_tenth_of_the_train_split_in_no_pool():
+  train_images, train_labels, test_images, test_labels = _reference_digits()
+  _, expected = model_selection.train_test_split(  # The spec: 10% of it, stratified, fixed.
+    np.arange(len(train_labels)), test_size=0.1, stratify=train_labels, random_state=0
+  )
+  expected = np.sort(expected)
+  labelled_by_seed = []
+  for seed in (0, 7):
+    splits = datasets.load(_config(seed=seed, labels_per_class=5, val_size=None))
+    info = splits.split_info
+    val, labelled = np.array(info['val_indices']), np.array(info['labelled_indices'])
+    np.testing.assert_array_equal(val, expected)  # The same for every seed.
+    np.testing.assert_array_equal(splits.val_images, train_images[val])
+    np.testing.assert_array_equal(splits.val_labels, train_labels[val])
+    assert splits.val_labels.dtype == np.int32
+    # Validation, labelled and unlabelled images partition the train split (by index).
+    assert not set(val.tolist()) & set(labelled.tolist())
+    np.testing.assert_array_equal(splits.labelled_images, train_images[labelled])
+    np.testing.assert_array_equal(
+      splits.unlabelled_images, np.delete(train_images, np.concatenate([val, labelled]), axis=0)
+    )
+    np.testing.assert_array_equal(np.bincount(splits.labelled_labels), [5] * 10)
+    # The test split is today's.
+    np.testing.assert_array_equal(splits.test_images, test_images)
+    np.testing.assert_array_equal(splits.test_labels, test_labels)
+    counts = info['num_val'], info['num_labelled'], info['num_unlabelled'], info['num_test']
+    assert counts == (144, 50, 1437 - 144 - 50, 360)
+    labelled_by_seed.append(labelled)
+  assert not np.array_equal(*labelled_by_seed)  # The seed picks the labelled subset only.
+  # Stratified: every class within one image of a tenth of its train images.
+  assert np.abs(np.bincount(splits.val_labels) - np.bincount(train_labels) / 10).max() < 1
+
+
+@pytest.mark.parametrize('dataset, classes', [('cifar10', 10), ('cifar100', 100)])
+def test_cifar_validation_split_is_5000_images_as_many_of_every_class(dataset, classes):
+  labels = np.random.default_rng(0).permutation(np.repeat(np.arange(classes), 50_000 // classes))
+  size = datasets.validation_size(_config(dataset=dataset, val_size=None), len(labels))
+  val, rest = datasets.split_validation(labels, size)
+  np.testing.assert_array_equal(np.bincount(labels[val]), [5000 // classes] * classes)
+  np.testing.assert_array_equal(np.sort(np.concatenate([val, rest])), np.arange(50_000))
+
+
+def test_labelled_images_per_class_must_fit_outside_the_validation_split(tmp_path):
+  _, train_labels, _, _ = _reference_digits()
+  rest = datasets.split_validation(train_labels, 144)[1]
+  smallest = np.bincount(train_labels[rest]).min()  # Below the 139 of the whole train split.
+  datasets.check_config(_config(labels_per_class=smallest, val_size=None))
+  with pytest.raises(ValueError) as error:
+    datasets.check_config(_config(labels_per_class=smallest + 1, val_size=None))
+  assert str(error.value) == (
+    f'config.labels_per_class={smallest + 1} exceeds the {smallest} train images of the '
+    f'smallest digits class outside the 144 validation images: use at most {smallest} (or '
+    'set a smaller --config.val_size; 0: none).'
+  )
+  cifar = _config(dataset='cifar10', data_dir=str(tmp_path), labels_per_class=4500, val_size=None)
+  with pytest.raises(ValueError, match="'cifar10' is not prepared"):  # Past the label check.
+    datasets.check_config(cifar)
+
+
+def _records(labels, names) -> list[dict]:
+  """A data source of records with a label and a file name, as TFDS reads them."""
+  return [dict(label=np.int64(label), file_name=name) for label, name in zip(labels, names)]
+
+
+def test_minival_avoids_the_labelled_subsets_takes_as_many_of_every_class_and_is_fixed():
+  labels = np.random.default_rng(1).permutation(np.repeat(np.arange(4), 15))
+  names = [f'n{i:03d}.JPEG' for i in range(60)]
+  subsets = ([*range(10)], [*range(30, 45)])  # Records of the train split, as ImageNet's.
+  train = _records(labels, names)
+  subset_sources = [
+    _records(labels[s], [names[i].encode() for i in s])  # TFDS reads text as bytes.
+    for s in subsets
+  ]
+  minival = datasets.draw_minival(train, subset_sources, 8, num_classes=4, chunk=7)
+  expected, taken = [], np.zeros(4, int)  # The spec, written out.
+  for i in np.random.default_rng(0).permutation(60):
+    if i not in subsets[0] + subsets[1] and taken[labels[i]] < 2:
+      taken[labels[i]] += 1
+      expected.append(int(i))
+  assert minival['indices'] == sorted(expected[:8])
+  assert minival['labels'] == labels[minival['indices']].tolist()
+  assert minival['file_names'] == [names[i] for i in minival['indices']]
+  np.testing.assert_array_equal(np.bincount(minival['labels'], minlength=4), [2] * 4)
+  assert datasets.draw_minival(train, subset_sources, 8, num_classes=4) == minival
+  with pytest.raises(ValueError, match=r'^config.val_size=40: .* set a smaller') as error:
+    datasets.draw_minival(train, subset_sources, 40, num_classes=4)
+  assert '\n' not in str(error.value)
+
+
+class _Records:
+  """Records `records` of a data source, as a data source."""
+
+  def __init__(self, source, records):
+    self._source, self._records = source, records
+
+  def __len__(self):
+    return len(self._records)
+
+  def __getitem__(self, i):
+    return self._source[self._records[i]]
+
+
+def test_imagenet_minival_is_in_no_pool_and_drawn_once(tmp_path, monkeypatch):
+  n, size = 24, 16
+  tfds_mock.prepare(
+    tmp_path, 'imagenet2012', '5.1.0', {'train': n, 'validation': n}, 'array_record'
+  )
+  tfds_mock.prepare(tmp_path, 'imagenet2012_subset/1pct', '5.0.0', {'train': 2}, 'array_record')
+  config = _config(
+    dataset='imagenet2012',
+    data_dir=str(tmp_path),
+    label_fraction=0.01,
+    decode_size=size,
+    val_size=4,
+  )
+  with pytest.raises(ValueError, match=r"'imagenet2012_subset/10pct' is not prepared .*val_size"):
+    datasets.check_config(config)  # The minival avoids both subsets: both are read.
+  tfds_mock.prepare(tmp_path, 'imagenet2012_subset/10pct', '5.0.0', {'train': 8}, 'array_record')
+  # Mock records are the same in every dataset: each subset is made of train records.
+  subsets = {
+    'imagenet2012_subset/1pct:5.0.0': [10, 11],
+    'imagenet2012_subset/10pct:5.0.0': [*range(8)],
+  }
+  data_source, opened = tfds.data_source, []
+
+  def spy(name, *, split, **kwargs):
+    source = data_source(name, split=split, **kwargs)
+    opened.append((name, split, *source[0]))
+    return _Records(source, subsets[name]) if name in subsets else source
+
+  monkeypatch.setattr(tfds, 'data_source', spy)
+  cache = tmp_path / 'semi_ssl' / 'imagenet2012-5.1.0-minival-4.json'
+  with tfds_mock.mock_data(tmp_path, num_examples=n):
+    datasets.check_config(config)
+    splits = datasets.load(config)
+    assert ('imagenet2012:5.1.0', 'train', 'file_name', 'label') in opened and cache.exists()
+    opened.clear()
+    again = datasets.load(config)  # From the cache: no train labels, no 10% subset read.
+    assert ('imagenet2012:5.1.0', 'train', 'file_name', 'label') not in opened
+    assert not any(name.startswith('imagenet2012_subset/10pct') for name, *_ in opened)
+    train = data_source('imagenet2012', split='train', decoders=datasets._ENCODED_IMAGE)
+    images = np.stack([datasets.decode_center_square(train[i]['image'], size) for i in range(n)])
+    records = data_source('imagenet2012', split='train', decoders=datasets._LABEL_AND_FILE_NAME)
+    labels = np.array([records[i]['label'] for i in range(n)])
+    # A cache that holds an image of the labelled subset (train record 10) is refused.
+    minival = json.loads(cache.read_text())
+    minival['file_names'][0] = records[10]['file_name']
+    cache.write_text(json.dumps(minival))
+    with pytest.raises(ValueError, match=r'minival-4.json holds images of .*1pct: .*delete it'):
+      datasets.load(config)
+  val = np.array(splits.split_info['val_indices'])
+  assert len(val) == 4 and not set(val.tolist()) & {*range(8), 10, 11}
+  np.testing.assert_array_equal(splits.val_images[np.arange(4)], images[val])
+  np.testing.assert_array_equal(splits.val_labels, labels[val])
+  assert splits.val_labels.dtype == np.int32
+  assert len(splits.unlabelled_images) == splits.split_info['num_unlabelled'] == n - 4
+  np.testing.assert_array_equal(
+    splits.unlabelled_images[np.arange(n - 4)], np.delete(images, val, axis=0)
+  )
+  assert splits.split_info['num_val'] == 4 and again.split_info == splits.split_info
+  np.testing.assert_array_equal(again.val_labels, splits.val_labels)
 
 
 # --- TFDS sources. ---------------------------------------------------------------------------
@@ -282,15 +457,16 @@ def test_imagenet_from_mocked_tfds(tmp_path, monkeypatch):
       ),
     )
     encoded = [record['image'] for record in subset({'image': True})]
-    labels = [record['label'] for record in subset({'label': True})]
+    # Mock records depend on the features read: these are the ones the labels are read with.
+    labels = [record['label'] for record in subset({'label': True, 'file_name': True})]
     batch = splits.labelled_images[np.array([[4, 1, 1]])]
     empty = splits.unlabelled_images[np.array([], np.int64)]
   assert read == [
     ('imagenet2012:5.1.0', 'train', 'image'),
     ('imagenet2012:5.1.0', 'validation', 'image'),
     ('imagenet2012:5.1.0', 'validation', 'label'),
+    ('imagenet2012_subset/1pct:5.0.0', 'train', 'file_name', 'label'),
     ('imagenet2012_subset/1pct:5.0.0', 'train', 'image'),
-    ('imagenet2012_subset/1pct:5.0.0', 'train', 'label'),
   ]
   assert splits.image_shape == (size, size, 3) and splits.num_classes == 1000
   for images in (splits.labelled_images, splits.unlabelled_images, splits.test_images):

@@ -331,12 +331,17 @@ class _GuessesZero(methods.supervised.Supervised):
 
 
 def test_further_eval_predictions_are_reported_as_top1(tmp_path, monkeypatch):
+  """... on the test split and on the validation split (val_*), in results.json too."""
   monkeypatch.setitem(methods.REGISTRY, 'guesses_zero', _GuessesZero)
   results = train.train_and_evaluate(
     tiny_config(method='guesses_zero', num_steps=2), str(tmp_path / 'run')
   )
-  test_labels = datasets.load(tiny_config()).test_labels
-  assert results['always_zero_top1'] == pytest.approx(np.mean(test_labels == 0))
+  splits = datasets.load(tiny_config())
+  assert results['always_zero_top1'] == pytest.approx(np.mean(splits.test_labels == 0))
+  assert len(splits.val_labels) == 144
+  assert results['val_always_zero_top1'] == pytest.approx(np.mean(splits.val_labels == 0))
+  saved = train.read_results(tmp_path / 'run' / train.RESULTS_FILE)
+  assert saved == results and 0 <= saved['val_top1'] <= 1 and 0 <= saved['val_knn_top1'] <= 1
 
 
 class _LinearBackbone(nnx.Module):

@@ -32,14 +32,15 @@ def prepare(
   (version_dir / 'dataset_info.json').write_text(json.dumps(info))
 
 
-def prepare_for(
-  data_dir: pathlib.Path, dataset: str, label_fraction: float | None, num_examples: int
-) -> None:
+def prepare_for(data_dir: pathlib.Path, dataset: str, num_examples: int) -> None:
   """Prepares every TFDS dataset that `datasets.load` reads for `dataset`, each split with
-  `num_examples` records."""
+  `num_examples` records (ImageNet: both SimCLR subsets, which drawing the minival reads)."""
   if dataset == 'imagenet2012':
-    subset = f'imagenet2012_subset/{round(100 * label_fraction)}pct'
-    for name, splits in (('imagenet2012', ('train', 'validation')), (subset, ('train',))):
+    subsets = ('imagenet2012_subset/1pct', 'imagenet2012_subset/10pct')
+    for name, splits in (
+      ('imagenet2012', ('train', 'validation')),
+      *((s, ('train',)) for s in subsets),
+    ):
       prepare(
         data_dir,
         name,
@@ -57,7 +58,11 @@ def prepare_for(
 
 
 def mock_data(data_dir: pathlib.Path, num_examples: int):
-  """Context in which TFDS reads `num_examples` random records per split of `data_dir`."""
+  """Context in which TFDS reads `num_examples` random records per split of `data_dir`.
+
+  A record depends on its index and the features read only: every split of every dataset holds
+  the same records (so no minival disjoint from ImageNet's subsets can be drawn from them).
+  """
   return tfds.testing.mock_data(
     num_examples=num_examples, data_dir=str(data_dir), policy=tfds.testing.MockPolicy.USE_FILES
   )

@@ -13,9 +13,13 @@ Sources (`config.dataset`):
                 `test_labels` [N] in 0..num_classes-1, every class with train images;
                 checked before anything compiles.
 
-The test split is fixed. The labelled subset of the train split is `config.labels_per_class`
-images of every class, or a stratified `config.label_fraction` of it, chosen by `config.seed`
-(ImageNet: the SimCLR 1% / 10% subsets); the rest of the train split is unlabelled.
+The test split is fixed. So is the validation split, `config.val_size` train images in neither
+the labelled nor the unlabelled pool, the same for every seed (None: 10% of the train split,
+stratified, or on ImageNet a minival of 10 images of every class in neither SimCLR subset,
+drawn once and cached under `config.data_dir`; 0: none). The labelled subset of the rest of the
+train split is `config.labels_per_class` images of every class, or a stratified
+`config.label_fraction` of it, chosen by `config.seed` (ImageNet: the SimCLR 1% / 10% subsets);
+the rest is unlabelled.
 
 TFDS datasets must be prepared beforehand: offline, TFDS looks for an unprepared dataset on
 the network for minutes before failing, so `check_config` first looks for its files.
@@ -30,9 +34,11 @@ import functools
 import io
 import json
 from typing import Any, Protocol
+import uuid
 import zipfile
 import zlib
 
+from absl import logging
 from etils import epath
 import ml_collections
 import numpy as np
@@ -71,6 +77,8 @@ class DatasetSplits:
   unlabelled_images: ArrayLike  # uint8 [U, H, W, C]
   test_images: ArrayLike  # uint8 [T, H, W, C]
   test_labels: np.ndarray  # int32 [T]
+  val_images: ArrayLike  # uint8 [V, H, W, C], part of the train split; V = 0: no validation.
+  val_labels: np.ndarray  # int32 [V]
   split_info: dict[str, Any]  # JSON-serialisable record of how the split was made.
 
 
@@ -91,6 +99,9 @@ _ENCODED_IMAGE = tfds.decode.PartialDecoding(
   {'image': True}, decoders={'image': tfds.decode.SkipDecoding()}
 )
 _LABEL = tfds.decode.PartialDecoding({'label': True})
+_LABEL_AND_FILE_NAME = tfds.decode.PartialDecoding({'label': True, 'file_name': True})
+# The validation split is the same for every `config.seed`: its choice has its own seed.
+_VALIDATION_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +153,38 @@ def select_labelled(
   return np.sort(np.concatenate(chosen))
 
 
+def validation_size(config: ml_collections.ConfigDict, num_train: int = 0) -> int:
+  """The number of train images held out for validation: `config.val_size`, or when None the
+  dataset's standard: 10,000 on ImageNet (a minival), else 10% of the `num_train` train
+  images, rounded up (digits: 144, CIFAR: 5,000)."""
+  if config.val_size is not None:
+    return config.val_size
+  return 10_000 if config.dataset == 'imagenet2012' else -(-num_train // 10)
+
+
+def split_validation(labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """The fixed stratified validation part of a train split with int `labels` [N].
+
+  Returns:
+    (validation, rest): sorted int64 indices [size] and [N - size] into `labels`, the same for
+    every seed (scikit-learn's `train_test_split`, random_state=_VALIDATION_SEED).
+  """
+  indices = np.arange(len(labels))
+  if not size:
+    return indices[:0], indices
+  try:
+    rest, validation = model_selection.train_test_split(
+      indices, test_size=size, stratify=labels, random_state=_VALIDATION_SEED
+    )
+  except ValueError as error:  # Too small, too large, or a class of a single image.
+    raise ValueError(
+      f'config.val_size={size} is no stratified part of the {len(labels)} train images '
+      f'({" ".join(str(error).split())}): set --config.val_size=0 (no validation split) or '
+      'a size that leaves every class images on both sides.'
+    ) from None
+  return np.sort(validation), np.sort(rest)
+
+
 class DecodedImages:
   """Random access to the images of a TFDS split, each decoded when it is read.
 
@@ -150,11 +193,13 @@ class DecodedImages:
   stored square on device. A batch is decoded by a pool of threads (PIL releases the GIL).
   """
 
-  def __init__(self, source, size: int):
-    """`source[i]` is a dict with the encoded image bytes under 'image' (and nothing else)."""
+  def __init__(self, source, size: int, records: np.ndarray | None = None):
+    """`source[i]` is a dict with the encoded image bytes under 'image' (and nothing else);
+    image i is `source[records[i]]` (default: every record, in order)."""
     self._source = source
     self._size = size
-    self.shape = (len(source), size, size, 3)
+    self._records = np.arange(len(source)) if records is None else np.asarray(records)
+    self.shape = (len(self._records), size, size, 3)
     self.dtype = np.dtype(np.uint8)
 
   def __len__(self) -> int:
@@ -170,7 +215,7 @@ class DecodedImages:
     return images.reshape(indices.shape + self.shape[1:])
 
   def _read(self, index: int) -> np.ndarray:
-    return decode_center_square(self._source[int(index)]['image'], self._size)
+    return decode_center_square(self._source[int(self._records[index])]['image'], self._size)
 
 
 def decode_center_square(encoded: bytes, size: int) -> np.ndarray:
@@ -194,14 +239,18 @@ def _data_dir(config: ml_collections.ConfigDict) -> str:
   return config.data_dir or tfds_constants.get_default_data_dir()
 
 
-def _require_prepared(name: str, data_dir: str, *, random_access: bool = False) -> None:
-  """Raises ValueError unless TFDS dataset `name` is built in `data_dir`; reads no data."""
+def _require_prepared(
+  name: str, data_dir: str, *, random_access: bool = False, needed_for: str = ''
+) -> None:
+  """Raises ValueError unless TFDS dataset `name` is built in `data_dir`; reads no data.
+  `needed_for`: why the run reads it, when the config does not name it (in the message)."""
   version_dir = epath.Path(data_dir) / name / _TFDS_VERSIONS[name]
   build = f'tfds build {name}{" --file_format=array_record" * random_access} --data_dir={data_dir}'
   if not (version_dir / 'dataset_info.json').exists():
     raise ValueError(
-      f"dataset '{name}' is not prepared in {data_dir} (no {version_dir}/dataset_info.json): "
-      f"run '{build}' on a machine with internet (or pass --config.data_dir=DIR where it is)."
+      f"dataset '{name}' is not prepared in {data_dir} (no {version_dir}/dataset_info.json)"
+      f"{needed_for}: run '{build}' on a machine with internet (or pass --config.data_dir=DIR "
+      'where it is).'
     )
   if random_access:
     info = json.loads((version_dir / 'dataset_info.json').read_text())
@@ -240,13 +289,26 @@ def _tfds_source(name: str, split: str, data_dir: str, features: tfds.decode.Par
   )
 
 
+def _read_records(source, indices) -> list[dict]:
+  """`[source[i] for i in indices]`, read by a pool of threads."""
+  with futures.ThreadPoolExecutor() as pool:
+    return list(pool.map(lambda i: source[int(i)], indices))
+
+
 def _read_labels(name: str, split: str, data_dir: str) -> np.ndarray:
   """All labels of a TFDS split: int32 [N]. Reads whole records, so seconds per 10k images."""
   source = _tfds_source(name, split, data_dir, _LABEL)
-  with futures.ThreadPoolExecutor() as pool:
-    return np.fromiter(
-      pool.map(lambda i: source[i]['label'], range(len(source))), np.int32, len(source)
-    )
+  return np.array([r['label'] for r in _read_records(source, range(len(source)))], np.int32)
+
+
+def _labels_and_file_names(source, indices) -> tuple[np.ndarray, list[str]]:
+  """int32 labels [N] and file names of the records `indices` [N] of a source opened with
+  `_LABEL_AND_FILE_NAME`. Reads whole records."""
+  records = _read_records(source, indices)
+  names = [r['file_name'] for r in records]
+  return np.array([r['label'] for r in records], np.int32), [
+    n.decode() if isinstance(n, bytes) else str(n) for n in names
+  ]
 
 
 def _split_info(
@@ -256,6 +318,7 @@ def _split_info(
   *,
   num_unlabelled: int,
   num_test: int,
+  num_val: int,
   **extra: Any,
 ) -> dict[str, Any]:
   return dict(
@@ -266,6 +329,7 @@ def _split_info(
     num_labelled=len(labelled_labels),
     num_unlabelled=num_unlabelled,
     num_test=num_test,
+    num_val=num_val,
     labelled_per_class=np.bincount(labelled_labels, minlength=num_classes).tolist(),
     **extra,
   )
@@ -279,15 +343,19 @@ def _split_in_memory(
   train: tuple[np.ndarray, np.ndarray],
   test: tuple[np.ndarray, np.ndarray],
 ) -> DatasetSplits:
-  """Splits in-memory (images [N, H, W, C], labels [N]) train data by `select_labelled`."""
+  """Splits in-memory (images [N, H, W, C], labels [N]) train data into validation
+  (`split_validation`), labelled (`select_labelled` of the rest) and unlabelled images."""
   images, labels = train
-  labelled = select_labelled(
-    labels,
-    num_classes,
-    seed=config.seed,
-    labels_per_class=config.labels_per_class,
-    label_fraction=config.label_fraction,
-  )
+  val, rest = split_validation(labels, validation_size(config, len(labels)))
+  labelled = rest[
+    select_labelled(
+      labels[rest],
+      num_classes,
+      seed=config.seed,
+      labels_per_class=config.labels_per_class,
+      label_fraction=config.label_fraction,
+    )
+  ]
   return DatasetSplits(
     name=config.dataset,
     num_classes=num_classes,
@@ -296,16 +364,20 @@ def _split_in_memory(
     std=std,
     labelled_images=images[labelled],
     labelled_labels=labels[labelled],
-    unlabelled_images=np.delete(images, labelled, axis=0),
+    unlabelled_images=images[np.setdiff1d(rest, labelled)],
     test_images=test[0],
     test_labels=test[1],
+    val_images=images[val],
+    val_labels=labels[val],
     split_info=_split_info(
       config,
       labels[labelled],
       num_classes,
-      num_unlabelled=len(labels) - len(labelled),
+      num_unlabelled=len(rest) - len(labelled),
       num_test=len(test[1]),
-      labelled_indices=labelled.tolist(),
+      num_val=len(val),
+      labelled_indices=labelled.tolist(),  # Indices into the train split, as val_indices.
+      val_indices=val.tolist(),
     ),
   )
 
@@ -325,7 +397,7 @@ def _digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarr
 
 
 def _check_digits(config: ml_collections.ConfigDict) -> None:
-  _check_labels_per_class(config, int(np.bincount(_digits()[0][1]).min()))
+  _check_in_memory(config, _digits()[0][1], 10)
 
 
 def _load_digits(config: ml_collections.ConfigDict) -> DatasetSplits:
@@ -499,7 +571,7 @@ def _npz(config: ml_collections.ConfigDict):
 
 def _check_npz(config: ml_collections.ConfigDict) -> None:
   (_, train_labels), _ = _npz(config)
-  _check_labels_per_class(config, int(np.bincount(train_labels).min()))
+  _check_in_memory(config, train_labels, num_classes(config))
 
 
 def _load_npz(config: ml_collections.ConfigDict) -> DatasetSplits:
@@ -516,7 +588,10 @@ def _load_npz(config: ml_collections.ConfigDict) -> DatasetSplits:
 
 
 def _check_cifar(cifar: _Cifar, config: ml_collections.ConfigDict) -> None:
-  _check_labels_per_class(config, cifar.train_per_class)
+  # Labels as balanced as CIFAR's: the stratified split takes as many of each class.
+  _check_in_memory(
+    config, np.repeat(np.arange(cifar.num_classes), cifar.train_per_class), cifar.num_classes
+  )
   _require_prepared(cifar.name, _data_dir(config))
 
 
@@ -537,17 +612,41 @@ def _check_imagenet(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f'config.decode_size={config.decode_size!r} must be a positive integer, e.g. 256.'
     )
+  data_dir = _data_dir(config)
   for name in ('imagenet2012', _IMAGENET_SUBSETS[config.label_fraction]):
-    _require_prepared(name, _data_dir(config), random_access=True)
+    _require_prepared(name, data_dir, random_access=True)
+  size = validation_size(config)
+  if size and not _minival_file(data_dir, size).exists():  # To be drawn: both subsets are read.
+    for name in _IMAGENET_SUBSETS.values():
+      _require_prepared(
+        name,
+        data_dir,
+        random_access=True,
+        needed_for=f', which the minival of {size} images, drawn at the first start, must '
+        'avoid (or set --config.val_size=0)',
+      )
 
 
 def _load_imagenet(config: ml_collections.ConfigDict) -> DatasetSplits:
-  """The SimCLR protocol: the labelled subset's images are among the unlabelled ones too."""
+  """The SimCLR protocol: the labelled subset's images are among the unlabelled ones too; the
+  minival (validation) images are in neither."""
   data_dir = _data_dir(config)
   subset = _IMAGENET_SUBSETS[config.label_fraction]
   images = functools.partial(_imagenet_images, data_dir=data_dir, size=config.decode_size)
-  labelled_labels = _read_labels(subset, 'train', data_dir)
-  unlabelled_images = images('imagenet2012', 'train')
+  source = _tfds_source(subset, 'train', data_dir, _LABEL_AND_FILE_NAME)
+  labelled_labels, labelled_names = _labels_and_file_names(source, range(len(source)))
+  size = validation_size(config)
+  minival = _imagenet_minival(data_dir, size) if size else dict(indices=[], labels=[])
+  if size and not set(labelled_names).isdisjoint(minival['file_names']):
+    raise ValueError(
+      f"{_minival_file(data_dir, size)} holds images of {subset}: it is not this code's "
+      'minival (or the data changed): delete it, and the next start draws the minival again.'
+    )
+  val = np.array(minival['indices'], np.int64)
+  train = _tfds_source('imagenet2012', 'train', data_dir, _ENCODED_IMAGE)
+  unlabelled_images = DecodedImages(
+    train, config.decode_size, np.delete(np.arange(len(train)), val)
+  )
   test_labels = _read_labels('imagenet2012', 'validation', data_dir)
   return DatasetSplits(
     name=config.dataset,
@@ -560,16 +659,84 @@ def _load_imagenet(config: ml_collections.ConfigDict) -> DatasetSplits:
     unlabelled_images=unlabelled_images,
     test_images=images('imagenet2012', 'validation'),
     test_labels=test_labels,
+    val_images=DecodedImages(train, config.decode_size, val),
+    val_labels=np.array(minival['labels'], np.int32),
     split_info=_split_info(
       config,
       labelled_labels,
       1000,
       num_unlabelled=len(unlabelled_images),
       num_test=len(test_labels),
-      protocol=f'labelled: TFDS {subset} train; unlabelled: all of imagenet2012 train, '
-      'labelled images included (SimCLR protocol); test: imagenet2012 validation',
+      num_val=len(val),
+      protocol=f'labelled: TFDS {subset} train; unlabelled: imagenet2012 train but the '
+      'validation images, labelled images included (SimCLR protocol); validation: a minival of '
+      'imagenet2012 train images in neither SimCLR subset; test: imagenet2012 validation',
       tfds_versions={name: _TFDS_VERSIONS[name] for name in ('imagenet2012', subset)},
+      val_indices=val.tolist(),  # Records of imagenet2012 train.
     ),
+  )
+
+
+def _minival_file(data_dir: str, size: int) -> epath.Path:
+  """Where the minival of `size` images is cached: DATA_DIR/semi_ssl/."""
+  version = _TFDS_VERSIONS['imagenet2012']
+  return epath.Path(data_dir) / 'semi_ssl' / f'imagenet2012-{version}-minival-{size}.json'
+
+
+def _imagenet_minival(data_dir: str, size: int) -> dict[str, list]:
+  """The minival of `size` imagenet2012 train images, {'indices': sorted record indices,
+  'labels', 'file_names'}: read from `_minival_file`, or drawn (`draw_minival`) and cached
+  there, so that only the first start reads train records (a data_dir that cannot be written
+  to: every start)."""
+  path = _minival_file(data_dir, size)
+  if path.exists():
+    return json.loads(path.read_text())
+  logging.info('Drawing the ImageNet minival of %d images (once: it is cached in %s).', size, path)
+  minival = draw_minival(
+    _tfds_source('imagenet2012', 'train', data_dir, _LABEL_AND_FILE_NAME),
+    [_tfds_source(s, 'train', data_dir, _LABEL_AND_FILE_NAME) for s in _IMAGENET_SUBSETS.values()],
+    size,
+  )
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A name of its own: every host of a pod draws the same minival and may write it at once.
+    partial = path.with_name(f'{path.name}.{uuid.uuid4().hex}.tmp')
+    partial.write_text(json.dumps(minival))
+    partial.replace(path)
+  except OSError as error:
+    logging.warning('Cannot cache the minival in %s (%s): every start draws it.', path, error)
+  return minival
+
+
+def draw_minival(train, subsets, size: int, *, num_classes: int = 1000, chunk: int = 4096):
+  """The first `size` records of a fixed permutation of `train` (seed _VALIDATION_SEED) whose
+  file names are in none of `subsets`, at most ceil(size / num_classes) of a class (10,000
+  of ImageNet: 10 of each class). `train`, `subsets`: sources opened with
+  `_LABEL_AND_FILE_NAME`. Reads every record of the subsets (141k for ImageNet's) and a few
+  times `size` train records, images included: minutes, once.
+
+  Returns:
+    {'indices': sorted record indices of `train` [size], 'labels' [size], 'file_names' [size]}.
+  """
+  excluded = set()
+  for subset in subsets:
+    excluded.update(_labels_and_file_names(subset, range(len(subset)))[1])
+  per_class = -(-size // num_classes)
+  taken = np.zeros(num_classes, np.int64)
+  chosen = []  # (index, label, file name) in the order of the permutation.
+  order = np.random.default_rng(_VALIDATION_SEED).permutation(len(train))
+  for start in range(0, len(order), chunk):
+    block = order[start : start + chunk]
+    for index, label, name in zip(block, *_labels_and_file_names(train, block)):
+      if name not in excluded and taken[label] < per_class:
+        taken[label] += 1
+        chosen.append((int(index), int(label), name))
+    if len(chosen) >= size:
+      indices, labels, names = zip(*sorted(chosen[:size]))
+      return dict(indices=list(indices), labels=list(labels), file_names=list(names))
+  raise ValueError(
+    f'config.val_size={size}: the train split has only {len(chosen)} images in no labelled '
+    f'subset with at most {per_class} of a class: set a smaller --config.val_size (0: none).'
   )
 
 
@@ -577,11 +744,31 @@ def _imagenet_images(name: str, split: str, *, data_dir: str, size: int) -> Deco
   return DecodedImages(_tfds_source(name, split, data_dir, _ENCODED_IMAGE), size)
 
 
-def _check_labels_per_class(config: ml_collections.ConfigDict, smallest_class: int) -> None:
+def _check_in_memory(config: ml_collections.ConfigDict, labels: np.ndarray, classes: int) -> None:
+  """`_check_labels_per_class` on the train `labels` [N] left beside the validation split."""
+  size = validation_size(config, len(labels))
+  rest = split_validation(labels, size)[1]
+  _check_labels_per_class(config, int(np.bincount(labels[rest], minlength=classes).min()), size)
+
+
+def _check_labels_per_class(
+  config: ml_collections.ConfigDict, smallest_class: int, num_val: int
+) -> None:
+  """Raises ValueError unless every class has `labels_per_class` train images (one for
+  `label_fraction`) outside the `num_val` validation images; `smallest_class`: the fewest."""
+  outside = f' outside the {num_val} validation images' if num_val else ''
+  smaller = ' (or set a smaller --config.val_size; 0: none)' if num_val else ''
   if config.labels_per_class is not None and config.labels_per_class > smallest_class:
     raise ValueError(
       f'config.labels_per_class={config.labels_per_class} exceeds the {smallest_class} train '
-      f'images of the smallest {config.dataset} class: use at most {smallest_class}.'
+      f'images of the smallest {config.dataset} class{outside}: use at most '
+      f'{smallest_class}{smaller}.'
+    )
+  if not smallest_class:  # Only a validation split can take every image of a class.
+    raise ValueError(
+      f'config.val_size={config.val_size}: the {num_val} validation images take every train '
+      f'image of a {config.dataset} class, which leaves it no labelled image: set a smaller '
+      '--config.val_size (0: none).'
     )
 
 
@@ -621,6 +808,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.labels_per_class={labels_per_class} must be at least 1.')
   if label_fraction is not None and not 0 < label_fraction <= 1:
     raise ValueError(f'config.label_fraction={label_fraction} is outside (0, 1]: use e.g. 0.1.')
+  val_size = config.val_size
+  if val_size is not None and not (isinstance(val_size, int) and val_size >= 0):
+    raise ValueError(
+      f'config.val_size={val_size!r} must be an integer >= 0 (0: no validation split) or None '
+      "(the dataset's standard size)."
+    )
   _DATASETS[config.dataset][0](config)
 
 
