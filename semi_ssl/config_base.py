@@ -57,8 +57,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.augment = ml_collections.ConfigDict(
     dict(
-      # Whose crop sampler, resizing and jitter ops (augment.FAMILIES): 'ours' (clipped crop
-      # boxes, bilinear, SimCLR-like jitter), 'torchvision_bilinear' (SwAV, Suave),
+      # Whose crop sampler, resizing and jitter ops (augment.FAMILIES): 'ours' (crop sides
+      # clipped to the image, bilinear, brightness scaled, contrast per channel, saturation
+      # blended with the grayscale image), 'torchvision_bilinear' (SwAV, Suave),
       # 'torchvision_bicubic' (DINO, Daino) or 'byol' (BYOL, SemPPL).
       family='ours',
       num_global_crops=2,

@@ -616,3 +616,16 @@ def test_torchvision_crop_takes_the_first_of_ten_tries_that_fits():
   draws = np.array([[too_wide] * 9 + [fits], [too_wide] * 10], np.float32)
   got = _jax_crop_params(draws, np.zeros((2, 2), np.float32), 16, 16, spec)
   np.testing.assert_array_equal(got, [[0, 0, 11, 11], [0, 0, 16, 16]])  # Else the whole image.
+
+
+def test_torchvision_family_redraws_boxes_that_do_not_fit():
+  """On 12 x 40 images, one draw of 20-40% of the area fails to fit about 36% of the time, so
+  with one try about 23 of these 64 views would be the central fallback; with ten, ~0.002."""
+  images = np.random.default_rng(5).integers(0, 256, (32, 12, 40, 3), dtype=np.uint8)
+  crops = CropSpec(2, 8, scale=(0.2, 0.4))
+  cfg = _plain_config(global_crops=crops, family='torchvision_bilinear')
+  views = np.stack(_multi_crop(jax.random.key(0), images, cfg=cfg))
+  central_box = (0, 12, 12, 16)  # get_params' fallback: the full height at ratio 4/3.
+  central = jax.vmap(lambda x: augment._crop_and_resize(x, central_box, 8))(_unit(images))
+  fallbacks = np.isclose(_denormalize(views), central, atol=1e-5).all(axis=(2, 3, 4))
+  assert fallbacks.sum() <= 2

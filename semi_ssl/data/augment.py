@@ -76,8 +76,10 @@ class Family:
 # Image.BICUBIC (dino main_dino.py lines 436, 443, 452; suave-daino daino/main_daino.py lines
 # 676, 683, 692). BYOL (deepmind-research byol/utils/augmentations.py lines 239-282, copied in
 # google-deepmind/semppl utils/augmentations.py lines 244-289): additive brightness, contrast
-# per channel, saturation in HSV; its crops (byol/utils/dataset.py lines 206-233) clip the
-# sides to the image and are resized bicubic by tf.image.resize without antialiasing (line 201).
+# per channel, saturation in HSV (its contrast and saturation factors are drawn from
+# [1 - r, 1 + r], the same as here for r <= 1); its crops (byol/utils/dataset.py lines 206-233)
+# clip the sides to the image and are resized bicubic by tf.image.resize without antialiasing
+# (line 201).
 FAMILIES = {
   'ours': Family(
     additive_brightness=False,
