@@ -63,6 +63,11 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.augment = ml_collections.ConfigDict(
     dict(
+      # Whose crop sampler, resizing and jitter ops (augment.FAMILIES): 'ours' (crop sides
+      # clipped to the image, bilinear, brightness scaled, contrast per channel, saturation
+      # blended with the grayscale image), 'torchvision_bilinear' (SwAV, Suave),
+      # 'torchvision_bicubic' (DINO, Daino) or 'byol' (BYOL, SemPPL).
+      family='ours',
       num_global_crops=2,
       global_size=8,
       global_scale=(0.5, 1.0),
@@ -70,13 +75,16 @@ def get_base_config() -> ml_collections.ConfigDict:
       local_size=6,
       local_scale=(0.2, 0.5),
       flip=False,
-      color_jitter=0.0,
+      # Ranges of (brightness, contrast, saturation, hue), as torchvision's ColorJitter, applied
+      # with p=0.8; (0, 0, 0, 0) is off. SimCLR's strength s is (0.8s, 0.8s, 0.8s, 0.2s).
+      color_jitter=(0.0, 0.0, 0.0, 0.0),
       grayscale_prob=0.0,
       blur_prob=(0.0,),
       local_blur_prob=0.0,
       solarize_prob=(0.0,),
       # The labelled images' views: None gives them the views above; else a ConfigDict of
-      # num_crops, size, scale, flip, color_jitter, grayscale_prob, blur_prob, solarize_prob.
+      # num_crops, size, scale, flip, color_jitter, grayscale_prob, blur_prob, solarize_prob,
+      # family.
       labelled=None,
     )
   )
@@ -411,14 +419,19 @@ DATA_KEYS = (
 
 
 def single_labelled_crop(
-  augment: ml_collections.ConfigDict, *, color_jitter: float, grayscale_prob: float
+  augment: ml_collections.ConfigDict,
+  *,
+  family: str,
+  color_jitter: tuple[float, float, float, float],
+  grayscale_prob: float,
 ) -> ml_collections.ConfigDict:
   """`config.augment.labelled` of one random-resized crop of (0.08, 1) of the area at the
   global crops' size (a reference: it follows `augment.global_size`), flipped, with the given
-  colour jitter strength and grayscale probability, no blur or solarize: the labelled views of
-  the official Suave and Daino code (the configs cite the lines)."""
+  augmentation family, colour jitter ranges and grayscale probability, no blur or solarize:
+  the labelled views of the official Suave and Daino code (the configs cite the lines)."""
   return ml_collections.ConfigDict(
     dict(
+      family=family,
       num_crops=1,
       size=augment.get_ref('global_size'),
       scale=(0.08, 1.0),

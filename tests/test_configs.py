@@ -102,8 +102,25 @@ def test_config_and_its_stages_have_the_keys_the_trainer_reads(path):
 def test_benchmark_configs_flip_and_distort_colour(path):
   config = load(path)
   main_stage = stages(config)[0]
-  assert main_stage.augment.flip and main_stage.augment.color_jitter > 0
+  assert main_stage.augment.flip and min(main_stage.augment.color_jitter) > 0
   assert main_stage.augment.grayscale_prob > 0
+
+
+# The ops of each method's official code (augment.FAMILIES); the configs cite the lines.
+METHOD_FAMILY = {
+  'suave': 'torchvision_bilinear',
+  'daino': 'torchvision_bicubic',
+  'semppl': 'byol',
+  'supervised': 'torchvision_bilinear',  # Suave's labelled-image views.
+}
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_configs_augment_as_their_method_family(path):
+  """Digits keep this code's own ops, on which their results were measured."""
+  for stage in stages(load(path)):
+    expected = 'ours' if stage.dataset == 'digits' else METHOD_FAMILY[stage.method]
+    assert stage.augment.family == expected
 
 
 @pytest.mark.parametrize('path', [p for p in CONFIGS if p not in TFDS_CONFIGS])
@@ -180,8 +197,10 @@ def test_imagenet_labelled_images_get_the_official_single_crop(path):
       assert (labelled.num_crops, labelled.size, labelled.scale) == (1, size, (0.08, 1.0))
       assert (labelled.blur_prob, labelled.solarize_prob) == (0.0, 0.0)
       finetune = stage.name == 'finetune'
-      assert (labelled.color_jitter, labelled.grayscale_prob) == (
-        (0.125, 0.0) if finetune else (0.5, 0.2)
+      assert (labelled.family, labelled.color_jitter, labelled.grayscale_prob) == (
+        ('torchvision_bilinear', (0.1,) * 4, 0.0)
+        if finetune
+        else ('torchvision_bilinear', (0.4, 0.4, 0.4, 0.1), 0.2)
       )
 
 

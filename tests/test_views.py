@@ -21,11 +21,12 @@ from helpers import tiny_config
 DIGITS = base.DataInfo(num_classes=10, image_shape=(8, 8, 1))
 # A labelled spec unlike the unlabelled views of the digits configs: one 6-pixel crop.
 LABELLED = dict(
+  family='ours',
   num_crops=1,
   size=6,
   scale=(0.5, 1.0),
   flip=True,
-  color_jitter=0.0,
+  color_jitter=(0.0, 0.0, 0.0, 0.0),
   grayscale_prob=0.0,
   blur_prob=0.5,
   solarize_prob=0.0,
@@ -219,12 +220,23 @@ def test_labelled_spec_config():
   config = _digits_config(
     'suave',
     ml_collections.ConfigDict(
-      {**LABELLED, 'num_crops': 2, 'color_jitter': 0.5, 'solarize_prob': 0.2}
+      {
+        **LABELLED,
+        'family': 'byol',
+        'num_crops': 2,
+        'color_jitter': (0.4, 0.4, 0.2, 0.1),
+        'solarize_prob': 0.2,
+      }
     ),
   )
   cfg = augment.augment_config_from(config, (0.5,), (0.25,), (8, 8, 1)).labelled
   assert cfg.global_crops == augment.CropSpec(2, 6, (0.5, 1.0)) and cfg.local_crops is None
-  assert (cfg.flip, cfg.color_jitter, cfg.grayscale_prob) == (True, 0.5, 0.0)
+  assert (cfg.family, cfg.flip, cfg.color_jitter, cfg.grayscale_prob) == (
+    'byol',
+    True,
+    (0.4, 0.4, 0.2, 0.1),
+    0.0,
+  )
   assert (cfg.blur_prob, cfg.solarize_prob, cfg.local_blur_prob) == ((0.5,), (0.2,), 0.0)
   assert (cfg.mean, cfg.std, cfg.labelled) == ((0.5,), (0.25,), None)
 
@@ -236,7 +248,11 @@ def test_labelled_spec_config():
     (dict(size=9), r'config.augment.labelled.size=9 is larger than the stored images \(8'),
     (dict(scale=(0.9, 0.5)), r'config.augment.labelled.scale=\(0.9, 0.5\) must be an ordered'),
     (dict(scale='big'), "config.augment.labelled.scale='big' must be a tuple of floats"),
-    (dict(color_jitter=-1.0), 'config.augment.labelled.color_jitter=-1.0 must be >= 0'),
+    (
+      dict(color_jitter=(0.4, 0.4, 0.2, -0.1)),
+      r'config.augment.labelled.color_jitter=\(0.4, 0.4, 0.2, -0.1\) must be the \(brightness',
+    ),
+    (dict(family='simclr'), "config.augment.labelled.family='simclr' is unknown"),
     (dict(blur_prob=1.5), 'config.augment.labelled.blur_prob=1.5 is not a probability'),
     (
       dict(solarize_prob=(0.1,)),

@@ -28,6 +28,7 @@ def get_config():
   c.model.backbone = 'resnet18'
   c.model.stem = 'cifar'
   # Two global 32-pixel crops and four local 16-pixel crops (our choice of sizes and scales).
+  c.augment.family = 'torchvision_bicubic'  # DINO's ops (main_dino.py lines 421-452).
   c.augment.num_global_crops = 2
   c.augment.global_size = 32
   c.augment.global_scale = (0.3, 1.0)
@@ -35,7 +36,7 @@ def get_config():
   c.augment.local_size = 16
   c.augment.local_scale = (0.1, 0.3)
   c.augment.flip = True
-  c.augment.color_jitter = 0.5  # DINO's jitter (0.4, 0.4, 0.2, 0.1) is SimCLR strength ~0.5.
+  c.augment.color_jitter = (0.4, 0.4, 0.2, 0.1)  # DINO's, main_dino.py line 424.
   c.augment.grayscale_prob = 0.2
   c.augment.solarize_prob = (0.0, 0.2)
   c.optimizer.name = 'sgd'

@@ -38,7 +38,9 @@ def get_config():
   c.model.stem = 'imagenet'
   c.model.dtype = 'bfloat16'  # [S] --use_fp16 true (mixed precision).
   # [D] 2 x 224 global crops of (0.25, 1) of the area, 8 x 96 local crops of (0.05, 0.25);
-  # DINO's augmentations (DataAugmentationDINO in [D]).
+  # DINO's augmentations ([D] main_daino.py lines 659-696, DataAugmentationDINO): torchvision,
+  # RandomResizedCrop with Image.BICUBIC.
+  c.augment.family = 'torchvision_bicubic'
   c.augment.num_global_crops = 2
   c.augment.global_size = 224
   c.augment.global_scale = (0.25, 1.0)
@@ -46,16 +48,19 @@ def get_config():
   c.augment.local_size = 96
   c.augment.local_scale = (0.05, 0.25)
   c.augment.flip = True
-  c.augment.color_jitter = 0.5  # [D] jitter (0.4, 0.4, 0.2, 0.1) ~ SimCLR strength 0.5.
+  c.augment.color_jitter = (0.4, 0.4, 0.2, 0.1)  # [D] main_daino.py line 664.
   c.augment.grayscale_prob = 0.2
   c.augment.blur_prob = (1.0, 0.1)
   c.augment.local_blur_prob = 0.5
   c.augment.solarize_prob = (0.0, 0.2)
   # Labelled images ([D] at commit 9adf13d, main_daino.py lines 238-245, `tr_lab`): one
-  # RandomResizedCrop(224) of (0.08, 1) of the area, flip, colour jitter (0.4, 0.4, 0.4, 0.1)
-  # with p=0.8 (SimCLR strength 0.5), grayscale p=0.2, no blur or solarize.
+  # RandomResizedCrop(224) of (0.08, 1) of the area with torchvision's bilinear default, flip,
+  # colour jitter (0.4, 0.4, 0.4, 0.1) with p=0.8, grayscale p=0.2, no blur or solarize.
   c.augment.labelled = config_base.single_labelled_crop(
-    c.augment, color_jitter=0.5, grayscale_prob=0.2
+    c.augment,
+    family='torchvision_bilinear',
+    color_jitter=(0.4, 0.4, 0.4, 0.1),
+    grayscale_prob=0.2,
   )
   # [S] LARS: base lr 0.4 at 256 unlabelled images, final lr 0.001, 5 warm-up epochs,
   # momentum 0.9, eta 0.001, weight decay 1e-6 (main_suave.py default). The lr is scaled

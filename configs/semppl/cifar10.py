@@ -40,8 +40,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'bfloat16'  # [S] precision 16.
 
   # [R] 4 large views and 2 small ones (16 pixels, as [R]'s CIFAR configs); [S] crops of
-  # (0.08, 1) of the area, flip, jitter (0.4, 0.4, 0.2, 0.1) with p=0.8 (~ SimCLR strength
-  # 0.5), grayscale p=0.2, no blur, solarize p=0.2 on the second view only.
+  # (0.08, 1) of the area, flip, jitter (0.4, 0.4, 0.2, 0.1) with p=0.8, grayscale p=0.2, no
+  # blur, solarize p=0.2 on the second view only. The ops are SemPPL's, i.e. BYOL's
+  # (github.com/google-deepmind/semppl utils/augmentations.py lines 244-289, dataset.py lines
+  # 206-238); [S] uses torchvision's.
+  c.augment.family = 'byol'
   c.augment.num_global_crops = 4
   c.augment.global_size = 32
   c.augment.global_scale = (0.08, 1.0)
@@ -49,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.local_size = 16
   c.augment.local_scale = (0.08, 1.0)
   c.augment.flip = True
-  c.augment.color_jitter = 0.5
+  c.augment.color_jitter = (0.4, 0.4, 0.2, 0.1)
   c.augment.grayscale_prob = 0.2
   c.augment.blur_prob = (0.0,)
   c.augment.solarize_prob = (0.0, 0.2, 0.0)

@@ -47,9 +47,11 @@ def get_config():
   c.model.stem = 'imagenet'
   c.model.dtype = 'bfloat16'
   # [R] 4 x 224 and 2 x 96 crops; [O] dataset.py: crops of (0.08, 1) of the area, resized to
-  # 224. [O] augmentations.py (BYOL's): flip, jitter (0.4, 0.4, 0.2, 0.1) with p=0.8 (~ SimCLR
-  # strength 0.5), grayscale p=0.2, blur p=1.0 / 0.1 and solarize p=0 / 0.2 on the first /
-  # other large views.
+  # 224. [O] augmentations.py (BYOL's): flip, jitter (0.4, 0.4, 0.2, 0.1) with p=0.8 (lines
+  # 32-71), grayscale p=0.2, blur p=1.0 / 0.1 and solarize p=0 / 0.2 on the first / other large
+  # views; its ops (additive brightness, contrast per channel, saturation in HSV: lines
+  # 244-289) and crops (dataset.py lines 206-238: sides clipped, bicubic resize).
+  c.augment.family = 'byol'
   c.augment.num_global_crops = 4
   c.augment.global_size = 224
   c.augment.global_scale = (0.08, 1.0)
@@ -57,7 +59,7 @@ def get_config():
   c.augment.local_size = 96
   c.augment.local_scale = (0.08, 1.0)
   c.augment.flip = True
-  c.augment.color_jitter = 0.5
+  c.augment.color_jitter = (0.4, 0.4, 0.2, 0.1)
   c.augment.grayscale_prob = 0.2
   c.augment.blur_prob = (1.0, 0.1)
   c.augment.local_blur_prob = 0.5  # Ours.

@@ -42,12 +42,15 @@ def get_config() -> ml_collections.ConfigDict:
   # solo-learn swav.sh: two 32-pixel crops, SimCLR colour jitter of strength 1 (0.8, 0.8, 0.8,
   # 0.2), no blur (--gaussian_prob 0.0 0.0), no local crops. The crop scale, flip and
   # grayscale are solo-learn's defaults (scripts/pretrain/cifar/augmentations/symmetric.yaml).
+  # The ops are Suave's (torchvision, bilinear: suave-daino src/multicropdataset.py lines
+  # 41-44 and 89-91); solo-learn resizes bicubic (solo/data/pretrain_dataloader.py line 224).
+  c.augment.family = 'torchvision_bilinear'
   c.augment.num_global_crops = 2
   c.augment.global_size = 32
   c.augment.global_scale = (0.08, 1.0)
   c.augment.num_local_crops = 0
   c.augment.flip = True
-  c.augment.color_jitter = 1.0
+  c.augment.color_jitter = (0.8, 0.8, 0.8, 0.2)
   c.augment.grayscale_prob = 0.2
   c.augment.blur_prob = (0.0,)
   c.augment.solarize_prob = (0.0,)

@@ -22,8 +22,7 @@ leave out: the defaults of `suave/main_suave.py` and the augmentation of
 `src/multicropdataset.py` (unlabelled images) and of main_suave.py's labelled loader;
 batch: the README's 8-GPU command (8 x 32 unlabelled + 8 x 16 labelled images per step).
 Differences from that code: mixup mixes the labelled batch instead of extending it and has no
-CutMix, unlabelled images are never mixed, the fine-tune's labelled colour jitter has hue 0.025
-instead of 0.1 (one SimCLR strength sets all four), and LARS leaves biases and norms out.
+CutMix, unlabelled images are never mixed, and LARS leaves biases and norms out.
 """
 
 import ml_collections
@@ -73,7 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # train_10perc.sh: --nmb_crops 2 8 --size_crops 224 96 --min_scale_crops 0.14 0.05
   # --max_scale_crops 1. 0.14. multicropdataset.py, every crop: flip, colour jitter
-  # (0.8, 0.8, 0.8, 0.2) with p=0.8 (SimCLR strength 1), grayscale p=0.2, blur p=0.5.
+  # (0.8, 0.8, 0.8, 0.2) with p=0.8 (lines 89-92, SimCLR strength 1), grayscale p=0.2, blur
+  # p=0.5; torchvision's RandomResizedCrop with its bilinear default (lines 41-44).
+  c.augment.family = 'torchvision_bilinear'
   c.augment.num_global_crops = 2
   c.augment.global_size = 224
   c.augment.global_scale = (0.14, 1.0)
@@ -81,16 +82,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.local_size = 96
   c.augment.local_scale = (0.05, 0.14)
   c.augment.flip = True
-  c.augment.color_jitter = 1.0
+  c.augment.color_jitter = (0.8, 0.8, 0.8, 0.2)
   c.augment.grayscale_prob = 0.2
   c.augment.blur_prob = (0.5,)
   c.augment.local_blur_prob = 0.5
   c.augment.solarize_prob = (0.0,)
   # Labelled images (github.com/pietroastolfi/suave-daino at 9adf13d, suave/main_suave.py
   # lines 298-305, `tr_lab`): one RandomResizedCrop(224) of (0.08, 1) of the area, flip, colour
-  # jitter (0.4, 0.4, 0.4, 0.1) with p=0.8 (SimCLR strength 0.5), grayscale p=0.2, no blur.
+  # jitter (0.4, 0.4, 0.4, 0.1) with p=0.8, grayscale p=0.2, no blur; torchvision, bilinear.
   c.augment.labelled = config_base.single_labelled_crop(
-    c.augment, color_jitter=0.5, grayscale_prob=0.2
+    c.augment,
+    family='torchvision_bilinear',
+    color_jitter=(0.4, 0.4, 0.4, 0.1),
+    grayscale_prob=0.2,
   )
 
   # train_10perc.sh: --base_lr 0.4 --final_lr 0.001 --warmup_epochs 5 (from 0); main_suave.py:
@@ -154,17 +158,16 @@ def get_config() -> ml_collections.ConfigDict:
       # --nmb_crops 2 --size_crops 224 --min_scale_crops 0.08 --max_scale_crops 1.0
       # --color_jit_unlab false (no colour jitter, grayscale or blur). Labelled images:
       # --light_augment_lab true (main_suave.py lines 315-322): one RandomResizedCrop(224),
-      # flip, colour jitter (0.1, 0.1, 0.1, 0.1) with p=0.8 (strength 0.125: hue 0.025), no
-      # grayscale.
+      # flip, colour jitter (0.1, 0.1, 0.1, 0.1) with p=0.8, no grayscale.
       augment=_linked(
         c.augment,
         global_scale=(0.08, 1.0),
         num_local_crops=0,
-        color_jitter=0.0,
+        color_jitter=(0.0, 0.0, 0.0, 0.0),
         grayscale_prob=0.0,
         blur_prob=(0.0,),
         local_blur_prob=0.0,
-        labelled=_linked(c.augment.labelled, color_jitter=0.125, grayscale_prob=0.0),
+        labelled=_linked(c.augment.labelled, color_jitter=(0.1,) * 4, grayscale_prob=0.0),
       ),
       suave=_linked(c.suave, label_smoothing=0.001),
     )

@@ -37,14 +37,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.stem = 'cifar'
   c.model.dtype = 'bfloat16'
 
-  # main_suave.py tr_lab: RandomResizedCrop (scale 0.08-1), flip, ColorJitter(0.4, 0.4, 0.4,
-  # 0.1) with p=0.8 (SimCLR strength 0.5), grayscale p=0.2; one view, here of 32 pixels.
+  # main_suave.py tr_lab (lines 298-305): RandomResizedCrop (scale 0.08-1, torchvision's
+  # bilinear default), flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, grayscale p=0.2; one
+  # view, here of 32 pixels.
+  c.augment.family = 'torchvision_bilinear'
   c.augment.num_global_crops = 1
   c.augment.global_size = 32
   c.augment.global_scale = (0.08, 1.0)
   c.augment.num_local_crops = 0
   c.augment.flip = True
-  c.augment.color_jitter = 0.5
+  c.augment.color_jitter = (0.4, 0.4, 0.4, 0.1)
   c.augment.grayscale_prob = 0.2
   c.augment.blur_prob = (0.0,)
   c.augment.solarize_prob = (0.0,)

@@ -10,6 +10,10 @@ One view of one example goes through (SimCLR / BYOL / DINO order):
   blur -> solarize -> normalise with mean/std.
 Colour jitter and grayscale need RGB and are skipped for other channel counts (digits);
 blur and solarize work on any image and are governed by their probabilities alone.
+
+The crop sampler, the resizing and three of the jitter ops follow a code family (`FAMILIES`):
+'torchvision_bilinear' (SwAV, Suave), 'torchvision_bicubic' (DINO, Daino), 'byol' (BYOL,
+SemPPL), or 'ours', this code's own mix and the default.
 """
 
 from __future__ import annotations
@@ -48,19 +52,86 @@ class CropSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class Family:
+  """How one code base implements the ops that differ between recipes."""
+
+  # x + delta, delta ~ U[-b, b] (BYOL); else x * f, f ~ U[max(0, 1 - b), 1 + b] (torchvision).
+  additive_brightness: bool
+  # About the mean of the grayscale image (torchvision); else about each channel's mean (BYOL).
+  gray_contrast: bool
+  # HSV saturation times f, clipped to [0, 1] (BYOL); else a blend with the grayscale image.
+  hsv_saturation: bool
+  # 0: one draw whose sides are clipped to the image; n: torchvision's up to n draws with
+  # whole-pixel sides, the first that fits, else a central crop.
+  crop_tries: int
+  resize: str  # jax.image method: 'linear', or 'cubic' (Keys, a = -0.5, as PIL and tf.image).
+  antialias: bool  # Widen the kernel when downsampling (PIL); tf.image.resize does not.
+
+
+# torchvision: transforms.ColorJitter (factors from `_check_input`, a random order) and
+# _functional_tensor.py adjust_brightness / adjust_contrast / adjust_saturation / adjust_hue;
+# RandomResizedCrop.get_params (10 tries, then the central fallback), resizing a PIL image.
+# SwAV and Suave leave RandomResizedCrop's bilinear default (swav src/multicropdataset.py
+# lines 42-45; suave-daino src/multicropdataset.py lines 41-44); DINO and Daino ask for
+# Image.BICUBIC (dino main_dino.py lines 436, 443, 452; suave-daino daino/main_daino.py lines
+# 676, 683, 692). BYOL (deepmind-research byol/utils/augmentations.py lines 239-282, copied in
+# google-deepmind/semppl utils/augmentations.py lines 244-289): additive brightness, contrast
+# per channel, saturation in HSV (its contrast and saturation factors are drawn from
+# [1 - r, 1 + r], the same as here for r <= 1); its crops (byol/utils/dataset.py lines 206-233)
+# clip the sides to the image and are resized bicubic by tf.image.resize without antialiasing
+# (line 201).
+FAMILIES = {
+  'ours': Family(
+    additive_brightness=False,
+    gray_contrast=False,
+    hsv_saturation=False,
+    crop_tries=0,
+    resize='linear',
+    antialias=True,
+  ),
+  'torchvision_bilinear': Family(
+    additive_brightness=False,
+    gray_contrast=True,
+    hsv_saturation=False,
+    crop_tries=10,
+    resize='linear',
+    antialias=True,
+  ),
+  'torchvision_bicubic': Family(
+    additive_brightness=False,
+    gray_contrast=True,
+    hsv_saturation=False,
+    crop_tries=10,
+    resize='cubic',
+    antialias=True,
+  ),
+  'byol': Family(
+    additive_brightness=True,
+    gray_contrast=False,
+    hsv_saturation=True,
+    crop_tries=0,
+    resize='cubic',
+    antialias=False,
+  ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class AugmentConfig:
   """Static description of the views; hashable, so it can be a static jit argument."""
 
   global_crops: CropSpec
   local_crops: CropSpec | None
   flip: bool  # Horizontal flip with p=0.5.
-  color_jitter: float  # SimCLR strength s; 0 = off.
+  # Ranges of (brightness, contrast, saturation, hue), as torchvision's ColorJitter; 0 = off.
+  color_jitter: tuple[float, float, float, float]
   grayscale_prob: float
   blur_prob: tuple[float, ...]  # Per global view; the last value serves further views.
   local_blur_prob: float
   solarize_prob: tuple[float, ...]  # Per global view; local views are never solarized.
   mean: tuple[float, ...]  # Per channel, of images scaled to [0, 1].
   std: tuple[float, ...]
+  family: str = 'ours'  # A key of FAMILIES.
   # The labelled images' views (one crop family, no local crops); None: the views above.
   labelled: AugmentConfig | None = None
 
@@ -74,18 +145,46 @@ def _floats(values: Sequence[float]) -> tuple[float, ...]:
   return tuple(float(v) for v in values)
 
 
+def _are_numbers(values) -> bool:
+  return (
+    isinstance(values, Sequence)
+    and not isinstance(values, str)
+    and all(isinstance(v, numbers.Real) for v in values)
+  )
+
+
 def _config_floats(aug, key: str, prefix: str = '') -> tuple[float, ...]:
   """`aug[key]` as floats; a ValueError naming `config.augment.<prefix><key>` unless it holds
   numbers."""
   values = aug[key]
   require(
-    isinstance(values, Sequence)
-    and not isinstance(values, str)
-    and all(isinstance(v, numbers.Real) for v in values),
+    _are_numbers(values),
     f'config.augment.{prefix}{key}={values!r} must be a tuple of floats, e.g. '
     f'--config.augment.{prefix}{key}="(0.5, 1.0)".',
   )
   return _floats(values)
+
+
+def _config_family(aug, prefix: str = '') -> str:
+  family = aug.family
+  require(
+    family in FAMILIES,
+    f'config.augment.{prefix}family={family!r} is unknown; set one of {", ".join(FAMILIES)}.',
+  )
+  return family
+
+
+def _config_jitter(aug, prefix: str = '') -> tuple[float, float, float, float]:
+  """`aug.color_jitter` as 4 floats; a ValueError naming `config.augment.<prefix>color_jitter`
+  unless they are (brightness, contrast, saturation, hue) ranges."""
+  jitter = aug.color_jitter
+  require(
+    _are_numbers(jitter) and len(jitter) == 4 and min(jitter) >= 0.0 and jitter[3] <= 0.5,
+    f'config.augment.{prefix}color_jitter={jitter!r} must be the (brightness, contrast, '
+    'saturation, hue) ranges, each >= 0 and hue <= 0.5, e.g. (0.4, 0.4, 0.2, 0.1); '
+    '(0, 0, 0, 0) is off.',
+  )
+  return _floats(jitter)
 
 
 def _check_crops(
@@ -122,6 +221,7 @@ LABELLED_KEYS = (
   'grayscale_prob',
   'blur_prob',
   'solarize_prob',
+  'family',
 )
 
 
@@ -130,7 +230,8 @@ def _labelled_config(
 ) -> AugmentConfig:
   """The labelled images' views from `config.augment.labelled`: `num_crops` crops of `size`
   pixels covering `scale` of the image's area, each flipped, jittered, grayed, blurred and
-  solarized with the given strength and probabilities (one for every view)."""
+  solarized with the given ranges and probabilities (one for every view), by the ops of
+  `family`."""
   require(
     hasattr(labelled, 'keys'),
     f'config.augment.labelled={labelled!r} must be a ConfigDict of '
@@ -152,10 +253,7 @@ def _labelled_config(
   )
   scale = _config_floats(labelled, 'scale', prefix='labelled.')
   _check_crops('labelled.size', labelled.size, 'labelled.scale', scale, side)
-  require(
-    labelled.color_jitter >= 0.0,
-    f'config.augment.labelled.color_jitter={labelled.color_jitter} must be >= 0 (0 = off).',
-  )
+  color_jitter = _config_jitter(labelled, prefix='labelled.')
   for key in ('grayscale_prob', 'blur_prob', 'solarize_prob'):
     require(
       isinstance(labelled[key], numbers.Real),
@@ -167,13 +265,14 @@ def _labelled_config(
     global_crops=CropSpec(labelled.num_crops, labelled.size, scale),
     local_crops=None,
     flip=bool(labelled.flip),
-    color_jitter=float(labelled.color_jitter),
+    color_jitter=color_jitter,
     grayscale_prob=float(labelled.grayscale_prob),
     blur_prob=(float(labelled.blur_prob),),
     local_blur_prob=0.0,
     solarize_prob=(float(labelled.solarize_prob),),
     mean=mean,
     std=std,
+    family=_config_family(labelled, prefix='labelled.'),
   )
 
 
@@ -183,7 +282,7 @@ def augment_config_from(
   """Builds and validates an AugmentConfig from `config.augment`.
 
   Args:
-    config: the run's ConfigDict; reads num_global_crops, global_size, global_scale,
+    config: the run's ConfigDict; reads family, num_global_crops, global_size, global_scale,
       num_local_crops, local_size, local_scale, flip, color_jitter, grayscale_prob, blur_prob,
       local_blur_prob and solarize_prob under `config.augment`, and `labelled` (absent or None:
       labelled images get these views too; else a ConfigDict of `LABELLED_KEYS`).
@@ -211,10 +310,7 @@ def augment_config_from(
     local_scale = _config_floats(aug, 'local_scale')
     _check_crops('local_size', aug.local_size, 'local_scale', local_scale, side)
     local_crops = CropSpec(aug.num_local_crops, aug.local_size, local_scale)
-  require(
-    aug.color_jitter >= 0.0,
-    f'config.augment.color_jitter={aug.color_jitter} must be >= 0 (0 = off, SimCLR: 1.0).',
-  )
+  color_jitter = _config_jitter(aug)
   per_view = {key: _config_floats(aug, key) for key in ('blur_prob', 'solarize_prob')}
   for key, probs in per_view.items():
     require(
@@ -239,13 +335,14 @@ def augment_config_from(
     global_crops=CropSpec(aug.num_global_crops, aug.global_size, global_scale),
     local_crops=local_crops,
     flip=bool(aug.flip),
-    color_jitter=float(aug.color_jitter),
+    color_jitter=color_jitter,
     grayscale_prob=float(aug.grayscale_prob),
     blur_prob=per_view['blur_prob'],
     local_blur_prob=float(aug.local_blur_prob),
     solarize_prob=per_view['solarize_prob'],
     mean=mean,
     std=std,
+    family=_config_family(aug),
     labelled=(
       None if aug.get('labelled') is None else _labelled_config(aug.labelled, mean, std, side)
     ),
@@ -255,24 +352,32 @@ def augment_config_from(
 # --- Geometry (one example) ------------------------------------------------------------------
 
 
-def _crop_and_resize(image: jax.Array, box: tuple[jax.Array | float, ...], size: int) -> jax.Array:
-  """Resamples box=(top, left, height, width) of [H, W, C] to [size, size, C].
+def _crop_and_resize(
+  image: jax.Array,
+  box: tuple[jax.Array | float, ...],
+  size: int,
+  method: str = 'linear',
+  antialias: bool = True,
+) -> jax.Array:
+  """Resamples box=(top, left, height, width) of [H, W, C] in [0, 1] to [size, size, C].
 
-  Bilinear with antialiasing; the box is continuous (in pixel edges), so crops need not align
-  with the pixel grid.
+  By `method` ('linear' or 'cubic') of jax.image, its kernel widened when downsampling if
+  `antialias`; cubic overshoots are clipped to [0, 1]. The box is continuous (in pixel
+  edges), so crops need not align with the pixel grid.
   """
   top, left, height, width = box
   scale = jnp.stack([size / height, size / width])
   translation = -jnp.stack([top, left]) * scale
-  return jax.image.scale_and_translate(
+  resized = jax.image.scale_and_translate(
     image,
     (size, size, image.shape[-1]),
     (0, 1),
     scale,
     translation,
-    method='linear',
-    antialias=True,
+    method=method,
+    antialias=antialias,
   )
+  return resized if method == 'linear' else jnp.clip(resized, 0.0, 1.0)
 
 
 def _lerp(u: jax.Array, low: float, high: float) -> jax.Array:
@@ -288,6 +393,42 @@ def _crop_box(u: jax.Array, height: int, width: int, spec: CropSpec) -> tuple[ja
   box_h = jnp.minimum(jnp.sqrt(area / aspect), height)
   box_w = jnp.minimum(jnp.sqrt(area * aspect), width)
   return u[2] * (height - box_h), u[3] * (width - box_w), box_h, box_w
+
+
+def _central_crop_sides(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+  """torchvision's fallback: the whole image, cut to the nearest aspect ratio in `ratio`."""
+  if width / height < min(ratio):
+    return round(width / min(ratio)), width
+  if width / height > max(ratio):
+    return height, round(height * max(ratio))
+  return height, width
+
+
+def _torchvision_crop_box(
+  draws: jax.Array, position: jax.Array, height: int, width: int, spec: CropSpec
+) -> tuple[jax.Array, ...]:
+  """torchvision's RandomResizedCrop.get_params as (top, left, height, width) from uniforms.
+
+  Each row of draws [tries, 2] gives an area fraction ~ U(scale) and log(width / height) ~
+  U(log ratio), the sides rounded to whole pixels; the first box that fits the image is placed
+  at whole-pixel offsets from position [2]; when none fits, the central crop of
+  `_central_crop_sides`.
+  """
+  area = height * width * _lerp(draws[:, 0], *spec.scale)
+  aspect = jnp.exp(_lerp(draws[:, 1], math.log(spec.ratio[0]), math.log(spec.ratio[1])))
+  box_h, box_w = jnp.round(jnp.sqrt(area / aspect)), jnp.round(jnp.sqrt(area * aspect))
+  fits = (box_h > 0) & (box_h <= height) & (box_w > 0) & (box_w <= width)
+  first = jnp.argmax(fits)  # The first that fits; index 0 when none does.
+  central_h, central_w = _central_crop_sides(height, width, spec.ratio)
+  found = fits[first]
+  box_h = jnp.where(found, box_h[first], central_h)
+  box_w = jnp.where(found, box_w[first], central_w)
+  # torch.randint(0, n + 1): an offset in {0, ..., n}; the minimum guards rounding at u ~ 1.
+  top = jnp.minimum(jnp.floor(position[0] * (height - box_h + 1)), height - box_h)
+  left = jnp.minimum(jnp.floor(position[1] * (width - box_w + 1)), width - box_w)
+  top = jnp.where(found, top, (height - central_h) // 2)
+  left = jnp.where(found, left, (width - central_w) // 2)
+  return top, left, box_h, box_w
 
 
 # --- Colour (one example, values in [0, 1]) -------------------------------------------------
@@ -322,18 +463,32 @@ def _hsv_to_rgb(x: jax.Array) -> jax.Array:
   return value - value * saturation * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
-def _adjust_brightness(x: jax.Array, factor: jax.Array) -> jax.Array:
+def _scale_brightness(x: jax.Array, factor: jax.Array) -> jax.Array:
   return x * factor
 
 
-def _adjust_contrast(x: jax.Array, factor: jax.Array) -> jax.Array:
+def _shift_brightness(x: jax.Array, delta: jax.Array) -> jax.Array:
+  return x + delta
+
+
+def _channel_contrast(x: jax.Array, factor: jax.Array) -> jax.Array:
   mean = jnp.mean(x, axis=(0, 1), keepdims=True)  # Per channel, as tf.image.adjust_contrast.
   return (x - mean) * factor + mean
 
 
-def _adjust_saturation(x: jax.Array, factor: jax.Array) -> jax.Array:
+def _gray_contrast(x: jax.Array, factor: jax.Array) -> jax.Array:
+  mean = jnp.mean(x @ jnp.asarray(_LUMA, x.dtype))  # One scalar, as torchvision.
+  return (x - mean) * factor + mean
+
+
+def _blend_saturation(x: jax.Array, factor: jax.Array) -> jax.Array:
   gray = _grayscale(x)
   return gray + (x - gray) * factor
+
+
+def _hsv_saturation(x: jax.Array, factor: jax.Array) -> jax.Array:
+  hsv = _rgb_to_hsv(x)
+  return _hsv_to_rgb(hsv.at[..., 1].set(jnp.clip(hsv[..., 1] * factor, 0.0, 1.0)))
 
 
 def _adjust_hue(x: jax.Array, delta: jax.Array) -> jax.Array:
@@ -341,19 +496,33 @@ def _adjust_hue(x: jax.Array, delta: jax.Array) -> jax.Array:
   return _hsv_to_rgb(hsv.at[..., 0].set((hsv[..., 0] + delta) % 1.0))
 
 
-def _color_jitter(u: jax.Array, x: jax.Array, strength: float) -> jax.Array:
-  """SimCLR colour distortion of [H, W, 3] in [0, 1], from 8 uniforms.
+def _color_jitter(
+  u: jax.Array, x: jax.Array, ranges: tuple[float, ...], family: Family
+) -> jax.Array:
+  """Colour jitter of [H, W, 3] in [0, 1] by `family`'s ops, from 8 uniforms.
 
-  Brightness (scale), contrast (about the channel means), saturation (blend with the grayscale
-  image) with factors in [1 - 0.8s, 1 + 0.8s], and hue (HSV shift in [-0.2s, 0.2s]), applied in
-  a random order (SimCLR's `color_jitter_rand`), clipping to [0, 1] after each.
+  Brightness, contrast and saturation with factors in [max(0, 1 - r), 1 + r] (brightness by a
+  shift in [-r, r] if additive) and hue (HSV shift in [-r, r]), r from ranges = (brightness,
+  contrast, saturation, hue), applied in a random order (torchvision's ColorJitter, BYOL's
+  `shuffle`), clipping to [0, 1] after each.
   """
-  factors = _lerp(u[:3], max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength)
+  brightness, contrast, saturation, hue = ranges
+
+  def factor(u: jax.Array, r: float) -> jax.Array:
+    return _lerp(u, max(0.0, 1.0 - r), 1.0 + r)
+
   ops = [
-    functools.partial(_adjust_brightness, factor=factors[0]),
-    functools.partial(_adjust_contrast, factor=factors[1]),
-    functools.partial(_adjust_saturation, factor=factors[2]),
-    functools.partial(_adjust_hue, delta=_lerp(u[3], -0.2 * strength, 0.2 * strength)),
+    functools.partial(_shift_brightness, delta=_lerp(u[0], -brightness, brightness))
+    if family.additive_brightness
+    else functools.partial(_scale_brightness, factor=factor(u[0], brightness)),
+    functools.partial(
+      _gray_contrast if family.gray_contrast else _channel_contrast, factor=factor(u[1], contrast)
+    ),
+    functools.partial(
+      _hsv_saturation if family.hsv_saturation else _blend_saturation,
+      factor=factor(u[2], saturation),
+    ),
+    functools.partial(_adjust_hue, delta=_lerp(u[3], -hue, hue)),
   ]
   order = jnp.argsort(u[4:8])  # A uniformly random permutation.
 
@@ -412,16 +581,24 @@ def _augment_one(
   view instead of one per choice keeps compilation fast. `blur` and `solarize` say whether any
   view of this crop family can be blurred or solarized; when not, those ops are left out.
   """
-  u = jax.random.uniform(key, (_NUM_DRAWS,))
+  family = FAMILIES[cfg.family]
+  tries = max(family.crop_tries, 1)
+  u = jax.random.uniform(key, (_NUM_DRAWS + 2 * (tries - 1),))  # Further crop tries at the end.
   crop_u, jitter_u = u[0:4], u[4:12]
-  flip_u, jitter_apply_u, gray_u, blur_u, sigma_u, solarize_u = u[12:]
+  flip_u, jitter_apply_u, gray_u, blur_u, sigma_u, solarize_u = u[12:_NUM_DRAWS]
   height, width, channels = image.shape
+  if family.crop_tries:
+    draws = jnp.concatenate([crop_u[:2], u[_NUM_DRAWS:]]).reshape(tries, 2)
+    box = _torchvision_crop_box(draws, crop_u[2:], height, width, crop)
+  else:
+    box = _crop_box(crop_u, height, width, crop)
   x = image.astype(jnp.float32) / 255.0
-  x = _crop_and_resize(x, _crop_box(crop_u, height, width, crop), crop.size)
+  x = _crop_and_resize(x, box, crop.size, family.resize, family.antialias)
   if cfg.flip:
     x = jnp.where(flip_u < 0.5, x[:, ::-1], x)
-  if channels == 3 and cfg.color_jitter > 0:
-    x = jnp.where(jitter_apply_u < _JITTER_PROB, _color_jitter(jitter_u, x, cfg.color_jitter), x)
+  if channels == 3 and max(cfg.color_jitter) > 0:
+    jittered = _color_jitter(jitter_u, x, cfg.color_jitter, family)
+    x = jnp.where(jitter_apply_u < _JITTER_PROB, jittered, x)
   if channels == 3 and cfg.grayscale_prob > 0:
     x = jnp.where(gray_u < cfg.grayscale_prob, _grayscale(x), x)
   if blur:
