@@ -230,13 +230,13 @@ def check_resolvable(config: ml_collections.ConfigDict) -> None:
       else f'config.{steps} and config.{epochs} are both unset; give one, e.g. --config.{steps}=1.',
     )
     key, value = given[0], config[given[0]]
-    least = 1 if key in ('num_steps', 'num_epochs') else 0
+    accepts, rule = {
+      'num_steps': (lambda v: isinstance(v, int) and v > 0, 'an integer > 0'),
+      'num_epochs': (lambda v: v > 0, 'a number > 0'),
+    }.get(key, _NON_NEGATIVE if key == epochs else _COUNT)
     require(
-      isinstance(value, (int, float))
-      and math.isfinite(value)
-      and value >= least
-      and (key == epochs or isinstance(value, int)),
-      f'config.{key}={value!r} must be {"a number" if key == epochs else "an integer"} >= {least}.',
+      isinstance(value, (int, float)) and math.isfinite(value) and accepts(value),
+      f'config.{key}={value!r} must be {rule}.',
     )
 
 
