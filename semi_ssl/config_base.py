@@ -234,9 +234,11 @@ def check_resolvable(config: ml_collections.ConfigDict) -> None:
       'num_steps': (lambda v: isinstance(v, int) and v > 0, 'an integer > 0'),
       'num_epochs': (lambda v: v > 0, 'a number > 0'),
     }.get(key, _NON_NEGATIVE if key == epochs else _COUNT)
+    example = flatten(get_base_config().to_dict()).get(key)
+    example = example if example is not None else int(key in ('num_steps', 'num_epochs'))
     require(
       isinstance(value, (int, float)) and math.isfinite(value) and accepts(value),
-      f'config.{key}={value!r} must be {rule}.',
+      f'config.{key}={value!r} must be {rule}; e.g. --config.{key}={example}.',
     )
 
 

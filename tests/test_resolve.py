@@ -123,7 +123,10 @@ def test_resolution_records_what_it_resolved_from():
       r'^config.num_steps and config.num_epochs are both unset; give one, e.g. '
       r'--config.num_steps=1.$',
     ),
-    (dict(num_steps=None, num_epochs=0.0), r'^config.num_epochs=0.0 must be a number > 0.$'),
+    (
+      dict(num_steps=None, num_epochs=0.0),
+      r'^config.num_epochs=0.0 must be a number > 0; e.g. --config.num_epochs=1.$',
+    ),
     (
       {'optimizer.warmup_epochs': 1.0},
       r'^config.optimizer.warmup_steps=50 and config.optimizer.warmup_epochs=1.0 are both set',
