@@ -8,6 +8,7 @@ benchmark need, so every run can be changed the same way from the command line
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import os
@@ -44,7 +45,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.batch_size = 256
   c.labelled_batch_size = 64
 
-  c.num_steps = 1000
+  # Length: `num_steps`, or `num_epochs` of the `epoch_stream` ('unlabelled': the unlabelled
+  # images at `batch_size` a step; 'labelled': the labelled subset at `labelled_batch_size`),
+  # turned into steps when the run starts (`resolve`). Give exactly one; the same holds for
+  # every other `X_steps` key with an `X_epochs` twin (e.g. optimizer.warmup_steps).
+  c.num_steps = config_dict.FieldReference(1000, field_type=int)  # Typed: None unsets it.
+  c.num_epochs = config_dict.placeholder(float)
+  c.epoch_stream = 'unlabelled'
   c.log_every = 50
   c.eval_every = 500
   c.checkpoint_every = 500
@@ -92,8 +99,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(
     dict(
       name='sgd',  # sgd | lars | adamw
-      learning_rate=0.1,  # peak learning rate, reached after the warm-up
-      warmup_steps=50,
+      # Peak learning rate, reached after the warm-up: `learning_rate` scaled by `lr_scaling`
+      # with the global batch of the epoch stream B (`resolve`): 'none' (as given), 'linear'
+      # (x B / 256, Goyal et al. 2017) or 'sqrt' (x sqrt(B), SimCLR v1/v2's appendix).
+      learning_rate=0.1,
+      lr_scaling='none',
+      warmup_steps=config_dict.FieldReference(50, field_type=int),
+      warmup_epochs=config_dict.placeholder(float),  # Instead of warmup_steps.
       end_learning_rate_factor=0.0,  # cosine decays to peak * this factor
       momentum=0.9,
       nesterov=False,
@@ -188,6 +200,112 @@ def describe_changes(saved: dict, current: dict, keys: list[str], limit: int = 3
   return '; '.join(parts) + more
 
 
+EPOCH_STREAMS = ('unlabelled', 'labelled')
+# Learning rate of a base rate at a global batch of B images (`optimizer.lr_scaling`).
+LR_SCALING = {
+  'none': lambda base, batch: base,
+  'linear': lambda base, batch: base * batch / 256,
+  'sqrt': lambda base, batch: base * math.sqrt(batch),
+}
+
+
+def epoch_pairs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+  """[(dotted `X_steps` key, its `X_epochs` twin)] of `config`: e.g. ('num_steps', 'num_epochs'),
+  ('optimizer.warmup_steps', 'optimizer.warmup_epochs')."""
+  keys = flatten(config.to_dict())
+  twins = [(key[: -len('_epochs')] + '_steps', key) for key in keys if key.endswith('_epochs')]
+  return [(steps, epochs) for steps, epochs in twins if steps in keys]
+
+
+def epoch_batch_size(config: ml_collections.ConfigDict) -> int:
+  """The global batch of the epoch stream: what an epoch is counted in and the lr scaled by."""
+  return config.batch_size if config.epoch_stream == 'unlabelled' else config.labelled_batch_size
+
+
+def check_resolvable(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError unless `resolve` can run: one of each steps/epochs pair, a known epoch
+  stream and scaling rule, lengths > 0 and warm-ups >= 0."""
+  require(
+    config.epoch_stream in EPOCH_STREAMS,
+    f"config.epoch_stream='{config.epoch_stream}' is unknown; use unlabelled or labelled.",
+  )
+  require(
+    config.optimizer.lr_scaling in LR_SCALING,
+    f"config.optimizer.lr_scaling='{config.optimizer.lr_scaling}' is unknown; use "
+    f'{", ".join(LR_SCALING)}.',
+  )
+  for steps, epochs in epoch_pairs(config):
+    given = [key for key in (steps, epochs) if config[key] is not None]
+    require(
+      len(given) == 1,
+      f'config.{steps}={config[steps]} and config.{epochs}={config[epochs]} are both set: give '
+      'one (on the command line, giving one unsets the other of the config file).'
+      if len(given) == 2
+      else f'config.{steps} and config.{epochs} are both unset; give one, e.g. --config.{steps}=1.',
+    )
+    key, value = given[0], config[given[0]]
+    accepts, rule = {
+      'num_steps': (lambda v: isinstance(v, int) and v > 0, 'an integer > 0'),
+      'num_epochs': (lambda v: v > 0, 'a number > 0'),
+    }.get(key, _NON_NEGATIVE if key == epochs else _COUNT)
+    example = flatten(get_base_config().to_dict()).get(key)
+    example = example if example is not None else int(key in ('num_steps', 'num_epochs'))
+    require(
+      isinstance(value, (int, float)) and math.isfinite(value) and accepts(value),
+      f'config.{key}={value!r} must be {rule}; e.g. --config.{key}={example}.',
+    )
+
+
+def resolution(config: ml_collections.ConfigDict, num_examples: dict[str, int]) -> dict:
+  """What `resolve` sets, and from what, for the log and the records of a run.
+
+  Returns {'epoch_stream', 'examples_per_epoch', 'batch_size' (of the epoch stream),
+  'steps_per_epoch' (examples // batch, at least 1: whole batches, as a PyTorch loader with
+  drop_last), 'learning_rate' (the peak, scaled), and each dotted `X_steps` key given as
+  `X_epochs` (round(epochs x steps_per_epoch))}.
+  """
+  check_resolvable(config)
+  batch = epoch_batch_size(config)
+  examples = num_examples[config.epoch_stream]
+  per_epoch = max(1, examples // batch)
+  values = dict(
+    epoch_stream=config.epoch_stream,
+    examples_per_epoch=examples,
+    batch_size=batch,
+    steps_per_epoch=per_epoch,
+    learning_rate=LR_SCALING[config.optimizer.lr_scaling](config.optimizer.learning_rate, batch),
+  )
+  for steps, epochs in epoch_pairs(config):
+    if config[epochs] is not None:
+      values[steps] = max(int(steps == 'num_steps'), round(config[epochs] * per_epoch))
+  return values
+
+
+def resolve(config: ml_collections.ConfigDict, num_examples: dict[str, int]):
+  """`config` in steps and at its peak learning rate, as a run trains it (a copy).
+
+  Args:
+    config: a config that may give lengths in epochs and a base learning rate with a rule.
+    num_examples: images of each epoch stream, e.g. {'unlabelled': 1281167, 'labelled': 128116}.
+
+  Returns:
+    A config with every `X_epochs` unset and its `X_steps` set (`resolution`), and
+    `optimizer.learning_rate` the scaled rate with `lr_scaling='none'`: resolving it again
+    gives it back.
+  """
+  values = resolution(config, num_examples)
+  resolved = config.copy_and_resolve_references()
+  for steps, epochs in epoch_pairs(config):
+    *path, steps_name = steps.split('.')
+    *_, epochs_name = epochs.split('.')
+    section = functools.reduce(lambda node, key: node[key], path, resolved)
+    section[steps_name] = values.get(steps, config[steps])
+    section[epochs_name] = None
+  resolved.optimizer.learning_rate = values['learning_rate']
+  resolved.optimizer.lr_scaling = 'none'
+  return resolved
+
+
 # The numbers `validate` checks: key -> (accepts(value), what the value must be). A value that
 # fails is refused naming its key, and its default in `get_base_config` as an example.
 _COUNT = (lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0')
@@ -252,6 +370,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
       f'set it to a multiple of {num_devices}, e.g. '
       f'--config.{name}={value - value % num_devices or num_devices}.',
     )
+  # Lengths in epochs need the data's size, known when the run loads it: checked here at a
+  # stand-in of one step per epoch.
+  config = resolve(config, dict.fromkeys(EPOCH_STREAMS, 1))
   require(
     isinstance(config.mesh.model, int)
     and config.mesh.model > 0
@@ -464,3 +585,46 @@ def with_baseline(
     baseline[key] = config.get_ref(key)
   config.stages = (baseline, method_stage)
   return config
+
+
+def derived_stage(
+  parent: ml_collections.ConfigDict, name: str, *, skip: tuple[str, ...] = (), **changes
+) -> ml_collections.ConfigDict:
+  """A stage named `name` that is `parent` but for `changes`, for `config.stages`.
+
+  Every other key of `parent` (but `stages`, `name` and `skip`) is read by reference, so
+  command-line overrides of `parent` reach the stage. A change is a value, or for a section a
+  dict of the keys it changes (its other keys follow `parent`'s section). A stage that gives a
+  length or warm-up in steps or epochs owns both keys of the pair (`num_steps` and
+  `num_epochs`, ...): the other one stays unset whatever `parent` sets.
+  """
+  stage = _follow(parent, changes, skip=('stages', 'name', *skip))
+  stage.name = name
+  return stage
+
+
+def _follow(
+  section: ml_collections.ConfigDict, changes: dict, skip=()
+) -> ml_collections.ConfigDict:
+  unknown = sorted(set(changes) - set(section.keys()))
+  require(not unknown, f'derived_stage: {unknown} are not keys of the config it derives from.')
+  own = dict(changes)
+  for key in changes:
+    for unit, twin, kind in (('_epochs', '_steps', int), ('_steps', '_epochs', float)):
+      other = key[: -len(unit)] + twin
+      if key.endswith(unit) and other in section and other not in changes:
+        own[other] = config_dict.placeholder(kind)
+  followed = ml_collections.ConfigDict()
+  for key in section.keys():
+    value = section[key]
+    if key in skip:
+      continue
+    if key in own and isinstance(own[key], dict) and isinstance(value, ml_collections.ConfigDict):
+      followed[key] = _follow(value, own[key])
+    elif key in own:
+      followed[key] = own[key]
+    else:
+      followed[key] = (
+        value if isinstance(value, ml_collections.ConfigDict) else section.get_ref(key)
+      )
+  return followed

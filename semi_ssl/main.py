@@ -151,19 +151,22 @@ def config_key_error(argv: list[str], config_arg: str) -> str | None:
 
 def _unset_other_labelled_key(config, given) -> list[str]:
   """Unsets the config file's label_fraction when the command line gives only
-  labels_per_class, and the other way round: `given` holds the overridden keys.
+  labels_per_class, and the other way round; the same for each steps/epochs pair
+  (`num_steps` and `num_epochs`, ...): `given` holds the overridden keys.
 
   Returns a line for the log for each key it unset.
   """
+  from semi_ssl import config_base
+
   notes = []
-  pair = ('labels_per_class', 'label_fraction')
-  for key, other in (pair, pair[::-1]):
-    if key in given and other not in given and None not in (config[key], config[other]):
-      notes.append(
-        f'--config.{key}={config[key]} given: unsetting config.{other}='
-        f'{config[other]} of the config file.'
-      )
-      config[other] = None
+  for pair in [('labels_per_class', 'label_fraction'), *config_base.epoch_pairs(config)]:
+    for key, other in (pair, pair[::-1]):
+      if key in given and other not in given and None not in (config[key], config[other]):
+        notes.append(
+          f'--config.{key}={config[key]} given: unsetting config.{other}='
+          f'{config[other]} of the config file.'
+        )
+        config.update_from_flattened_dict({other: None})
   return notes
 
 

@@ -42,6 +42,7 @@ from semi_ssl.methods import base
 RESULTS_FILE = 'results.json'
 SPLIT_FILE = 'split.json'
 CONFIG_FILE = 'config.json'
+RESOLVED_FILE = 'resolved.json'  # The config's epochs in steps, its learning rate at its batch.
 
 
 @flax.struct.dataclass
@@ -344,6 +345,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   elif is_writer:
     _write_json(workdir / SPLIT_FILE, splits.split_info)
     (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+  # Epochs to steps and the base learning rate to the batch's, now that the data's size is known.
+  num_examples = dict(
+    unlabelled=len(splits.unlabelled_images), labelled=len(splits.labelled_labels)
+  )
+  resolved = config_base.resolution(config, num_examples)
+  logging.info('Resolved: %s', ', '.join(f'{key} {value}' for key, value in resolved.items()))
+  if resuming:
+    check_unchanged(workdir, RESOLVED_FILE, resolved)
+  elif is_writer:
+    _write_json(workdir / RESOLVED_FILE, resolved)
+  config = config_base.resolve(config, num_examples)
 
   method = create_method(config, splits, mesh)
   tx, schedule = create_optimizer(config, config.num_steps)
@@ -480,6 +492,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     'seed': config.seed,
     'steps': int(state.step),
     **final,
+    'resolved': resolved,
     'skipped_steps': int(state.skipped_steps),
     'wall_seconds': round(previous_seconds + time.time() - start_time, 1),
   }

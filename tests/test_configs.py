@@ -38,6 +38,8 @@ REQUIRED_KEYS = (
   'batch_size',
   'labelled_batch_size',
   'num_steps',
+  'num_epochs',
+  'epoch_stream',
   'log_every',
   'eval_every',
   'checkpoint_every',
@@ -61,7 +63,13 @@ def load(path: str, *overrides: str) -> ml_collections.ConfigDict:
     'config', flag_values=flag_values, lock_config=True, sys_argv=argv
   )
   flag_values(argv)
+  given = dict(flag[len('--config.') :].split('=', 1) for flag in overrides)
+  main._unset_other_labelled_key(flag_values.config, given)  # As main.parse_flags does.
   return flag_values.config
+
+
+# Stand-in sizes for lengths in epochs (the trainer's are the loaded data's): one step an epoch.
+STAND_IN = dict.fromkeys(config_base.EPOCH_STREAMS, 1)
 
 
 def stages(config: ml_collections.ConfigDict, workdir: str = '/workdir'):
@@ -204,13 +212,16 @@ def test_imagenet_labelled_images_get_the_official_single_crop(path):
       )
 
 
-@pytest.mark.parametrize('swav, first_paths', [('/swav/run', ('backbone',)), (None, None)])
+SWAV_FLAGS = ('--config.init_from.workdir=/swav/run', "--config.init_from.paths=('backbone',)")
+
+
+@pytest.mark.parametrize('swav, first_paths', [('/swav/run', ('backbone',)), (None, ())])
 @pytest.mark.parametrize('path', STAGED_CONFIGS)
 def test_swav_checkpoint_decides_how_the_first_stage_starts(path, swav, first_paths, tmp_path):
-  """Set, the first stage copies the SwAV backbone; unset, it starts from scratch (no paths).
+  """Given, the first stage copies the SwAV backbone; not, it starts from scratch (no paths).
   Either way every stage validates."""
-  swav_flag = [f'--config.swav_checkpoint={swav}'] if swav else []
-  config = load(path, f'--config.data_dir={tmp_path}', *swav_flag)
+  swav_flags = SWAV_FLAGS if swav else ()
+  config = load(path, f'--config.data_dir={tmp_path}', *swav_flags)
   tfds_mock.prepare_for(tmp_path, config.dataset, num_examples=4)
   suave, finetune = stages(config, '/work')
   assert (suave.name, suave.init_from.workdir, suave.init_from.paths) == (
@@ -237,15 +248,18 @@ def test_overrides_reach_the_stages(path):
       '--config.suave.temperature=0.2',
       '--config.finetune.optimizer.learning_rate=0.5',
       '--config.finetune.num_steps=7',
+      '--config.batch_size=128',
     )
   )
   for stage in (suave, finetune):
     assert (stage.seed, stage.augment.global_size, stage.suave.temperature) == (3, 192, 0.2)
-  assert suave.optimizer.learning_rate == 0.4 and suave.num_steps == 100 * 5004
-  assert finetune.optimizer.learning_rate == 0.5 and finetune.num_steps == 7
+    assert stage.batch_size == 128
+  assert suave.optimizer.learning_rate == 0.4 and suave.num_epochs == 100
+  assert finetune.optimizer.learning_rate == 0.5
+  assert (finetune.num_steps, finetune.num_epochs) == (7, None)
   # The fine-tune keeps its own values of what it changes.
   default_finetune = stages(load(path))[1]
-  assert finetune.augment.num_local_crops == 0 and finetune.optimizer.warmup_steps == 0
+  assert finetune.augment.num_local_crops == 0 and finetune.optimizer.warmup_epochs == 0
   assert finetune.suave.label_smoothing == default_finetune.suave.label_smoothing
 
 
@@ -264,7 +278,7 @@ def _param_shapes(stage: ml_collections.ConfigDict) -> dict[tuple[str, ...], tup
 
 @pytest.mark.parametrize('path', STAGED_CONFIGS)
 def test_stages_hand_over_parameters_both_models_have(path):
-  suave, finetune = stages(load(path, '--config.swav_checkpoint=/swav/run'))
+  suave, finetune = stages(load(path, *SWAV_FLAGS))
   before, after = _param_shapes(suave), _param_shapes(finetune)
   assert set(suave.init_from.paths) < {p[0] for p in before}  # Not everything: no prototypes.
   for prefix in finetune.init_from.paths:
@@ -339,6 +353,8 @@ def test_config_trains_on_mock_data(path, tmp_path):
       if stage.dataset.startswith('cifar'):  # 40 mock images lack some of CIFAR-100's classes.
         stage.labels_per_class, stage.label_fraction = None, 0.25
       splits = datasets.load(stage)
+      sizes = dict(unlabelled=len(splits.unlabelled_images), labelled=len(splits.labelled_labels))
+      stage = config_base.resolve(stage, sizes)  # As train.train_and_evaluate does.
       data = base.DataInfo(num_classes=splits.num_classes, image_shape=splits.image_shape)
       step, init, sharding, unlabelled = _step(stage, data, mesh, splits.mean, splits.std)
       state = jax.jit(init, out_shardings=sharding)()
@@ -366,6 +382,7 @@ def test_full_size_step_lowers_on_8_devices(path):
   the 8 devices, lowered on abstract inputs placed as the trainer places them (no compile):
   shapes and shardings fit, and the step returns a state shaped like the one it takes."""
   for stage in stages(load(path)):
+    stage = config_base.resolve(stage, STAND_IN)
     mesh = parallel.create_mesh(stage.mesh.model)
     shape = datasets.image_shape(stage)
     data = base.DataInfo(num_classes=datasets.num_classes(stage), image_shape=shape)

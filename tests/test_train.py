@@ -14,7 +14,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from helpers import REPO, cpu_env, saved_state, tiny_config
-from semi_ssl import checkpoint, config_base, main, methods, parallel, train
+from semi_ssl import checkpoint, config_base, errors, main, methods, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
 
@@ -51,10 +51,16 @@ def test_sharded_step_equals_single_device_step():
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
-  config = tiny_config()
+  # 4 steps as 4/3 passes over the 50 labelled images, 3 batches of 16 each (resolved.json).
+  config = tiny_config(num_steps=None, num_epochs=4 / 3, epoch_stream='labelled')
   workdir = str(tmp_path / 'run')
   first = train.train_and_evaluate(config, workdir)
   assert first['steps'] == 4
+  with open(os.path.join(workdir, train.RESOLVED_FILE)) as f:
+    resolved = json.load(f)
+  assert first['resolved'] == resolved
+  assert (resolved['examples_per_epoch'], resolved['steps_per_epoch']) == (50, 3)
+  assert (resolved['num_steps'], resolved['learning_rate']) == (4, 0.1)
   final = saved_state(workdir, 4)['params']
   # Lose the last checkpoint and the results, as if killed between steps 2 and 4.
   ckpt = checkpoint.Checkpointer(workdir, keep=5)
@@ -62,6 +68,13 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
   ckpt.close()
   os.remove(os.path.join(workdir, train.RESULTS_FILE))
   assert checkpoint.Checkpointer(workdir, keep=5).last_complete_step == 2
+  # A resumed run resolves as the first one did, or stops before restoring anything.
+  with open(os.path.join(workdir, train.RESOLVED_FILE), 'w') as f:
+    json.dump({**resolved, 'steps_per_epoch': 2}, f)
+  with pytest.raises(errors.UserError, match=r'resolved.json\): steps_per_epoch was 2, now 3'):
+    train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, train.RESOLVED_FILE), 'w') as f:
+    json.dump(resolved, f)
   again = train.train_and_evaluate(config, workdir)
   assert again['steps'] == 4
   # Same data, same keys: the resumed run ends where the first one did.

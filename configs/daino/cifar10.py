@@ -54,6 +54,7 @@ def get_config():
       teacher_temperature=0.07,
       teacher_temperature_warmup_start=0.04,
       teacher_temperature_warmup_steps=16_000,  # The first 1/6 of training, as 10 of 60 epochs.
+      teacher_temperature_warmup_epochs=config_dict.placeholder(float),  # Instead of steps.
       teacher_momentum=0.99,
       center_momentum=0.9,
       mixup_alpha=1.0,

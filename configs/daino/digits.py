@@ -43,6 +43,7 @@ def get_config():
       teacher_temperature=0.05,
       teacher_temperature_warmup_start=0.05,
       teacher_temperature_warmup_steps=0,
+      teacher_temperature_warmup_epochs=config_dict.placeholder(float),  # Instead of steps.
       teacher_momentum=0.95,  # cosine schedule to 1.0 over num_steps
       center_momentum=0.9,
       mixup_alpha=1.0,

@@ -17,8 +17,6 @@ from ml_collections import config_dict
 
 from semi_ssl import config_base
 
-_STEPS_PER_EPOCH = 1251  # 1,281,167 unlabelled images / 1024 per step.
-
 
 def get_config():
   c = config_base.get_base_config()
@@ -29,11 +27,13 @@ def get_config():
   # [D] README: 2 nodes x 8 GPUs x (64 unlabelled + 32 labelled) = 1024 + 512 images a step.
   c.batch_size = 1024
   c.labelled_batch_size = 512
-  c.num_steps = 60 * _STEPS_PER_EPOCH  # [D] --epochs 60.
+  c.num_steps = None
+  c.num_epochs = 60.0  # [D] --epochs 60, of the unlabelled images (all of ImageNet train).
+  c.epoch_stream = 'unlabelled'
   c.log_every = 100
-  c.eval_every = 5 * _STEPS_PER_EPOCH
+  c.eval_every = 6000  # About 5 epochs at batch 1024.
   c.eval.crop_fraction = 0.875  # Resize 256, centre crop 224.
-  c.checkpoint_every = _STEPS_PER_EPOCH
+  c.checkpoint_every = 1200  # About 1 epoch.
   c.model.backbone = 'resnet50'
   c.model.stem = 'imagenet'
   c.model.dtype = 'bfloat16'  # [S] --use_fp16 true (mixed precision).
@@ -64,11 +64,13 @@ def get_config():
   )
   # [S] LARS: base lr 0.4 at 256 unlabelled images, final lr 0.001, 5 warm-up epochs,
   # momentum 0.9, eta 0.001, weight decay 1e-6 (main_suave.py default). The lr is scaled
-  # linearly to the 1024 unlabelled images of [D] (ours).
+  # linearly to the batch (ours): 1.6 at the 1024 unlabelled images of [D].
   c.optimizer.name = 'lars'
-  c.optimizer.learning_rate = 0.4 * 1024 / 256
-  c.optimizer.end_learning_rate_factor = 0.001 / c.optimizer.learning_rate
-  c.optimizer.warmup_steps = 5 * _STEPS_PER_EPOCH
+  c.optimizer.learning_rate = 0.4
+  c.optimizer.lr_scaling = 'linear'
+  c.optimizer.end_learning_rate_factor = 0.001 / (0.4 * 1024 / 256)  # 0.001 at batch 1024.
+  c.optimizer.warmup_steps = None
+  c.optimizer.warmup_epochs = 5.0
   c.optimizer.momentum = 0.9
   c.optimizer.trust_coefficient = 0.001
   c.optimizer.weight_decay = 1e-6
@@ -84,7 +86,8 @@ def get_config():
       # [D] --warmup_teacher_temp 0.04 --teacher_temp 0.07 --warmup_teacher_temp_epochs 10.
       teacher_temperature=0.07,
       teacher_temperature_warmup_start=0.04,
-      teacher_temperature_warmup_steps=10 * _STEPS_PER_EPOCH,
+      teacher_temperature_warmup_steps=config_dict.placeholder(int),
+      teacher_temperature_warmup_epochs=10.0,
       teacher_momentum=0.99,  # [D] --momentum_teacher 0.990, cosine to 1.
       center_momentum=0.9,  # [D] DINOLoss default.
       # [D] --mixup_lab true; [D] mixes with mixup and CutMix (alpha 1); here mixup only.

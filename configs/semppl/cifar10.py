@@ -19,8 +19,6 @@ import ml_collections
 
 from semi_ssl import config_base
 
-_STEPS_PER_EPOCH = 50_000 // 256
-
 
 def get_config() -> ml_collections.ConfigDict:
   c = config_base.get_base_config()
@@ -30,10 +28,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.batch_size = 256  # [S] batch_size 256.
   c.labelled_batch_size = 64  # Ours.
-  c.num_steps = 1000 * _STEPS_PER_EPOCH  # [S] max_epochs 1000.
+  c.num_steps = None
+  c.num_epochs = 1000.0  # [S] max_epochs 1000 (here of the unlabelled images).
+  c.epoch_stream = 'unlabelled'
   c.log_every = 200
-  c.eval_every = 50 * _STEPS_PER_EPOCH
-  c.checkpoint_every = 10 * _STEPS_PER_EPOCH
+  c.eval_every = 10_000  # About 50 epochs at batch 256.
+  c.checkpoint_every = 2000  # About 10 epochs.
 
   c.model.backbone = 'resnet18'  # [S] resnet18; solo-learn's CIFAR stem: 3x3/1 conv, no pool.
   c.model.stem = 'cifar'
@@ -58,10 +58,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.solarize_prob = (0.0, 0.2, 0.0)
 
   # [S] LARS, lr 1.0 (warm-up then cosine), eta 0.02, weight decay 1e-5, biases and norms
-  # excluded; 10 warm-up epochs as solo-learn's warmup_cosine default.
+  # excluded; 10 warm-up epochs as solo-learn's warmup_cosine default. The lr is for batch 256;
+  # the linear scaling to other batch sizes is ours.
   c.optimizer.name = 'lars'
   c.optimizer.learning_rate = 1.0
-  c.optimizer.warmup_steps = 10 * _STEPS_PER_EPOCH
+  c.optimizer.lr_scaling = 'linear'
+  c.optimizer.warmup_steps = None
+  c.optimizer.warmup_epochs = 10.0
   c.optimizer.weight_decay = 1e-5
   c.optimizer.trust_coefficient = 0.02
 

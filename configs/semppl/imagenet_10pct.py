@@ -26,8 +26,6 @@ from ml_collections import config_dict
 
 from semi_ssl import config_base
 
-_STEPS_PER_EPOCH = 1_281_167 // 4096
-
 
 def get_config():
   c = config_base.get_base_config()
@@ -37,12 +35,14 @@ def get_config():
   c.decode_size = 256
   c.batch_size = 4096  # [B] batch 4096.
   c.labelled_batch_size = 1024  # Ours.
-  c.num_steps = 300 * _STEPS_PER_EPOCH  # [B] 300 epochs.
+  c.num_steps = None
+  c.num_epochs = 300.0  # [B] 300 epochs (of ImageNet train, the unlabelled images here).
+  c.epoch_stream = 'unlabelled'
   c.log_every = 100
-  c.eval_every = 10 * _STEPS_PER_EPOCH
+  c.eval_every = 3000  # About 10 epochs at batch 4096.
   c.eval.batch_size = 1024
   c.eval.crop_fraction = 0.875  # [O] dataset.py: centre crop 224 / (224 + 32) of the short side.
-  c.checkpoint_every = _STEPS_PER_EPOCH
+  c.checkpoint_every = 300  # About 1 epoch.
   c.model.backbone = 'resnet50'  # Paper (abstract); [O] configs/eval.py: ResNet50, width 1.
   c.model.stem = 'imagenet'
   c.model.dtype = 'bfloat16'
@@ -69,8 +69,10 @@ def get_config():
   # have this LARS (defaults eta 1e-3, momentum 0.9) and schedule form (base x batch / 256,
   # linear warm-up, cosine to 0), not the pretraining values.
   c.optimizer.name = 'lars'
-  c.optimizer.learning_rate = 0.3 * c.batch_size / 256
-  c.optimizer.warmup_steps = 10 * _STEPS_PER_EPOCH
+  c.optimizer.learning_rate = 0.3
+  c.optimizer.lr_scaling = 'linear'
+  c.optimizer.warmup_steps = None
+  c.optimizer.warmup_epochs = 10.0
   c.optimizer.momentum = 0.9
   c.optimizer.trust_coefficient = 1e-3
   c.optimizer.weight_decay = 1e-6

@@ -16,9 +16,6 @@ import ml_collections
 
 from semi_ssl import config_base
 
-_TRAIN_IMAGES = 50_000
-_EPOCHS = 1000  # solo-learn swav.sh: --max_epochs 1000.
-
 
 def get_config() -> ml_collections.ConfigDict:
   c = config_base.get_base_config()
@@ -28,11 +25,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.batch_size = 256  # solo-learn swav.sh: --batch_size 256.
   c.labelled_batch_size = 128  # Suave's 2:1 unlabelled:labelled ratio (train_10perc.sh: 32 / 16).
-  steps_per_epoch = _TRAIN_IMAGES // c.batch_size
-  c.num_steps = _EPOCHS * steps_per_epoch
+  c.num_steps = None
+  c.num_epochs = 1000.0  # solo-learn swav.sh: --max_epochs 1000 (here of the unlabelled images).
+  c.epoch_stream = 'unlabelled'
   c.log_every = 100
-  c.eval_every = 50 * steps_per_epoch
-  c.checkpoint_every = 10 * steps_per_epoch
+  c.eval_every = 10_000  # About 50 epochs at batch 256.
+  c.checkpoint_every = 2000  # About 10 epochs.
 
   # solo-learn base.py: torchvision ResNet-18 with a 3x3/1 stem conv and no max-pool on CIFAR.
   c.model.backbone = 'resnet18'
@@ -58,11 +56,14 @@ def get_config() -> ml_collections.ConfigDict:
   # solo-learn swav.sh: LARS with eta 0.02, lr 0.6 -> 0.0006 (cosine after the 10 warm-up
   # epochs of base.py), weight decay 1e-6; biases and norms are excluded from LARS and decay
   # (pretrain/cifar/swav.yaml: exclude_bias_n_norm). solo-learn's --grad_clip_lars (clipping
-  # the LARS rate at the learning rate) has no counterpart here.
+  # the LARS rate at the learning rate) has no counterpart here. swav.sh's 0.6 is for batch 256;
+  # the linear scaling to other batch sizes is ours.
   c.optimizer.name = 'lars'
   c.optimizer.learning_rate = 0.6
+  c.optimizer.lr_scaling = 'linear'
   c.optimizer.end_learning_rate_factor = 0.001
-  c.optimizer.warmup_steps = 10 * steps_per_epoch
+  c.optimizer.warmup_steps = None
+  c.optimizer.warmup_epochs = 10.0
   c.optimizer.weight_decay = 1e-6
   c.optimizer.trust_coefficient = 0.02
 

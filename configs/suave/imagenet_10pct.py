@@ -1,20 +1,24 @@
 """Suave on ImageNet with 10% of the labels: ResNet-50 from SwAV, Suave, then a short fine-tune.
 
 python -m semi_ssl.main --config=configs/suave/imagenet_10pct.py --workdir=/tmp/suave_in10 \
-    --config.swav_checkpoint=/path/to/swav_workdir [--config.data_dir=DIR]
+    --config.init_from.workdir=/path/to/swav_workdir --config.init_from.paths="('backbone',)" \
+    [--config.data_dir=DIR]
 
 Two stages, each in WORKDIR/<stage name>:
-  suave     100 epochs of Suave. The backbone starts from the latest checkpoint of the workdir
-            `swav_checkpoint` (a self-supervised SwAV ResNet-50 in this code's checkpoint
-            layout); its projector and prototypes start fresh. Left unset, the whole model
-            starts from scratch: a run the paper does not report.
-  finetune  5 epochs of Suave from the first stage's backbone and projector (fresh
-            prototypes), with two 224-pixel crops, no colour augmentation, a smaller learning
-            rate and no warm-up.
+  suave     100 epochs of Suave: the top-level keys of this config. With the two init_from flags
+            above, the backbone starts from the latest checkpoint of a self-supervised SwAV
+            ResNet-50 (in this code's checkpoint layout); its projector and prototypes start
+            fresh. Without them the whole model starts from scratch: a run the paper does not
+            report.
+  finetune  `config.finetune`: the first stage but for what `derived_stage` below changes (5
+            epochs from the first stage's backbone and projector, fresh prototypes, two 224-pixel
+            crops, no colour augmentation, a smaller learning rate, no warm-up).
 
 Overrides of top-level keys (--config.seed, --config.batch_size, --config.model.dtype, ...) reach
-both stages: the stages read them by reference. The fine-tune's own length, optimiser,
-augmentation and Suave settings are under `config.finetune`.
+both stages: the fine-tune reads every key it does not change by reference. Its own values are
+overridden under `config.finetune` (--config.finetune.num_epochs=3, ...). Lengths are epochs of
+the unlabelled images and the learning rates scale linearly with `batch_size`: they are turned
+into steps and rates when a stage starts (`config_base.resolve`).
 
 Sources: the official code, github.com/pietroastolfi/suave-daino. Stage 1:
 `suave/scripts/train_10perc.sh`; stage 2: `suave/scripts/finetune_10perc.sh`; anything they
@@ -30,27 +34,6 @@ from ml_collections import config_dict
 
 from semi_ssl import config_base
 
-_STEPS_PER_EPOCH = 1_281_167 // 256  # ImageNet train at 256 unlabelled images per step.
-
-
-def _if_set(ref: config_dict.FieldReference, value) -> config_dict.FieldReference:
-  """Reads `value` while `ref` holds a value and None while it is None: ml_collections leaves
-  out the ops of a reference to None."""
-  return ref._apply_op(lambda _: value)  # pylint: disable=protected-access
-
-
-def _linked(
-  parent: ml_collections.ConfigDict, *, skip: tuple[str, ...] = (), **own
-) -> ml_collections.ConfigDict:
-  """A ConfigDict of the `own` values and, by reference, every other key of `parent` but
-  `skip`: overrides of `parent`'s keys on the command line reach it."""
-  linked = ml_collections.ConfigDict(own)
-  for key in parent.keys():
-    if key not in own and key not in skip:
-      value = parent[key]
-      linked[key] = value if isinstance(value, ml_collections.ConfigDict) else parent.get_ref(key)
-  return linked
-
 
 def get_config() -> ml_collections.ConfigDict:
   c = config_base.get_base_config()
@@ -61,10 +44,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.batch_size = 256  # README: 8 GPUs x --batch_size 32.
   c.labelled_batch_size = 128  # README: 8 GPUs x --lab_batch_size 16.
-  c.num_steps = 100 * _STEPS_PER_EPOCH  # --epochs 100.
+  c.num_steps = None
+  c.num_epochs = 100.0  # --epochs 100, of the unlabelled images (all of ImageNet train).
+  c.epoch_stream = 'unlabelled'
   c.log_every = 100
-  c.eval_every = 10 * _STEPS_PER_EPOCH
-  c.checkpoint_every = _STEPS_PER_EPOCH
+  c.eval_every = 50_000  # About 10 epochs at batch 256.
+  c.checkpoint_every = 5000  # About 1 epoch.
 
   c.model.backbone = 'resnet50'  # main_suave.py: --arch resnet50.
   c.model.stem = 'imagenet'
@@ -98,11 +83,14 @@ def get_config() -> ml_collections.ConfigDict:
   )
 
   # train_10perc.sh: --base_lr 0.4 --final_lr 0.001 --warmup_epochs 5 (from 0); main_suave.py:
-  # LARS(momentum=0.9, eta=0.001), --wd 1e-6.
+  # LARS(momentum=0.9, eta=0.001), --wd 1e-6. Its 0.4 is for 256 unlabelled images a step; the
+  # linear scaling to other batch sizes is ours.
   c.optimizer.name = 'lars'
   c.optimizer.learning_rate = 0.4
+  c.optimizer.lr_scaling = 'linear'
   c.optimizer.end_learning_rate_factor = 0.001 / 0.4
-  c.optimizer.warmup_steps = 5 * _STEPS_PER_EPOCH
+  c.optimizer.warmup_steps = None
+  c.optimizer.warmup_epochs = 5.0
   c.optimizer.momentum = 0.9
   c.optimizer.trust_coefficient = 0.001
   c.optimizer.weight_decay = 1e-6
@@ -140,55 +128,35 @@ def get_config() -> ml_collections.ConfigDict:
   )
 
   # main_suave.py loads --swav_init_ckpt without its prototypes and, with --init_proj false
-  # (train_10perc.sh), without its projection head: the backbone only.
-  c.swav_checkpoint = config_dict.placeholder(str)
-  swav = c.get_ref('swav_checkpoint')
-  c.init_from = ml_collections.ConfigDict(
-    dict(workdir=swav, stage=config_dict.placeholder(str), paths=_if_set(swav, ('backbone',)))
-  )
+  # (train_10perc.sh), without its projection head: init_from.paths=('backbone',) (the command
+  # in the docstring); left empty, from scratch.
 
-  # The fine-tune changes what finetune_10perc.sh changes and reads the rest from stage 1.
-  c.finetune = ml_collections.ConfigDict(
-    dict(
-      num_steps=5 * _STEPS_PER_EPOCH,  # --epochs 5.
-      # --base_lr 0.03 --final_lr 0.0003 --warmup_epochs 0.
-      optimizer=_linked(
-        c.optimizer, learning_rate=0.03, end_learning_rate_factor=0.0003 / 0.03, warmup_steps=0
-      ),
-      # --nmb_crops 2 --size_crops 224 --min_scale_crops 0.08 --max_scale_crops 1.0
-      # --color_jit_unlab false (no colour jitter, grayscale or blur). Labelled images:
-      # --light_augment_lab true (main_suave.py lines 315-322): one RandomResizedCrop(224),
-      # flip, colour jitter (0.1, 0.1, 0.1, 0.1) with p=0.8, no grayscale.
-      augment=_linked(
-        c.augment,
-        global_scale=(0.08, 1.0),
-        num_local_crops=0,
-        color_jitter=(0.0, 0.0, 0.0, 0.0),
-        grayscale_prob=0.0,
-        blur_prob=(0.0,),
-        local_blur_prob=0.0,
-        labelled=_linked(c.augment.labelled, color_jitter=(0.1,) * 4, grayscale_prob=0.0),
-      ),
-      suave=_linked(c.suave, label_smoothing=0.001),
-    )
-  )  # --label_smoothing 0.001.
-
-  skip = ('stages', 'finetune')
-  c.stages = (
-    _linked(c, skip=skip, name='suave'),
-    # finetune_10perc.sh: --init_proj true, from the first stage's checkpoint; main_suave.py
-    # drops the checkpoint's prototypes in every case.
-    _linked(
-      c,
-      skip=skip,
-      name='finetune',
-      num_steps=c.finetune.get_ref('num_steps'),
-      optimizer=c.finetune.optimizer,
-      augment=c.finetune.augment,
-      suave=c.finetune.suave,
-      init_from=ml_collections.ConfigDict(
-        dict(workdir=config_dict.placeholder(str), stage='suave', paths=('backbone', 'projector'))
-      ),
+  # Stage 2, finetune_10perc.sh: the first stage but for what it changes.
+  c.finetune = config_base.derived_stage(
+    c,
+    'finetune',
+    num_epochs=5.0,  # --epochs 5.
+    # --base_lr 0.03 --final_lr 0.0003 --warmup_epochs 0.
+    optimizer=dict(learning_rate=0.03, end_learning_rate_factor=0.0003 / 0.03, warmup_epochs=0.0),
+    # --nmb_crops 2 --size_crops 224 --min_scale_crops 0.08 --max_scale_crops 1.0
+    # --color_jit_unlab false (no colour jitter, grayscale or blur). Labelled images:
+    # --light_augment_lab true (main_suave.py lines 315-322): one RandomResizedCrop(224),
+    # flip, colour jitter (0.1, 0.1, 0.1, 0.1) with p=0.8, no grayscale.
+    augment=dict(
+      global_scale=(0.08, 1.0),
+      num_local_crops=0,
+      color_jitter=(0.0, 0.0, 0.0, 0.0),
+      grayscale_prob=0.0,
+      blur_prob=(0.0,),
+      local_blur_prob=0.0,
+      labelled=dict(color_jitter=(0.1,) * 4, grayscale_prob=0.0),
+    ),
+    suave=dict(label_smoothing=0.001),  # --label_smoothing 0.001.
+    # --init_proj true, from the first stage's checkpoint; main_suave.py drops the
+    # checkpoint's prototypes in every case.
+    init_from=ml_collections.ConfigDict(
+      dict(workdir=config_dict.placeholder(str), stage='suave', paths=('backbone', 'projector'))
     ),
   )
+  c.stages = (config_base.derived_stage(c, 'suave', skip=('finetune',)), c.finetune)
   return c

@@ -14,8 +14,6 @@ import ml_collections
 
 from semi_ssl import config_base
 
-_STEPS_PER_EPOCH = 50_000 // 128  # A pass over the full CIFAR train split at batch 128.
-
 
 def get_config() -> ml_collections.ConfigDict:
   c = config_base.get_base_config()
@@ -25,9 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.labelled_batch_size = 128  # As configs/suave/cifar10.py.
   c.batch_size = 256  # Unused: the supervised method reads no unlabelled images.
-  # pytorch-cifar main.py's 200 epochs of the full train split, at this batch size: 78k
-  # updates, whatever the size of the labelled subset.
-  c.num_steps = 200 * _STEPS_PER_EPOCH
+  # pytorch-cifar main.py's 200 epochs of the full train split (50,000 // 128 = 390 steps each)
+  # at this batch size: 78k updates, whatever the size of the labelled subset.
+  c.num_steps = 78_000
   c.log_every = 100
   c.eval_every = 10_000
   c.checkpoint_every = 2_000

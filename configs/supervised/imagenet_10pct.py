@@ -15,8 +15,6 @@ import ml_collections
 
 from semi_ssl import config_base
 
-_STEPS_PER_EPOCH = 128_000 // 256  # supervised_imagenet_10p.sh: "Total steps are 100k here".
-
 
 def get_config() -> ml_collections.ConfigDict:
   c = config_base.get_base_config()
@@ -27,10 +25,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.labelled_batch_size = 256
   c.batch_size = 256  # Unused: the supervised method reads no unlabelled images.
-  c.num_steps = 200 * _STEPS_PER_EPOCH
+  # Epochs of the labelled subset: 200 x (128,116 // 256) = 100k steps (supervised_imagenet_10p.sh:
+  # "Total steps are 100k here").
+  c.num_steps = None
+  c.num_epochs = 200.0
+  c.epoch_stream = 'labelled'
   c.log_every = 100
-  c.eval_every = 20 * _STEPS_PER_EPOCH
-  c.checkpoint_every = 5 * _STEPS_PER_EPOCH
+  c.eval_every = 10_000  # About 20 epochs at batch 256.
+  c.checkpoint_every = 2500  # About 5 epochs.
 
   # s4l: --architecture resnet50v2 --filters_factor 4 (standard width); here ResNet-50 v1.5.
   c.model.backbone = 'resnet50'
@@ -52,8 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.solarize_prob = (0.0,)
 
   c.optimizer.name = 'sgd'
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.warmup_steps = 5 * _STEPS_PER_EPOCH  # --schedule '5,140,160,180,200'.
+  c.optimizer.learning_rate = 0.1  # At S4L's batch 256; linear in the labelled batch (ours).
+  c.optimizer.lr_scaling = 'linear'
+  c.optimizer.warmup_steps = None
+  c.optimizer.warmup_epochs = 5.0  # --schedule '5,140,160,180,200'.
   c.optimizer.end_learning_rate_factor = 0.0
   c.optimizer.momentum = 0.9
   c.optimizer.weight_decay = 1e-3

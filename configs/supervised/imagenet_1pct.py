@@ -14,17 +14,15 @@ import runpy
 
 import ml_collections
 
-_STEPS_PER_EPOCH = 12_811 // 256
-
 
 def get_config() -> ml_collections.ConfigDict:
   imagenet_10pct = runpy.run_path(os.path.join(os.path.dirname(__file__), 'imagenet_10pct.py'))
   c = imagenet_10pct['get_config']()
   c.label_fraction = 0.01
-  c.num_steps = 1000 * _STEPS_PER_EPOCH
-  c.eval_every = 200 * _STEPS_PER_EPOCH
-  c.checkpoint_every = 50 * _STEPS_PER_EPOCH
+  c.num_epochs = 1000.0  # Of the 12,811 labelled images: 50 steps each at batch 256.
+  c.eval_every = 10_000  # About 200 epochs.
+  c.checkpoint_every = 2500  # About 50 epochs.
   c.optimizer.learning_rate = 0.01
-  c.optimizer.warmup_steps = 5 * _STEPS_PER_EPOCH  # --schedule '5,700,800,900,1000'.
+  c.optimizer.warmup_epochs = 5.0  # --schedule '5,700,800,900,1000'.
   c.optimizer.weight_decay = 1e-2
   return c
