@@ -263,15 +263,15 @@ def test_dino_head_layers_and_initialisation():
 
   from semi_ssl.models import heads
 
-  mlp = MLP(512, 1024, 256, num_layers=3, rngs=_rngs(), **heads.DINO_MLP)
+  mlp = MLP(64, 256, 64, num_layers=3, rngs=_rngs(), **heads.DINO_MLP)
   assert not jax.tree.leaves(nnx.state(mlp, nnx.BatchStat))
   layers = [*mlp.hidden, mlp.out]
   kernels = [np.asarray(layer.linear.kernel[...]) for layer in layers]
-  np.testing.assert_allclose([k.std() for k in kernels], 0.02, rtol=0.02)
+  np.testing.assert_allclose([k.std() for k in kernels], 0.02, rtol=0.03)
   assert all(np.all(np.asarray(layer.linear.bias[...]) == 0) for layer in layers)
   for layer in layers:  # Biases that are not 0, to check they are added.
     layer.linear.bias[...] = _images(layer.linear.bias.shape, seed=1)
-  x = _images((3, 512))
+  x = _images((3, 64))
   gelu = lambda z: 0.5 * z * (1 + erf(z / np.sqrt(2)))  # torch.nn.GELU() (exact).
   expected = x
   for i, layer in enumerate(layers):
