@@ -114,6 +114,7 @@ def state_initializer(method: base.Method, tx, seed: int):
 
   def init():
     params, model_state = nnx.split(create(), nnx.Param, ...)[1:]
+    params = method.project_params(params)
     zero = jnp.zeros((), jnp.int32)
     return TrainState(
       step=zero,
@@ -139,9 +140,11 @@ def initialise_from(
   state: TrainState, source: dict, paths: tuple[str, ...], method: base.Method, sharding: TrainState
 ) -> TrainState:
   """`state` with the parameters and model state (BatchNorm statistics) under `paths` taken
-  from `source` (`checkpoint.load_variables`), and the method state (EMA teachers, queues)
-  built anew from the new parameters, as a fresh run would build it."""
-  params = checkpoint.copy_subtrees(state.params, source['params'], paths)
+  from `source` (`checkpoint.load_variables`), then `method.project_params`, and the method
+  state (EMA teachers, queues) built anew from the new parameters, as a fresh run builds it."""
+  params = jax.jit(method.project_params, out_shardings=sharding.params)(
+    checkpoint.copy_subtrees(state.params, source['params'], paths)
+  )
   model_state = checkpoint.copy_subtrees(
     state.model_state, source['model_state'], paths, each_prefix_matches=False
   )
@@ -192,7 +195,7 @@ def train_step(
   if trainable is not None:
     updates = _masked(updates, trainable)
     opt_state = keep_frozen_state(opt_state, state.opt_state, trainable)
-  params = optax.apply_updates(state.params, updates)
+  params = method.project_params(optax.apply_updates(state.params, updates))
   method_state = method.update_state(params, method_state, state.step)
   grad_norm = optax.global_norm(grads)
   metrics = {**metrics, 'loss': loss, 'learning_rate': schedule(state.step), 'grad_norm': grad_norm}
@@ -420,7 +423,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     knn_temperature=config.eval.knn_temperature,
     variables_like=(abstract.params, abstract.model_state, abstract.method_state),
   )
-  run_eval = lambda state: evaluator((state.params, state.model_state, state.method_state))
+
+  def run_eval(state):
+    """The model's figures, then as `<name>_<figure>` those of `method.eval_params`."""
+    figures = evaluator((state.params, state.model_state, state.method_state))
+    for name, params in method.eval_params(state.params, state.method_state).items():
+      further = evaluator((params, state.model_state, state.method_state))
+      figures.update({f'{name}_{key.removeprefix("test_")}': v for key, v in further.items()})
+    return figures
 
   def save(state):
     workdir_lease.check_held()  # Another run took the workdir over: stop before writing.

@@ -111,6 +111,50 @@ def test_teacher_temperature_warms_up_linearly_then_stays():
   assert t(0, 0) == pytest.approx(0.07)  # No warm-up.
 
 
+def dino_teacher_temp_schedule(warmup_teacher_temp, teacher_temp, warmup_epochs, nepochs):
+  """DINOLoss.teacher_temp_schedule, github.com/facebookresearch/dino at 7c446df, main_dino.py
+  lines 374-377 (daino/main_daino.py lines 613-617): one temperature per epoch."""
+  return np.concatenate(
+    (
+      np.linspace(warmup_teacher_temp, teacher_temp, warmup_epochs),
+      np.ones(nepochs - warmup_epochs) * teacher_temp,
+    )
+  )
+
+
+@pytest.mark.parametrize('warmup_epochs', [1, 4])
+def test_teacher_temperature_warms_up_once_an_epoch_as_dino(warmup_epochs):
+  epoch_steps, epochs = 7, 6
+  steps = jnp.arange(epochs * epoch_steps)
+  got = daino.teacher_temperature(
+    steps, start=0.04, end=0.07, warmup_steps=warmup_epochs * epoch_steps, epoch_steps=epoch_steps
+  )
+  official = dino_teacher_temp_schedule(0.04, 0.07, warmup_epochs, epochs)
+  np.testing.assert_allclose(got, official[np.asarray(steps) // epoch_steps], rtol=1e-6)
+
+
+def test_heads_and_their_parameter_paths():
+  """'swav' (the digits default): the parameters of before the option; 'dino': no BatchNorm,
+  and with norm_last_layer=False a learnt magnitude per prototype."""
+
+  def paths(**overrides):
+    method = daino.Daino(tiny_config(**overrides), DIGITS, parallel.create_mesh())
+    model = nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
+    names = lambda f: {'/'.join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, f))}
+    return names(nnx.Param), names(nnx.BatchStat)
+
+  swav_params, swav_stats = paths()
+  assert 'projector/hidden/0/bn/scale' in swav_params and 'projector/hidden/0/bn/mean' in swav_stats
+  assert {p for p in swav_params if p.startswith('prototypes')} == {'prototypes/kernel'}
+  dino_params, dino_stats = paths(head='dino', norm_last_layer=False)
+  assert not any(p.startswith('projector') for p in dino_stats)
+  assert {'projector/hidden/0/linear/bias', 'prototypes/magnitude'} <= dino_params
+  assert dino_params - swav_params == {
+    'projector/hidden/0/linear/bias',
+    'prototypes/magnitude',
+  } and swav_params - dino_params == {'projector/hidden/0/bn/scale', 'projector/hidden/0/bn/bias'}
+
+
 def test_targets_are_centred_and_sharpened():
   scores = [np.array([[0.9, 0.1, -0.5], [0.2, 0.3, 0.1]], np.float32)]
   center = np.array([0.3, -0.1, 0.0], np.float32)
@@ -254,6 +298,8 @@ def test_teacher_gets_no_gradient_but_is_used():
     (dict(teacher_momentum=1.5), 'teacher_momentum=1.5 must be in'),
     (dict(teacher_temperature=0.0), 'teacher_temperature=0.0 must be positive'),
     (dict(teacher_temperature_warmup_steps=-1), 'teacher_temperature_warmup_steps=-1'),
+    (dict(teacher_temperature_update_steps=3), 'teacher_temperature_update_steps=3 must be 0'),
+    (dict(head='vit'), "head='vit' is unknown"),
   ],
 )
 def test_bad_hyperparameters_name_the_key(overrides, message):
@@ -288,6 +334,12 @@ def test_twelve_step_run_on_digits_trains_the_student_teacher_and_center(tmp_pat
   results = train.train_and_evaluate(config, str(workdir))
   assert results['method'] == 'daino' and results['steps'] == 12
   assert 0.0 <= results['test_top1'] <= 1.0
+  # The teacher's figures, as main_daino.py validates the teacher: in results.json, and not
+  # the student's (the teacher, a slow EMA, is still near the initial model).
+  saved_results = train.read_results(workdir / train.RESULTS_FILE)
+  teacher = [saved_results[f'teacher_{key}'] for key in ('top1', 'top5', 'knn_top1')]
+  assert all(0.0 <= figure <= 1.0 for figure in teacher)
+  assert teacher != [saved_results[key] for key in ('test_top1', 'test_top5', 'knn_top1')]
   losses = [float(v['loss']) for _, v in logged if 'loss' in v]
   assert len(losses) == 12 and all(np.isfinite(losses))
   assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses

@@ -238,3 +238,45 @@ def test_prototypes_match_numpy_cosine():
   assert np.all(np.abs(scores) <= 1.0 + 1e-6)
   # A prototype scored against itself gives cosine 1.
   np.testing.assert_allclose(protos(w[:3] * 5.0).diagonal(), 1.0, rtol=1e-6)
+
+
+def test_prototypes_with_a_learnt_norm_scale_each_cosine_by_its_magnitude():
+  protos = Prototypes(6, 4, rngs=_rngs(), learn_norm=True)
+  np.testing.assert_array_equal(protos.magnitude[...], np.ones((4, 1)))  # weight_g.fill_(1)
+  magnitude = np.array([[2.0], [0.5], [1.0], [3.0]], np.float32)
+  protos.magnitude[...] = magnitude
+  x = _images((5, 6))
+  w = np.asarray(protos.kernel[...])
+  cosine = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (
+    w / np.linalg.norm(w, axis=1, keepdims=True)
+  ).T
+  np.testing.assert_allclose(protos(x), cosine * magnitude.T, rtol=1e-5, atol=1e-6)
+  graphdef, params = nnx.split(protos, nnx.Param)
+  grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x) ** 2))(params)
+  assert np.all(np.abs(grads['magnitude'][...]) > 0)  # The norm learns.
+
+
+def test_dino_head_layers_and_initialisation():
+  """DINOHead's MLP: Linear -> exact GELU, no BatchNorm, biased linears with weights from
+  N(0, 0.02^2) and zero biases; its prototypes' directions from U(-1/sqrt(D), 1/sqrt(D))."""
+  from scipy.special import erf
+
+  from semi_ssl.models import heads
+
+  mlp = MLP(64, 256, 64, num_layers=3, rngs=_rngs(), **heads.DINO_MLP)
+  assert not jax.tree.leaves(nnx.state(mlp, nnx.BatchStat))
+  layers = [*mlp.hidden, mlp.out]
+  kernels = [np.asarray(layer.linear.kernel[...]) for layer in layers]
+  np.testing.assert_allclose([k.std() for k in kernels], 0.02, rtol=0.03)
+  assert all(np.all(np.asarray(layer.linear.bias[...]) == 0) for layer in layers)
+  for layer in layers:  # Biases that are not 0, to check they are added.
+    layer.linear.bias[...] = _images(layer.linear.bias.shape, seed=1)
+  x = _images((3, 64))
+  gelu = lambda z: 0.5 * z * (1 + erf(z / np.sqrt(2)))  # torch.nn.GELU() (exact).
+  expected = x
+  for i, layer in enumerate(layers):
+    expected = expected @ kernels[i] + np.asarray(layer.linear.bias[...])
+    expected = gelu(expected) if i < 2 else expected
+  np.testing.assert_allclose(mlp(x, train=True), expected, rtol=1e-4, atol=1e-5)
+  w = heads.DINO_PROTOTYPES_INIT(jax.random.key(0), (1000, 256))
+  assert np.abs(w).max() <= 1 / 16 and np.abs(w).max() > 0.99 / 16

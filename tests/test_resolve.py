@@ -75,6 +75,7 @@ def test_the_imagenet_configs_keep_their_lengths_and_learning_rates():
     assert got == values, path
   daino = config_base.resolve(stages('configs/daino/imagenet_10pct.py')[0], NUM_EXAMPLES)
   assert daino.daino.teacher_temperature_warmup_steps == 10 * 1251  # [D] 10 epochs.
+  assert daino.daino.teacher_temperature_update_steps == 1251  # [D] Once an epoch.
 
 
 def test_sqrt_scaling_is_simclr_v2s_and_resolving_twice_changes_nothing():

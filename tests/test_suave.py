@@ -317,9 +317,15 @@ def test_frozen_prototypes_and_heads_only_warmup(digits):
   assert any(np.any(x) for x in momentum(after, 'projector'))
 
 
-def test_ema_teacher_and_queue_state(digits):
-  config = _config(ema_momentum=0.9, queue_size=24)
+def test_ema_teacher_queue_and_normalized_prototypes(digits):
+  """One step's EMA teacher and queues; the prototypes start and stay unit-norm (one compiled
+  step for the three: the teacher starts as the unit-norm student)."""
+  config = _config(ema_momentum=0.9, queue_size=24, normalize_prototypes=True)
   before, after = _one_step(config, digits)
+  kernels = [np.asarray(s.params['prototypes']['kernel'][...]) for s in (before, after)]
+  for kernel in kernels:
+    np.testing.assert_allclose(np.linalg.norm(kernel, axis=1), 1.0, rtol=1e-6)
+  assert not np.allclose(kernels[0], kernels[1], rtol=1e-4)  # The step moved them.
   for t0, p1, t1 in zip(
     jax.tree.leaves(before.method_state['teacher']),
     jax.tree.leaves(after.params),
@@ -334,6 +340,42 @@ def test_ema_teacher_and_queue_state(digits):
   np.testing.assert_array_equal(queue[:, 16:], 0.0)
 
 
+def test_ema_teacher_prototypes_are_renormalised_before_its_update():
+  """main_suave.py lines 577-580: the EMA encoder's prototypes are renormalised too; other
+  parameters are not."""
+  config = _config(ema_momentum=0.9, normalize_prototypes=True)
+  method = suave.Suave(config, base.DataInfo(10, (8, 8, 1)), parallel.create_mesh())
+  kernel = np.array([[3.0, 4.0], [0.0, 2.0]], np.float32)
+  teacher = {'prototypes': {'kernel': jnp.asarray(kernel)}, 'other': jnp.full((2,), 5.0)}
+  params = {'prototypes': {'kernel': jnp.eye(2)}, 'other': jnp.ones((2,))}
+  new = method.update_state(params, {'teacher': teacher}, jnp.int32(0))['teacher']
+  unit = kernel / np.linalg.norm(kernel, axis=1, keepdims=True)
+  np.testing.assert_allclose(new['prototypes']['kernel'], 0.9 * unit + 0.1 * np.eye(2), rtol=1e-6)
+  np.testing.assert_allclose(new['other'], 0.9 * 5.0 + 0.1 * 1.0, rtol=1e-6)
+
+
+def official_cosine_scheduler(base_value, final_value, epochs, niter_per_ep):
+  """suave/utils.py at 9adf13d, lines 212-223 (DINO's utils.cosine_scheduler), no warm-up."""
+  iters = np.arange(epochs * niter_per_ep)
+  return final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
+
+
+@pytest.mark.parametrize('schedule', ['cosine', 'constant'])
+def test_ema_momentum_schedule(schedule):
+  """'cosine': main_suave.py line 453, `cosine_scheduler(args.momentum_encoder, 1, args.epochs,
+  len(train_loader))`, the momentum of iteration `it` used after its optimiser step."""
+  config = _config(ema_momentum=0.996, ema_momentum_schedule=schedule)
+  config.num_steps = 10 * 100  # 10 epochs of 100 iterations.
+  method = suave.Suave(config, base.DataInfo(10, (8, 8, 1)), parallel.create_mesh())
+  official = official_cosine_scheduler(0.996, 1, 10, 100)
+  for it in (0, 1, 250, 500, 999):
+    # From a teacher of 0 towards parameters of 1, the teacher becomes 1 - momentum.
+    state = {'teacher': {'w': jnp.zeros(())}}
+    teacher = method.update_state({'w': jnp.ones(())}, state, jnp.int32(it))['teacher']['w']
+    expected = official[it] if schedule == 'cosine' else 0.996
+    np.testing.assert_allclose(1.0 - float(teacher), expected, rtol=0, atol=2e-7)
+
+
 @pytest.mark.parametrize(
   'overrides, message',
   [
@@ -342,6 +384,7 @@ def test_ema_teacher_and_queue_state(digits):
     (dict(queue_size=-1), 'queue_size=-1 must be >= 0'),
     (dict(temperature=0.0), 'temperature=0.0 must be positive'),
     (dict(sinkhorn_epsilon=0.0), 'sinkhorn_epsilon=0.0 must be positive'),
+    (dict(ema_momentum_schedule='linear'), "ema_momentum_schedule='linear' is unknown"),
   ],
 )
 def test_bad_hyperparameters_name_the_key(overrides, message):

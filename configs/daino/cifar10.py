@@ -47,7 +47,10 @@ def get_config():
     dict(
       projector_hidden_dim=2048,
       embed_dim=256,
-      projector_layers=3,  # DINOHead's defaults.
+      projector_layers=3,  # DINOHead's sizes, but SwAV's BatchNorm + ReLU layers (ours).
+      head='swav',  # 'dino': DINOHead's GELU layers without BatchNorm.
+      norm_last_layer=True,  # False: each prototype's norm is learnt (DINOHead).
+      normalize_prototypes=False,  # True: unit-norm prototypes at every step (SwAV, Suave).
       num_prototypes=0,  # 0: one prototype per class.
       student_temperature=0.1,
       label_smoothing=0.01,
@@ -55,6 +58,8 @@ def get_config():
       teacher_temperature_warmup_start=0.04,
       teacher_temperature_warmup_steps=16_000,  # The first 1/6 of training, as 10 of 60 epochs.
       teacher_temperature_warmup_epochs=config_dict.placeholder(float),  # Instead of steps.
+      teacher_temperature_update_steps=0,  # Changes every step (DINO: once an epoch).
+      teacher_temperature_update_epochs=config_dict.placeholder(float),  # Instead of steps.
       teacher_momentum=0.99,
       center_momentum=0.9,
       mixup_alpha=1.0,

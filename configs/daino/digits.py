@@ -37,6 +37,9 @@ def get_config():
       projector_hidden_dim=256,
       embed_dim=64,
       projector_layers=2,
+      head='swav',  # 'dino': DINOHead's GELU layers without BatchNorm.
+      norm_last_layer=True,  # False: each prototype's norm is learnt (DINOHead).
+      normalize_prototypes=False,  # True: unit-norm prototypes at every step (SwAV, Suave).
       num_prototypes=0,  # 0: one prototype per class
       student_temperature=0.1,
       label_smoothing=0.01,
@@ -44,6 +47,8 @@ def get_config():
       teacher_temperature_warmup_start=0.05,
       teacher_temperature_warmup_steps=0,
       teacher_temperature_warmup_epochs=config_dict.placeholder(float),  # Instead of steps.
+      teacher_temperature_update_steps=0,  # N: the temperature changes once every N steps.
+      teacher_temperature_update_epochs=config_dict.placeholder(float),  # Instead of steps.
       teacher_momentum=0.95,  # cosine schedule to 1.0 over num_steps
       center_momentum=0.9,
       mixup_alpha=1.0,

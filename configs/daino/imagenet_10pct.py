@@ -3,14 +3,18 @@
 python -m semi_ssl.main --config=configs/daino/imagenet_10pct.py --workdir=DIR \
     --config.data_dir=TFDS_DIR
 
-Sources (github.com/pietroastolfi/suave-daino, the paper's code):
+Sources (github.com/pietroastolfi/suave-daino at 9adf13d, the paper's code):
   [D] daino/scripts/train_10perc.sh and daino/main_daino.py: Daino's own recipe. The paper runs
       Daino on a ViT-S/16 started from the self-supervised DINO checkpoint, with AdamW; this
       codebase has no ViT, so the backbone is a ResNet-50 instead.
   [S] suave/scripts/train_10perc.sh and suave/main_suave.py: the paper's ResNet-50 recipe
       (Suave), for what a ResNet-50 with LARS needs and [D] does not give.
-Values marked "ours" are not in the paper's code. The paper starts from a self-supervised
-checkpoint ([D]: DINO, [S]: SwAV); set `init_from` to a pretrained run to do the same.
+The official Daino recipe is ViT-S/16 with AdamW ([D]: --lr 0.00024 per 256 images, 4 warm-up
+epochs, --min_lr 1e-05, weight decay 0.04 -> 0.4 on a cosine, drop path 0.1): the ResNet-50
+values below (backbone, LARS optimiser, its learning rate and weight decay) are ours, taken
+from [S], not a recipe the paper ran. Values marked "ours" are not in the paper's code. The
+paper starts from a self-supervised checkpoint ([D]: DINO, [S]: SwAV); set `init_from` to a
+pretrained run to do the same.
 """
 
 from ml_collections import config_dict
@@ -76,10 +80,16 @@ def get_config():
   c.optimizer.weight_decay = 1e-6
   c.daino = config_dict.ConfigDict(
     dict(
-      # DINOHead's defaults in [D] src/vision_transformer.py: 3 layers, 2048 hidden, 256 out.
+      # DINOHead ([D] src/vision_transformer.py lines 297-355): 3 layers, 2048 hidden, 256 out,
+      # GELU without BatchNorm (--use_bn_in_head false), weight-normalised prototypes whose
+      # norms are learnt (--norm_last_layer false).
+      head='dino',
       projector_hidden_dim=2048,
       embed_dim=256,
       projector_layers=3,
+      norm_last_layer=False,
+      # [D] never renormalises the prototypes' directions (weight_v), unlike [S].
+      normalize_prototypes=False,
       num_prototypes=0,  # 0: one per class; [D] --out_dim 1000.
       student_temperature=0.1,  # [D] --temperature 0.1.
       label_smoothing=0.01,  # [D] --label_smoothing default 0.01.
@@ -88,6 +98,9 @@ def get_config():
       teacher_temperature_warmup_start=0.04,
       teacher_temperature_warmup_steps=config_dict.placeholder(int),
       teacher_temperature_warmup_epochs=10.0,
+      # Once an epoch ([D] DINOLoss: teacher_temp_schedule[epoch]).
+      teacher_temperature_update_steps=config_dict.placeholder(int),
+      teacher_temperature_update_epochs=1.0,
       teacher_momentum=0.99,  # [D] --momentum_teacher 0.990, cosine to 1.
       center_momentum=0.9,  # [D] DINOLoss default.
       # [D] --mixup_lab true; [D] mixes with mixup and CutMix (alpha 1); here mixup only.

@@ -93,6 +93,10 @@ def get_config() -> ml_collections.ConfigDict:
       freeze_prototypes_steps=0,
       heads_only_steps=0,
       ema_momentum=0.0,
+      ema_momentum_schedule='constant',  # 'cosine': from ema_momentum to 1 over num_steps.
+      # True: unit-norm prototypes at every step, as SwAV and Suave (configs/suave/imagenet_*);
+      # off here, as before the option existed.
+      normalize_prototypes=False,
       mixup_alpha=0.0,
     )
   )

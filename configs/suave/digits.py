@@ -54,6 +54,8 @@ def get_config(arg: str = ''):
       freeze_prototypes_steps=0,
       heads_only_steps=0,
       ema_momentum=0.0,
+      ema_momentum_schedule='constant',  # 'cosine': from ema_momentum to 1 over num_steps.
+      normalize_prototypes=False,  # True: unit-norm prototypes at every step (SwAV, Suave).
       mixup_alpha=1.0,
     )
   )

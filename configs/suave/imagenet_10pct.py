@@ -123,6 +123,12 @@ def get_config() -> ml_collections.ConfigDict:
       freeze_prototypes_steps=0,
       heads_only_steps=0,
       ema_momentum=0.0,
+      # With --use_momentum (off above), the momentum rises from --momentum_encoder to 1 on a
+      # cosine over the run (main_suave.py at 9adf13d, lines 124-128 and 453).
+      ema_momentum_schedule='cosine',
+      # Unit-norm prototypes, renormalised before every step (main_suave.py lines 571-575, as
+      # SwAV's main_swav.py lines 277-281); here at the start and after every update.
+      normalize_prototypes=True,
       mixup_alpha=1.0,
     )
   )

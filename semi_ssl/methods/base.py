@@ -86,6 +86,14 @@ class Method(abc.ABC):
     del params, step
     return None
 
+  def project_params(self, params: nnx.State) -> nnx.State:
+    """The parameters moved onto the method's constraint set (e.g. unit-norm prototypes),
+    applied to the initial parameters and after each optimiser update, before `update_state`.
+
+    Default: unconstrained (the identity).
+    """
+    return params
+
   def update_state(self, params: nnx.State, state: PyTree, step: jax.Array) -> PyTree:
     """Called after each optimiser update with the new parameters (e.g. EMA teachers)."""
     del params, step
@@ -108,6 +116,13 @@ class Method(abc.ABC):
     """Further class predictions {name: int32 [B]} of normalised eval images, each reported
     as `<name>_top1` on the test set (e.g. SemPPL's kNN pseudo-labels)."""
     del model, state, images
+    return {}
+
+  def eval_params(self, params: nnx.State, state: PyTree) -> dict[str, nnx.State]:
+    """Further parameters {name: params shaped like `params`} (e.g. an EMA teacher's) to
+    evaluate as the model's own, with its other state (BatchNorm statistics): each figure
+    `test_<f>` or `<f>` of the model is reported for them as `<name>_<f>`."""
+    del params, state
     return {}
 
 

@@ -2,11 +2,13 @@
 clustering", Sec. 3): DINO turned semi-supervised the way Suave turns SwAV.
 
 The model is Suave's `PrototypeModel` (backbone -> projector -> L2-normalised embedding ->
-cosine scores of K prototypes, the first C of them the class prototypes). A teacher, the EMA
+cosine scores of K prototypes, the first C of them the class prototypes), with SwAV's head
+(`head='swav'`: BatchNorm + ReLU) or DINOHead (`head='dino'`: GELU, no BatchNorm, and with
+`norm_last_layer=False`, as the paper's scripts, a learnt norm per prototype). A teacher, the EMA
 of the student with a momentum that rises from `teacher_momentum` to 1 on a cosine schedule
 (`methods/teacher.py`), sees only the global views of the unlabelled images; its scores,
 centred (minus an EMA of their batch mean) and sharpened (divided by a teacher temperature that
-may warm up linearly), give the targets
+may warm up linearly, step by step or epoch by epoch as DINO), give the targets
 
     q = softmax((teacher_scores - center) / teacher_temperature).
 
@@ -15,9 +17,10 @@ target their (smoothed) one-hot label, every unlabelled view targets the teacher
 *other* global view, and the two terms are weighted by their share of the batch.
 
 `predict` reads the student's class-prototype scores. The paper's code (daino/main_daino.py
-of github.com/pietroastolfi/suave-daino) validates the teacher after every epoch and prints
-both networks at the end; `Method.predict` only sees the trained model, not the method state
-that holds the teacher, so this implementation reports the student.
+of github.com/pietroastolfi/suave-daino at 9adf13d) validates the teacher after every epoch
+(line 429) and both networks at the end (lines 458-459): the teacher's figures are reported
+too, as `teacher_top1`, `teacher_knn_top1`, ... (`eval_params`), with the student's BatchNorm
+statistics (the teacher's own passes do not keep theirs, `methods/teacher.py`).
 """
 
 from __future__ import annotations
@@ -34,12 +37,22 @@ from semi_ssl.ops.ema import ema
 
 
 def teacher_temperature(
-  step: jax.Array, *, start: float, end: float, warmup_steps: int
+  step: jax.Array, *, start: float, end: float, warmup_steps: int, epoch_steps: int = 0
 ) -> jax.Array:
-  """Linear from `start` (step 0) to `end` (`warmup_steps`), then `end` (DINO)."""
+  """Linear from `start` (step 0) to `end` (`warmup_steps`), then `end`.
+
+  With `epoch_steps` (steps per epoch, dividing `warmup_steps`), constant within each epoch:
+  DINO's `np.linspace(start, end, W)[epoch]` over the W warm-up epochs, `end` in the last of
+  them and after (github.com/facebookresearch/dino at 7c446df, main_dino.py lines 374-377 and
+  388; the same in daino/main_daino.py lines 613-617 and 627).
+  """
   if not warmup_steps:
     return jnp.asarray(end, jnp.float32)
-  return start + (end - start) * jnp.clip(step / warmup_steps, 0.0, 1.0)
+  if not epoch_steps:
+    return start + (end - start) * jnp.clip(step / warmup_steps, 0.0, 1.0)
+  epoch, warmup_epochs = step // epoch_steps, warmup_steps // epoch_steps
+  progress = jnp.where(epoch < warmup_epochs, epoch / max(warmup_epochs - 1, 1), 1.0)
+  return start + (end - start) * progress
 
 
 def teacher_targets(
@@ -76,6 +89,19 @@ class Daino(PrototypeMethod):
       f'config.daino.teacher_temperature_warmup_steps={hp.teacher_temperature_warmup_steps}'
       ' must be >= 0 (0 = no warm-up).',
     )
+    epoch_steps = hp.teacher_temperature_update_steps
+    require(
+      epoch_steps == 0
+      or (epoch_steps > 0 and hp.teacher_temperature_warmup_steps % epoch_steps == 0),
+      f'config.daino.teacher_temperature_update_steps={epoch_steps} must be 0 (the temperature '
+      'changes every step) or a positive divisor of teacher_temperature_warmup_steps='
+      f'{hp.teacher_temperature_warmup_steps} (whole warm-up epochs).',
+    )
+    require(
+      hp.head in ('swav', 'dino'),
+      f"config.daino.head='{hp.head}' is unknown: use 'swav' (BatchNorm + ReLU) or 'dino' "
+      '(DINOHead: GELU, no BatchNorm).',
+    )
     aug = config.augment
     require(
       aug.num_global_crops + aug.num_local_crops >= 2,
@@ -83,6 +109,9 @@ class Daino(PrototypeMethod):
       'config.augment.num_global_crops=2 or add local crops.',
     )
     self.teacher = EMATeacher(hp.teacher_momentum, cosine_steps=config.num_steps)
+
+  def create_model(self, rngs):
+    return super().create_model(rngs, head=self.hp.head, norm_last_layer=self.hp.norm_last_layer)
 
   def init_state(self, params):
     return {
@@ -101,6 +130,7 @@ class Daino(PrototypeMethod):
       start=hp.teacher_temperature_warmup_start,
       end=hp.teacher_temperature,
       warmup_steps=hp.teacher_temperature_warmup_steps,
+      epoch_steps=hp.teacher_temperature_update_steps,
     )
     assignments = teacher_targets(teacher_scores, state['center'], temperature)
     loss_l = losses.labelled_loss(labelled_scores, targets, hp.student_temperature)
@@ -133,3 +163,6 @@ class Daino(PrototypeMethod):
 
   def update_state(self, params, state, step):
     return {**state, 'teacher': self.teacher.update(state['teacher'], params, step)}
+
+  def eval_params(self, params, state):
+    return {'teacher': state['teacher']}

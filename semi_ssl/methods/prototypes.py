@@ -4,15 +4,18 @@ K prototypes are the class prototypes, the student's joint pass with its labelle
 
 from __future__ import annotations
 
+import jax
+
 from semi_ssl.errors import require
 from semi_ssl.methods import base, views
 from semi_ssl.models.prototypes import PrototypeModel
+from semi_ssl.ops.normalize import l2_normalize
 
 
 class PrototypeMethod(base.Method):
   """A method on a `PrototypeModel`, with hyperparameters in `config.<config_key>`:
   projector_hidden_dim, embed_dim, projector_layers, num_prototypes (0: one per class),
-  label_smoothing and mixup_alpha."""
+  normalize_prototypes, label_smoothing and mixup_alpha."""
 
   config_key: str
 
@@ -26,7 +29,8 @@ class PrototypeMethod(base.Method):
       f'{data.num_classes} classes: use 0 (= number of classes) or more.',
     )
 
-  def create_model(self, rngs):
+  def create_model(self, rngs, **head):
+    """The `PrototypeModel`; `head`: its head options (`head`, `norm_last_layer`)."""
     return PrototypeModel(
       base.create_backbone(self.config, self.data, rngs),
       hidden_dim=self.hp.projector_hidden_dim,
@@ -34,7 +38,24 @@ class PrototypeMethod(base.Method):
       num_layers=self.hp.projector_layers,
       num_prototypes=self.num_prototypes,
       rngs=rngs,
+      **head,
     )
+
+  def project_params(self, params):
+    """With `normalize_prototypes`, every prototype (row of `prototypes/kernel`) scaled to unit
+    norm, at the start and after every update. SwAV and Suave renormalise the prototypes before
+    every step (github.com/facebookresearch/swav at 06b1b7c, main_swav.py lines 277-281;
+    github.com/pietroastolfi/suave-daino at 9adf13d, suave/main_suave.py lines 571-575:
+    `w = nn.functional.normalize(w, dim=1, p=2)`): the forward passes see the same prototypes,
+    and the optimiser (weight decay, LARS's trust ratio) sees unit rows, not their drift."""
+    if not self.hp.normalize_prototypes:
+      return params
+
+    def project(path, x):
+      names = [getattr(key, 'key', None) for key in path[:2]]
+      return l2_normalize(x) if names == ['prototypes', 'kernel'] else x
+
+    return jax.tree_util.tree_map_with_path(project, params)
 
   def student_outputs(self, model, batch, key):
     """`views.student_outputs` with this method's targets: (targets, labelled, unlabelled)."""

@@ -14,7 +14,9 @@ BatchNorm's running statistics move only with the student's passes.
 Options of the paper's code, all off by default: a queue of past unlabelled features per global
 crop that joins that crop's Sinkhorn problem once full (small batches), frozen prototypes for
 the first steps, only the heads trained for the first steps, an EMA (momentum) encoder whose
-own pass and prototypes compute the assignments, and mixup of labelled images.
+own pass and prototypes compute the assignments (its momentum constant, or rising to 1 on a
+cosine as the paper's code has it), prototypes kept unit-norm (`PrototypeMethod.project_params`)
+and mixup of labelled images.
 """
 
 from __future__ import annotations
@@ -46,7 +48,15 @@ class Suave(PrototypeMethod):
     )
     for key in ('temperature', 'sinkhorn_epsilon'):
       require(hp[key] > 0.0, f'config.suave.{key}={hp[key]} must be positive, e.g. 0.1.')
-    self.teacher = EMATeacher(hp.ema_momentum) if hp.ema_momentum else None
+    require(
+      hp.ema_momentum_schedule in ('constant', 'cosine'),
+      f"config.suave.ema_momentum_schedule='{hp.ema_momentum_schedule}' is unknown: use "
+      "'constant' or 'cosine' (from ema_momentum to 1 over num_steps).",
+    )
+    # 'cosine': main_suave.py (github.com/pietroastolfi/suave-daino at 9adf13d) lines 124-128
+    # and 453, `cosine_scheduler(args.momentum_encoder, 1, args.epochs, len(train_loader))`.
+    cosine_steps = config.num_steps if hp.ema_momentum_schedule == 'cosine' else 0
+    self.teacher = EMATeacher(hp.ema_momentum, cosine_steps) if hp.ema_momentum else None
 
   def init_state(self, params):
     state = {}
@@ -145,5 +155,7 @@ class Suave(PrototypeMethod):
 
   def update_state(self, params, state, step):
     if self.teacher:
-      state = {**state, 'teacher': self.teacher.update(state['teacher'], params, step)}
+      # main_suave.py lines 577-580 renormalise the EMA encoder's prototypes as the student's.
+      teacher = self.project_params(state['teacher'])
+      state = {**state, 'teacher': self.teacher.update(teacher, params, step)}
     return state
