@@ -36,19 +36,23 @@ def draw_lambda(
   return jax.random.beta(lam_key, alpha, alpha).astype(jnp.float32), use_cutmix
 
 
-def cutmix_box(
+def cutmix_weights(
   center: tuple[jax.Array, jax.Array], lam: jax.Array, height: int, width: int
-) -> tuple[jax.Array, ...]:
-  """(top, bottom, left, right) int32 [] of CutMix's box: sides int(H sqrt(1 - lam)) and
-  int(W sqrt(1 - lam)) around the pixel `center` = (row, column), clipped to the image
-  (src/mixup.py `rand_bbox`, lines 28-48, margin 0: half-sides rounded down)."""
+) -> tuple[jax.Array, jax.Array]:
+  """(weights float32 [H, W]: 0 inside CutMix's box, 1 outside; lam float32 []: the share of
+  ones, 1 - box area / (H W)). The box has sides int(H sqrt(1 - lam)) and int(W sqrt(1 - lam))
+  around the pixel `center` = (row, column), clipped to the image (src/mixup.py `rand_bbox`,
+  lines 28-48, margin 0, half-sides rounded down; `cutmix_bbox_and_lam`, correct_lam)."""
   ratio = jnp.sqrt(1.0 - lam)
   cut_h = jnp.floor(height * ratio).astype(jnp.int32)
   cut_w = jnp.floor(width * ratio).astype(jnp.int32)
   cy, cx = center
   top, bottom = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
   left, right = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
-  return top, bottom, left, right
+  rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+  inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+  area = (bottom - top) * (right - left)
+  return (~inside).astype(jnp.float32), (1.0 - area / (height * width)).astype(jnp.float32)
 
 
 def pixel_weights(
@@ -60,22 +64,16 @@ def pixel_weights(
   cutmix_alpha: float,
   switch_prob: float = SWITCH_PROB,
 ) -> tuple[jax.Array, jax.Array]:
-  """(weights float32 [H, W] of the first image per pixel, lam float32 []).
-
-  Mixup: lam everywhere. CutMix: 0 inside a box around a uniform pixel, 1 outside, and lam
-  the share of ones, 1 - box area / (H W) (src/mixup.py `cutmix_bbox_and_lam`, correct_lam).
-  """
+  """(weights float32 [H, W] of the first image per pixel, lam float32 []) of one draw:
+  mixup, lam everywhere; or CutMix, `cutmix_weights` around a uniform pixel."""
   lam_key, y_key, x_key = jax.random.split(key, 3)
   lam, use_cutmix = draw_lambda(
     lam_key, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, switch_prob=switch_prob
   )
   center = jax.random.randint(y_key, (), 0, height), jax.random.randint(x_key, (), 0, width)
-  top, bottom, left, right = cutmix_box(center, lam, height, width)
-  rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
-  outside = ~((rows >= top) & (rows < bottom) & (cols >= left) & (cols < right))
-  pasted_lam = 1.0 - ((bottom - top) * (right - left)) / (height * width)
-  weights = jnp.where(use_cutmix, outside.astype(jnp.float32), lam)
-  return weights, jnp.where(use_cutmix, pasted_lam, lam).astype(jnp.float32)
+  box_weights, box_lam = cutmix_weights(center, lam, height, width)
+  weights = jnp.where(use_cutmix, box_weights, jnp.full((height, width), lam))
+  return weights, jnp.where(use_cutmix, box_lam, lam)
 
 
 def mix(x1: jax.Array, x2: jax.Array, weights: jax.Array) -> jax.Array:
