@@ -77,11 +77,14 @@ def test_draws_switch_between_mixup_and_cutmix_as_the_official_code():
 @pytest.mark.parametrize('cutmix', [False, True], ids=['mixup', 'cutmix'])
 @pytest.mark.parametrize('mode', ['extend', 'replace'])
 def test_labelled_mixes_share_one_lambda_with_their_targets(mode, cutmix):
-  """Image i is constant i + 1 and labelled i (4 images, 2 views): its mix holds image i with
-  the target's weight on label i (pixel share for CutMix, blend weight for mixup) and image
-  3 - i with the rest. 'extend' keeps the clean images and their targets first."""
-  images = jnp.broadcast_to(jnp.arange(1.0, 5.0)[:, None, None, None], (4, 6, 6, 1))
-  clean_views = [images, images + 10.0]
+  """Image i is constant i + 1 and labelled i (4 images, 2 views, of two sizes for mixup): its
+  mix holds image i with the target's weight on label i (pixel share for CutMix, blend
+  weight for mixup) and image 3 - i with the rest. 'extend' keeps the clean images and their
+  targets first."""
+  image = lambda side: jnp.broadcast_to(
+    jnp.arange(1.0, 5.0)[:, None, None, None], (4, side, side, 1)
+  )
+  clean_views = [image(6), image(6 if cutmix else 4) + 10.0]
   targets = losses.class_targets(jnp.arange(4), 4, 5, smoothing=0.0)
   alphas = dict(mixup_alpha=0.0 if cutmix else 1.0, cutmix_alpha=1.0 if cutmix else 0.0)
   got_targets, got_views = views.mix_labelled(

@@ -80,16 +80,17 @@ def mix_labelled(
   cutmix_alpha: float,
   mode: str,
 ) -> tuple[jax.Array, list[jax.Array]]:
-  """(targets [B_l', K], views V_l x [B_l', ...]) of labelled views V_l x [B_l, h, w, C] (one
-  size) and targets [B_l, K], each image mixed with its mirror in the batch by `mixup.mix`
-  with one weight (and box) for every view: with mode 'replace' the mixes replace the images
-  (B_l' = B_l); with 'extend' they follow them (B_l' = 2 B_l), so the clean images stay in
-  the loss (src/mixup.py of github.com/pietroastolfi/suave-daino, `CollateMixup`, lines
-  265-283; main_suave.py line 327: `extend_batch`, prob 1).
+  """(targets [B_l', K], views V_l x [B_l', ...]) of labelled views V_l x [B_l, h, w, C] and
+  targets [B_l, K], each image mixed with its mirror in the batch by `mixup.mix` with one
+  weight, or one box (CutMix: views of one size), for every view: with mode 'replace' the
+  mixes replace the images (B_l' = B_l); with 'extend' they follow them (B_l' = 2 B_l), so
+  the clean images stay in the loss (src/mixup.py of github.com/pietroastolfi/suave-daino,
+  `CollateMixup`, lines 265-283; main_suave.py lines 325-337: `extend_batch`, prob 1).
   """
   weights, lam = mixup.pixel_weights(
     key, *views[0].shape[1:3], mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha
   )
+  weights = weights if cutmix_alpha else lam  # Mixup only: one weight for views of any size.
   mixed_views = [mixup.mix(v, v, weights) for v in views]
   mixed_targets = mixup.mix_targets(targets, targets, lam)
   if mode == 'replace':

@@ -77,9 +77,9 @@ def pixel_weights(
 
 
 def mix(x1: jax.Array, x2: jax.Array, weights: jax.Array) -> jax.Array:
-  """weights x1 + (1 - weights) x2[::-1]: [B, H, W, C] images, weights [H, W] -> [B, H, W, C]
-  (x1 = x2: each image with its mirror in the batch, src/mixup.py `CollateMixup`)."""
-  w = weights[:, :, None]
+  """weights x1 + (1 - weights) x2[::-1]: [B, H, W, C] images, weights per pixel [H, W] or one
+  weight [] -> [B, H, W, C] (x1 = x2: each image with its mirror, src/mixup.py `CollateMixup`)."""
+  w = weights[:, :, None] if jnp.ndim(weights) else weights
   return (w * x1 + (1.0 - w) * x2[::-1]).astype(x1.dtype)
 
 
