@@ -212,6 +212,24 @@ def test_imagenet_labelled_images_get_the_official_single_crop(path):
       )
 
 
+@pytest.mark.parametrize(
+  'path', [p for p in CONFIGS if p.startswith(('configs/suave/', 'configs/daino/'))]
+)
+def test_suave_and_daino_mix_and_weigh_as_the_official_code_on_imagenet_only(path):
+  """ImageNet (every stage): the labelled batch extended by mixup or CutMix, Suave's global
+  views mixed too, terms weighed by crops (train_*perc.sh, finetune_*perc.sh: --mixup_lab true
+  --mixup_unlab true for Suave); elsewhere the former mixup (if any) and weights."""
+  method = path.split('/')[1]
+  official = 'imagenet' in path
+  for stage in stages(load(path)):
+    hp = stage[method]
+    assert (hp.cutmix_alpha, hp.mixup_mode, hp.loss_weighting) == (
+      (1.0, 'extend', 'crops') if official else (0.0, 'replace', 'images')
+    )
+    assert hp.get('mixup_unlabelled', False) == (official and method == 'suave')
+    assert hp.mixup_alpha == 1.0 or not official
+
+
 SWAV_FLAGS = ('--config.init_from.workdir=/swav/run', "--config.init_from.paths=('backbone',)")
 
 

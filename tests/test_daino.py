@@ -227,14 +227,16 @@ UNLABELLED = [
 ]
 
 
-def hand_made():
-  """Daino's loss of (student params, teacher params) on the hand-made example."""
+def hand_made(labelled=LABELLED, **daino_overrides):
+  """Daino's loss of (student params, teacher params) on the hand-made example (or its
+  `labelled` views)."""
   config = tiny_config(
     num_prototypes=3,
     student_temperature=0.5,
     teacher_temperature=0.2,
     teacher_temperature_warmup_steps=0,
     label_smoothing=0.1,
+    **daino_overrides,
   )
   method = daino.Daino(
     config, base.DataInfo(num_classes=2, image_shape=(8, 8, 1)), parallel.create_mesh()
@@ -242,7 +244,7 @@ def hand_made():
   graphdef, _ = nnx.split(LinearScores(STUDENT_W), nnx.Param)
   as_images = lambda vs: [jnp.asarray(v, jnp.float32).reshape(len(v), 1, 1, 3) for v in vs]
   batch = {
-    'labelled': {'views': as_images(LABELLED), 'labels': jnp.array([1])},
+    'labelled': {'views': as_images(labelled), 'labels': jnp.array([1])},
     'unlabelled': {'views': as_images(UNLABELLED)},
   }
 
@@ -278,6 +280,26 @@ def test_loss_on_a_hand_made_example_matches_numpy():
   np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
   teacher_mean = np.concatenate([u @ TEACHER_W for u in UNLABELLED[:2]]).mean(0)
   np.testing.assert_allclose(state['center'], 0.9 * CENTER + 0.1 * teacher_mean, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+  'weighting, mixup_mode, labelled_crops',
+  [('images', None, 1), ('crops', None, 1), ('crops', 'extend', 2)],
+)
+def test_loss_weighting_counts_images_or_crops(weighting, mixup_mode, labelled_crops):
+  """One labelled image with one view of its own, two unlabelled images of three views:
+  'images' weighs the terms 1/3 and 2/3; 'crops' (main_daino.py) 1/7 and 6/7, or with the
+  labelled batch extended by its mix 2/8 and 6/8 (one image mixes with itself, so the mix
+  is the image and the labelled term is unchanged)."""
+  mixing = dict(mixup_alpha=1.0, mixup_mode=mixup_mode) if mixup_mode else {}
+  loss_of = hand_made(LABELLED[:1], loss_weighting=weighting, **mixing)
+  loss, (_, metrics) = loss_of(linear_params(STUDENT_W), linear_params(TEACHER_W))
+  target = np.array([0.05, 0.95, 0.0])
+  loss_l = -(target * _log_softmax(LABELLED[0] @ STUDENT_W / 0.5)).sum()
+  np.testing.assert_allclose(metrics['loss_labelled'], loss_l, rtol=1e-5)
+  labelled_weight = labelled_crops / (labelled_crops + (6 if weighting == 'crops' else 2))
+  expected = labelled_weight * loss_l + (1 - labelled_weight) * metrics['loss_unlabelled']
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
 
 def test_teacher_gets_no_gradient_but_is_used():

@@ -200,6 +200,10 @@ def suave_config(queue_size, ema_momentum):
       heads_only_steps=0,
       ema_momentum=ema_momentum,
       mixup_alpha=0.0,
+      cutmix_alpha=0.0,
+      mixup_mode='replace',
+      mixup_unlabelled=False,
+      loss_weighting='images',
     )
   )
   return c

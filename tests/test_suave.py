@@ -12,7 +12,7 @@ from semi_ssl import config_base, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base, suave
 from semi_ssl.methods.views import student_outputs
-from semi_ssl.ops import losses, sinkhorn
+from semi_ssl.ops import losses, mixup, sinkhorn
 
 
 def test_labelled_loss_equals_hand_computed_value():
@@ -38,6 +38,14 @@ def test_swapped_loss_pairs_each_view_with_the_other_global_views():
 def test_combine_weights_terms_by_their_share_of_the_batch():
   loss = losses.combine(jnp.array([1.0, 1.0]), jnp.array([4.0, 4.0, 4.0, 4.0, 4.0, 4.0]))
   np.testing.assert_allclose(loss, (2 * 1.0 + 6 * 4.0) / 8)
+
+
+def test_combine_by_crops_weights_terms_by_their_share_of_the_crops():
+  # 2 examples of 1 crop, 6 of 3 crops, 2 of 1 crop: 2, 18 and 2 of 22 crops.
+  terms = jnp.array([1.0, 1.0]), jnp.full(6, 4.0), jnp.array([9.0, 9.0])
+  loss = losses.combine(*terms, views=(1, 3, 1))
+  np.testing.assert_allclose(loss, (2 * 1.0 + 18 * 4.0 + 2 * 9.0) / 22, rtol=1e-6)
+  np.testing.assert_allclose(losses.combine(*terms), (2 + 24 + 18) / 10, rtol=1e-6)
 
 
 def test_class_targets_are_zero_on_extra_prototypes():
@@ -149,6 +157,74 @@ def test_labelled_targets_are_the_labels():
   assert np.abs(np.stack(unlabelled_grads)).max() > 1e-2
   other_labels = gradients(views_of(labels), unlabelled, (labels + 1) % 10)[0]
   assert np.abs(np.stack(other_labels)).max() > 1e-2
+
+
+def _log_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_official_mixing_and_crop_weights_by_hand():
+  """The official ImageNet recipe's options on 4 labelled images (one view of their own) and
+  6 unlabelled ones (2 global views and a third), every view 2 x 5 pixels that the stand-in
+  model reads as its 10 prototype scores. By hand, from the draws of `mixup.pixel_weights`:
+  the labelled batch is extended by its mixes with the mirror images (clean rows first,
+  train_top1 on them); the unlabelled global view 0 mixed with view 1 in reverse targets
+  lam q_0 + (1 - lam) q_1[::-1] of their Sinkhorn assignments and stays out of the swapped
+  term; the terms weigh 8, 18 and 6 of the 32 crops. Keys that draw both mixup and CutMix."""
+  config = _config(
+    mixup_alpha=1.0,
+    cutmix_alpha=1.0,
+    mixup_mode='extend',
+    mixup_unlabelled=True,
+    loss_weighting='crops',
+  )
+  hp = config.suave
+  method = suave.Suave(config, base.DataInfo(10, (2, 5, 1)), parallel.create_mesh())
+  rng = np.random.default_rng(0)
+  labels = np.array([3, 0, 7, 3])
+  labelled = 0.3 * rng.normal(size=(4, 2, 5, 1)).astype(np.float32)
+  unlabelled = list(0.3 * rng.normal(size=(3, 6, 2, 5, 1)).astype(np.float32))
+  batch = {
+    'labelled': {'views': [labelled], 'labels': labels},
+    'unlabelled': {'views': unlabelled},
+  }
+  loss_of = jax.jit(lambda key: method.loss(ScoresAreInputs(), {}, batch, key, jnp.int32(0)))
+  flat = lambda x: np.asarray(x).reshape(len(x), 10)
+  ce = lambda x, t: -(t * _log_softmax(flat(x) / hp.temperature)).sum(-1)
+  draw = lambda key: [
+    np.asarray(a) for a in mixup.pixel_weights(key, 2, 5, mixup_alpha=1.0, cutmix_alpha=1.0)
+  ]
+  mix = lambda w, x1, x2: w[None, :, :, None] * x1 + (1 - w[None, :, :, None]) * x2[::-1]
+  q = [
+    np.asarray(
+      sinkhorn.sinkhorn(
+        jnp.asarray(flat(u)), epsilon=hp.sinkhorn_epsilon, num_iters=hp.sinkhorn_iters
+      )
+    )
+    for u in unlabelled[:2]
+  ]
+  loss_u = np.mean([ce(unlabelled[v], q[g]) for g in range(2) for v in range(3) if v != g])
+  targets = np.eye(10)[labels] * (1 - hp.label_smoothing) + hp.label_smoothing / 10
+  drew_cutmix = []
+  for seed in range(4):
+    key = jax.random.key(seed)
+    loss, (_, metrics) = loss_of(key)
+    labelled_key, unlabelled_key = jax.random.split(key)
+    w, lam = draw(labelled_key)
+    mixed_targets = lam * targets + (1 - lam) * targets[::-1]
+    loss_l = np.mean([*ce(labelled, targets), *ce(mix(w, labelled, labelled), mixed_targets)])
+    w, lam = draw(unlabelled_key)
+    drew_cutmix.append(bool(np.all((w == 0) | (w == 1))))
+    mixed_q = lam * q[0] + (1 - lam) * q[1][::-1]
+    loss_m = np.mean(ce(mix(w, unlabelled[0], unlabelled[1]), mixed_q))
+    np.testing.assert_allclose(metrics['loss_labelled'], loss_l, rtol=1e-5)
+    np.testing.assert_allclose(metrics['loss_unlabelled'], loss_u, rtol=1e-5)
+    np.testing.assert_allclose(metrics['loss_mixed_unlabelled'], loss_m, rtol=1e-5)
+    np.testing.assert_allclose(loss, (8 * loss_l + 18 * loss_u + 6 * loss_m) / 32, rtol=1e-5)
+    top1 = np.mean(flat(labelled).argmax(-1) == labels)
+    np.testing.assert_allclose(metrics['train_top1'], top1)
+  assert any(drew_cutmix) and not all(drew_cutmix)
 
 
 def test_targets_come_from_the_same_forward_pass(digits):
@@ -385,6 +461,13 @@ def test_ema_momentum_schedule(schedule):
     (dict(temperature=0.0), 'temperature=0.0 must be positive'),
     (dict(sinkhorn_epsilon=0.0), 'sinkhorn_epsilon=0.0 must be positive'),
     (dict(ema_momentum_schedule='linear'), "ema_momentum_schedule='linear' is unknown"),
+    (dict(cutmix_alpha=-1.0), r'cutmix_alpha=-1.0 must be >= 0'),
+    (dict(mixup_mode='mix'), "mixup_mode='mix' is unknown: use 'replace' or 'extend'"),
+    (dict(loss_weighting='official'), "loss_weighting='official' is unknown"),
+    (
+      dict(mixup_alpha=0.0, mixup_unlabelled=True),
+      'mixup_unlabelled=True mixes with mixup_alpha and cutmix_alpha',
+    ),
   ],
 )
 def test_bad_hyperparameters_name_the_key(overrides, message):
@@ -393,3 +476,16 @@ def test_bad_hyperparameters_name_the_key(overrides, message):
     suave.Suave(_config(**overrides), base.DataInfo(10, (8, 8, 1)), parallel.create_mesh())
   with pytest.raises(ValueError, match=message):
     config_base.validate(_config(**overrides), num_devices=8, workdir=None)
+
+
+def test_cutmix_needs_labelled_views_of_one_size():
+  """The labelled views are the unlabelled ones (8- and 6-pixel crops) unless
+  config.augment.labelled gives them their own."""
+  config = _config(cutmix_alpha=1.0)
+  config.augment.num_local_crops = 1
+  with pytest.raises(ValueError, match=r'cutmix_alpha=1.0 .* sizes \[6, 8\]'):
+    suave.Suave(config, base.DataInfo(10, (8, 8, 1)), parallel.create_mesh())
+  config.augment.labelled = config_base.single_labelled_crop(
+    config.augment, color_jitter=0.5, grayscale_prob=0.2
+  )
+  suave.Suave(config, base.DataInfo(10, (8, 8, 1)), parallel.create_mesh())

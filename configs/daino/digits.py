@@ -52,6 +52,12 @@ def get_config():
       teacher_momentum=0.95,  # cosine schedule to 1.0 over num_steps
       center_momentum=0.9,
       mixup_alpha=1.0,
+      # Labelled mixing (views.mix_labelled): mixup only, the mixes replace the images; the
+      # terms weighed by their share of the images. configs/daino/imagenet_10pct.py has the
+      # official recipe's values.
+      cutmix_alpha=0.0,
+      mixup_mode='replace',
+      loss_weighting='images',
     )
   )
   return c

@@ -103,8 +103,16 @@ def get_config():
       teacher_temperature_update_epochs=1.0,
       teacher_momentum=0.99,  # [D] --momentum_teacher 0.990, cosine to 1.
       center_momentum=0.9,  # [D] DINOLoss default.
-      # [D] --mixup_lab true; [D] mixes with mixup and CutMix (alpha 1); here mixup only.
+      # [D] --mixup_lab true (--mixup_lab_type default 'extend'); main_daino.py lines
+      # 249-261: mixup_alpha=1., cutmix_alpha=1., switch_prob=0.5, mode='batch', prob 1 in
+      # 'extend' mode: the labelled batch is extended with its mixes (src/mixup.py). [D]
+      # --mixup_unlab false (main_daino.py leaves it a TODO, line 508).
       mixup_alpha=1.0,
+      cutmix_alpha=1.0,
+      mixup_mode='extend',
+      # main_daino.py lines 517-525: each term weighs its share of the crops (labelled images
+      # with their mixes, 2 + 8 crops per unlabelled image): 1024 / (10240 + 1024) here.
+      loss_weighting='crops',
     )
   )
   return c

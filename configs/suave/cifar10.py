@@ -98,6 +98,13 @@ def get_config() -> ml_collections.ConfigDict:
       # off here, as before the option existed.
       normalize_prototypes=False,
       mixup_alpha=0.0,
+      # Labelled mixing (views.mix_labelled): mixup only, the mixes replace the images; the
+      # terms weighed by their share of the images. configs/suave/imagenet_10pct.py has the
+      # official recipe's values.
+      cutmix_alpha=0.0,
+      mixup_mode='replace',
+      loss_weighting='images',
+      mixup_unlabelled=False,
     )
   )
   return c

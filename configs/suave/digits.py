@@ -57,6 +57,13 @@ def get_config(arg: str = ''):
       ema_momentum_schedule='constant',  # 'cosine': from ema_momentum to 1 over num_steps.
       normalize_prototypes=False,  # True: unit-norm prototypes at every step (SwAV, Suave).
       mixup_alpha=1.0,
+      # Labelled mixing (views.mix_labelled): mixup only, the mixes replace the images; the
+      # terms weighed by their share of the images. configs/suave/imagenet_10pct.py has the
+      # official recipe's values.
+      cutmix_alpha=0.0,
+      mixup_mode='replace',
+      loss_weighting='images',
+      mixup_unlabelled=False,
     )
   )
   if arg == 'with_baseline':

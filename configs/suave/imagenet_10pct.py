@@ -25,8 +25,9 @@ Sources: the official code, github.com/pietroastolfi/suave-daino. Stage 1:
 leave out: the defaults of `suave/main_suave.py` and the augmentation of
 `src/multicropdataset.py` (unlabelled images) and of main_suave.py's labelled loader;
 batch: the README's 8-GPU command (8 x 32 unlabelled + 8 x 16 labelled images per step).
-Differences from that code: mixup mixes the labelled batch instead of extending it and has no
-CutMix, unlabelled images are never mixed, and LARS leaves biases and norms out.
+Differences from that code: the mixed unlabelled views count one crop per image in the loss
+weights (main_suave.py counts one per mixed view and GPU: `mixed_unlab_output.size(0)`, so
+1 / 353 of its loss), and LARS leaves biases and norms out.
 """
 
 import ml_collections
@@ -119,7 +120,7 @@ def get_config() -> ml_collections.ConfigDict:
       # row is non-zero). The fine-tune keeps it (finetune_10perc.sh: the same flags).
       queue_size=3840,
       # train_10perc.sh: --freeze_prototypes_niters 0 --warmup_proj_nepochs 0
-      # --use_momentum false --mixup_lab true (main_suave.py: mixup_alpha=1.).
+      # --use_momentum false.
       freeze_prototypes_steps=0,
       heads_only_steps=0,
       ema_momentum=0.0,
@@ -129,7 +130,19 @@ def get_config() -> ml_collections.ConfigDict:
       # Unit-norm prototypes, renormalised before every step (main_suave.py lines 571-575, as
       # SwAV's main_swav.py lines 277-281); here at the start and after every update.
       normalize_prototypes=True,
+      # train_10perc.sh: --mixup_lab true (--mixup_lab_type default 'extend'), --mixup_unlab
+      # true --mixup_unlab_type globals. main_suave.py lines 252-264 and 325-337: mixup_alpha=1.,
+      # cutmix_alpha=1., switch_prob=0.5, mode='batch', correct_lam=True, prob 1 in 'extend'
+      # mode: the labelled batch is extended with its mixes, and global views 0 and 1 are
+      # mixed into a third term (src/mixup.py).
       mixup_alpha=1.0,
+      cutmix_alpha=1.0,
+      mixup_mode='extend',
+      mixup_unlabelled=True,
+      # main_suave.py lines 687-696: each term weighs its share of the crops (labelled images
+      # with their mixes, 2 + 8 crops per unlabelled image, the mixed views), so the labelled
+      # term is 256 / (2560 + 256 + 256) of the loss here, not 128 / 384.
+      loss_weighting='crops',
     )
   )
 

@@ -14,7 +14,8 @@ may warm up linearly, step by step or epoch by epoch as DINO), give the targets
 
 As in Suave, one cross-entropy over student scores / student_temperature: labelled views
 target their (smoothed) one-hot label, every unlabelled view targets the teacher's q of every
-*other* global view, and the two terms are weighted by their share of the batch.
+*other* global view, and the two terms are weighted by their share of the batch's images, or
+of its crops as the official code does (`loss_weighting`).
 
 `predict` reads the student's class-prototype scores. The paper's code (daino/main_daino.py
 of github.com/pietroastolfi/suave-daino at 9adf13d) validates the teacher after every epoch
@@ -148,7 +149,8 @@ class Daino(PrototypeMethod):
       # Near 0: one-hot targets; near log K: uniform (collapse).
       'target_entropy': jnp.mean(jnp.stack([entropy(q) for q in assignments])),
     }
-    return losses.combine(loss_l, loss_u), (state, metrics)
+    views = [len(labelled_scores), len(scores)]
+    return self.combine([loss_l, loss_u], views), (state, metrics)
 
   def _teacher_scores(self, model, teacher, global_views):
     """Teacher scores (no gradient) G x [B_u, K] of the G global unlabelled views.

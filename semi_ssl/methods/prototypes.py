@@ -10,12 +10,14 @@ from semi_ssl.errors import require
 from semi_ssl.methods import base, views
 from semi_ssl.models.prototypes import PrototypeModel
 from semi_ssl.ops.normalize import l2_normalize
+from semi_ssl.ops import losses
 
 
 class PrototypeMethod(base.Method):
   """A method on a `PrototypeModel`, with hyperparameters in `config.<config_key>`:
   projector_hidden_dim, embed_dim, projector_layers, num_prototypes (0: one per class),
-  normalize_prototypes, label_smoothing and mixup_alpha."""
+  normalize_prototypes, label_smoothing, the labelled images' mixing (mixup_alpha, cutmix_alpha,
+  mixup_mode: see `views.mix_labelled`) and loss_weighting (see `combine`)."""
 
   config_key: str
 
@@ -28,6 +30,7 @@ class PrototypeMethod(base.Method):
       f'config.{self.config_key}.num_prototypes={self.num_prototypes} is below the '
       f'{data.num_classes} classes: use 0 (= number of classes) or more.',
     )
+    self._check_mixing(config)
 
   def create_model(self, rngs, **head):
     """The `PrototypeModel`; `head`: its head options (`head`, `norm_last_layer`)."""
@@ -67,7 +70,41 @@ class PrototypeMethod(base.Method):
       num_prototypes=self.num_prototypes,
       label_smoothing=self.hp.label_smoothing,
       mixup_alpha=self.hp.mixup_alpha,
+      cutmix_alpha=self.hp.cutmix_alpha,
+      mixup_mode=self.hp.mixup_mode,
     )
+
+  def _check_mixing(self, config):
+    key, hp = self.config_key, self.hp
+    for name in ('mixup_alpha', 'cutmix_alpha'):
+      require(hp[name] >= 0, f'config.{key}.{name}={hp[name]} must be >= 0 (0: off).')
+    require(
+      hp.mixup_mode in ('replace', 'extend'),
+      f"config.{key}.mixup_mode='{hp.mixup_mode}' is unknown: use 'replace' or 'extend'.",
+    )
+    require(
+      hp.loss_weighting in ('images', 'crops'),
+      f"config.{key}.loss_weighting='{hp.loss_weighting}' is unknown: use 'images' or 'crops'.",
+    )
+    aug = config.augment
+    labelled = aug.get('labelled')
+    if labelled:
+      sizes = {labelled.size}
+    else:  # The unlabelled views.
+      sizes = {aug.global_size} | ({aug.local_size} if aug.num_local_crops else set())
+    require(
+      not hp.cutmix_alpha or len(sizes) == 1,
+      f'config.{key}.cutmix_alpha={hp.cutmix_alpha} pastes one box into every labelled view, '
+      f'but they have sizes {sorted(sizes)}: give them one size with config.augment.labelled, '
+      'or set cutmix_alpha=0.',
+    )
+
+  def combine(self, terms, views):
+    """One loss from per-example terms T x [N_t] whose examples have views[t] crops each:
+    `losses.combine` by `config.<key>.loss_weighting`, 'images' (each example counts once) or
+    'crops' (each crop counts once, as the official code weighs its terms: main_suave.py
+    lines 687-696, main_daino.py lines 517-525, of github.com/pietroastolfi/suave-daino)."""
+    return losses.combine(*terms, views=views if self.hp.loss_weighting == 'crops' else None)
 
   def predict(self, model, images):
     """The class prototypes' scores [B, C] of normalised eval images [B, H, W, C]."""

@@ -3,9 +3,10 @@ clustering"): SwAV whose first C prototypes are the class prototypes.
 
 One cross-entropy over prototype scores / temperature: labelled views target their (smoothed)
 one-hot label; unlabelled views target the Sinkhorn assignment of another global view of the
-same image (swapped prediction; local crops predict every global view's assignment). The two
-terms are weighted by their share of the batch. `predict` reads the class prototypes'
-scores directly: there is no separate classifier.
+same image (swapped prediction; local crops predict every global view's assignment). The
+terms are weighted by their share of the batch's images, or of its crops as the official code
+does (`loss_weighting`). `predict` reads the class prototypes' scores directly: there is no
+separate classifier.
 
 The assignments come from the same forward pass as the loss, detached (`suave/main_suave.py`
 of github.com/pietroastolfi/suave-daino: `output_for_sk = unlab_output`): no second pass, so
@@ -15,8 +16,9 @@ Options of the paper's code, all off by default: a queue of past unlabelled feat
 crop that joins that crop's Sinkhorn problem once full (small batches), frozen prototypes for
 the first steps, only the heads trained for the first steps, an EMA (momentum) encoder whose
 own pass and prototypes compute the assignments (its momentum constant, or rising to 1 on a
-cosine as the paper's code has it), prototypes kept unit-norm (`PrototypeMethod.project_params`)
-and mixup of labelled images.
+cosine as the paper's code has it), prototypes kept unit-norm (`PrototypeMethod.project_params`),
+mixup / CutMix of the labelled images (replacing them, or extending the batch with the mixes as
+the official code does), and mixup / CutMix of the unlabelled global views, a third term.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from semi_ssl.errors import require
 from semi_ssl.methods import views
 from semi_ssl.methods.prototypes import PrototypeMethod
 from semi_ssl.methods.teacher import EMATeacher
-from semi_ssl.ops import losses, queue, sinkhorn
+from semi_ssl.ops import losses, mixup, queue, sinkhorn
 
 
 class Suave(PrototypeMethod):
@@ -53,6 +55,15 @@ class Suave(PrototypeMethod):
       f"config.suave.ema_momentum_schedule='{hp.ema_momentum_schedule}' is unknown: use "
       "'constant' or 'cosine' (from ema_momentum to 1 over num_steps).",
     )
+    require(
+      not hp.mixup_unlabelled or (hp.mixup_alpha or hp.cutmix_alpha),
+      'config.suave.mixup_unlabelled=True mixes with mixup_alpha and cutmix_alpha: set one > 0.',
+    )
+    require(
+      not hp.mixup_unlabelled or config.augment.num_global_crops >= 2,
+      'config.suave.mixup_unlabelled=True mixes two global views: set '
+      'config.augment.num_global_crops=2.',
+    )
     # 'cosine': main_suave.py (github.com/pietroastolfi/suave-daino at 9adf13d) lines 124-128
     # and 453, `cosine_scheduler(args.momentum_encoder, 1, args.epochs, len(train_loader))`.
     cosine_steps = config.num_steps if hp.ema_momentum_schedule == 'cosine' else 0
@@ -74,8 +85,13 @@ class Suave(PrototypeMethod):
   def loss(self, model, state, batch, key, step):
     hp = self.hp
     labels = batch['labelled']['labels']
-    targets, (_, labelled_scores), (embeds, scores) = self.student_outputs(model, batch, key)
     num_global = self.config.augment.num_global_crops
+    if hp.mixup_unlabelled:
+      key, mix_key = jax.random.split(key)
+      batch, lam = self._with_mixed_unlabelled(batch, mix_key)
+    targets, (_, labelled_scores), (embeds, scores) = self.student_outputs(model, batch, key)
+    if hp.mixup_unlabelled:
+      embeds, scores, mixed_scores = embeds[:-1], scores[:-1], scores[-1]
     sk_embeds, sk_scores, prototypes = self._sinkhorn_inputs(
       model,
       state,
@@ -89,9 +105,32 @@ class Suave(PrototypeMethod):
     metrics = {
       'loss_labelled': jnp.mean(loss_l),
       'loss_unlabelled': jnp.mean(loss_u),
-      'train_top1': losses.accuracy(labelled_scores[0][:, : self.data.num_classes], labels),
+      # The clean labelled rows: mixup's 'extend' mode appends the mixed ones.
+      'train_top1': losses.accuracy(
+        labelled_scores[0][: labels.shape[0], : self.data.num_classes], labels
+      ),
     }
-    return losses.combine(loss_l, loss_u), (state, metrics)
+    terms, views = [loss_l, loss_u], [len(labelled_scores), len(scores)]
+    if hp.mixup_unlabelled:
+      mixed_targets = mixup.mix_targets(assignments[0], assignments[1], lam)
+      loss_m = losses.cross_entropy(mixed_scores / hp.temperature, mixed_targets)
+      metrics['loss_mixed_unlabelled'] = jnp.mean(loss_m)
+      terms, views = [*terms, loss_m], [*views, 1]
+    return self.combine(terms, views), (state, metrics)
+
+  def _with_mixed_unlabelled(self, batch, key):
+    """(`batch` with one more unlabelled view [B_u, h, w, C] at the end, lam []): global view
+    0 mixed with global view 1 in reverse order (main_suave.py with --mixup_unlab true
+    --mixup_unlab_type globals: src/mixup.py `MultiViewCollateMixup`, lines 217-262). It joins
+    the student's pass but not the assignments, the queue or the swapped loss; it targets
+    lam q_0 + (1 - lam) q_1[::-1] of the global views' assignments (main_suave.py lines
+    588-597, 647-655)."""
+    hp, views = self.hp, batch['unlabelled']['views']
+    weights, lam = mixup.pixel_weights(
+      key, *views[0].shape[1:3], mixup_alpha=hp.mixup_alpha, cutmix_alpha=hp.cutmix_alpha
+    )
+    mixed = mixup.mix(views[0], views[1], weights)
+    return {**batch, 'unlabelled': {**batch['unlabelled'], 'views': [*views, mixed]}}, lam
 
   def _sinkhorn_inputs(self, model, state, global_views, embeds, scores):
     """What the assignments of the G global unlabelled views come from, without gradient:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semi_ssl.ops import losses
+from semi_ssl.ops import losses, mixup
 
 PyTree = Any
 
@@ -71,13 +71,34 @@ def prototype_outputs(
   return [z for z, _ in outputs], [s for _, s in outputs]
 
 
-def mixup(key: jax.Array, views: list[jax.Array], targets: jax.Array, alpha: float):
-  """Mixes each labelled view and the targets with one permutation and one Beta(a, a) weight."""
-  lam_key, perm_key = jax.random.split(key)
-  lam = jax.random.beta(lam_key, alpha, alpha)
-  perm = jax.random.permutation(perm_key, targets.shape[0])
-  mix = lambda x: lam * x + (1 - lam) * x[perm]
-  return [mix(v) for v in views], mix(targets)
+def mix_labelled(
+  key: jax.Array,
+  views: list[jax.Array],
+  targets: jax.Array,
+  *,
+  mixup_alpha: float,
+  cutmix_alpha: float,
+  mode: str,
+) -> tuple[jax.Array, list[jax.Array]]:
+  """(targets [B_l', K], views V_l x [B_l', ...]) of labelled views V_l x [B_l, h, w, C] and
+  targets [B_l, K], each image mixed with its mirror in the batch by `mixup.mix` with one
+  weight, or one box (CutMix: views of one size), for every view: with mode 'replace' the
+  mixes replace the images (B_l' = B_l); with 'extend' they follow them (B_l' = 2 B_l), so
+  the clean images stay in the loss (src/mixup.py of github.com/pietroastolfi/suave-daino,
+  `CollateMixup`, lines 265-283; main_suave.py lines 325-337: `extend_batch`, prob 1).
+  """
+  weights, lam = mixup.pixel_weights(
+    key, *views[0].shape[1:3], mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha
+  )
+  weights = weights if cutmix_alpha else lam  # Mixup only: one weight for views of any size.
+  mixed_views = [mixup.mix(v, v, weights) for v in views]
+  mixed_targets = mixup.mix_targets(targets, targets, lam)
+  if mode == 'replace':
+    return mixed_targets, mixed_views
+  return (
+    jnp.concatenate([targets, mixed_targets]),
+    [jnp.concatenate([v, m]) for v, m in zip(views, mixed_views)],
+  )
 
 
 def labelled_inputs(
@@ -88,24 +109,34 @@ def labelled_inputs(
   num_prototypes: int,
   label_smoothing: float,
   mixup_alpha: float,
+  cutmix_alpha: float = 0.0,
+  mixup_mode: str = 'replace',
 ):
-  """(targets [B_l, K], the labelled views V_l x [B_l, ...]).
+  """(targets [B_l', K], the labelled views V_l x [B_l', ...]).
 
-  Targets are the smoothed one-hot labels over the first C of K prototypes, mixed up with the
-  labelled views when `mixup_alpha` > 0.
+  Targets are the smoothed one-hot labels over the first C of K prototypes; with
+  `mixup_alpha` or `cutmix_alpha` > 0, `mix_labelled` mixes them with the labelled views
+  (B_l' = 2 B_l with `mixup_mode` 'extend', else B_l).
   """
   targets = losses.class_targets(
     batch['labelled']['labels'], num_classes, num_prototypes, label_smoothing
   )
   labelled_views = batch['labelled']['views']
-  if mixup_alpha:
-    labelled_views, targets = mixup(key, labelled_views, targets, mixup_alpha)
+  if mixup_alpha or cutmix_alpha:
+    targets, labelled_views = mix_labelled(
+      key,
+      labelled_views,
+      targets,
+      mixup_alpha=mixup_alpha,
+      cutmix_alpha=cutmix_alpha,
+      mode=mixup_mode,
+    )
   return targets, labelled_views
 
 
 def student_outputs(model, batch: dict, key: jax.Array, **kwargs):
-  """(targets [B_l, K], labelled, unlabelled) of a `PrototypeModel` student, where
-  labelled = (embeddings V_l x [B_l, D], scores V_l x [B_l, K]) of the (mixed) labelled views
+  """(targets [B_l', K], labelled, unlabelled) of a `PrototypeModel` student, where
+  labelled = (embeddings V_l x [B_l', D], scores V_l x [B_l', K]) of the (mixed) labelled views
   of `labelled_inputs` and unlabelled = (V_u x [B_u, D], V_u x [B_u, K]).
 
   One joint pass over the labelled views, then the unlabelled ones (main_suave.py and

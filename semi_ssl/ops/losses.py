@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 
@@ -53,6 +55,10 @@ def swapped_assignment_loss(
   return jnp.mean(jnp.stack(pairs), axis=0)
 
 
-def combine(labelled: jax.Array, unlabelled: jax.Array) -> jax.Array:
-  """One loss from per-example terms [B_l], [B_u], each weighted by its share of the batch."""
-  return jnp.mean(jnp.concatenate([labelled, unlabelled]))
+def combine(*terms: jax.Array, views: Sequence[int] | None = None) -> jax.Array:
+  """One loss from per-example terms T x [N_t], each weighted by its share of the examples, or
+  given `views` (T crop counts: each example of term t is the mean over views[t] crops) by its
+  share of the crops, N_t views[t] / sum_s N_s views[s]."""
+  views = [1] * len(terms) if views is None else views
+  crops = [t.shape[0] * v for t, v in zip(terms, views, strict=True)]
+  return sum(c / sum(crops) * jnp.mean(t) for c, t in zip(crops, terms))
