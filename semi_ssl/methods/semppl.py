@@ -40,9 +40,12 @@ through the semantic positives, as in the paper (which evaluates by linear evalu
 fine-tuning), unless `classifier_trains_backbone` lets its gradient into the backbone too.
 `eval_predictions` gives the kNN pseudo-labels of eval images, to follow their test accuracy.
 
-The invariance penalty is written from ReLICv2 (Tomasev et al. 2022) as far as its form could be
-read here (KL of an anchor's similarity distribution under one view pair against the swapped
-pair, stop-gradient on the second); it covers the augmentation contrast only.
+The invariance penalty follows ReLIC's objective (Mitrovic et al., ICLR 2021, as quoted at
+paperswithcode.com/method/relic: alpha sum KL(p^do(a_lk), p^do(a_qt)) between an anchor's
+similarity distributions under two augmentation pairs). The text of ReLICv2 (Tomasev et al.
+2022) and of SemPPL past its abstract could not be read here: the stop-gradient on the second
+argument is ReLICv2's as remembered, not read, and the penalty covers the augmentation
+contrast only (no semantic-positive counterpart).
 """
 
 from __future__ import annotations
@@ -275,22 +278,18 @@ class SemPPL(base.Method):
     positives, valid, votes = self._semantic_positives(
       positives_key, labels, queries, state['queue'], len(pairs) if hp.fresh_positives else 1
     )
-    loss_augm, loss_sempos = (
-      jnp.mean(jnp.stack(t))
-      for t in zip(
-        *[
-          contrastive_losses(
-            predictions[v],
-            targets[g],
-            positives[d % len(positives)],
-            valid[d % len(valid)],
-            negatives,
-            hp.temperature,
-          )
-          for d, (v, g) in enumerate(pairs)
-        ]
+    terms = [
+      contrastive_losses(
+        predictions[v],
+        targets[g],
+        positives[d % len(positives)],
+        valid[d % len(valid)],
+        negatives,
+        hp.temperature,
       )
-    )
+      for d, (v, g) in enumerate(pairs)
+    ]
+    loss_augm, loss_sempos = (jnp.mean(jnp.stack(t)) for t in zip(*terms))
     labelled_queue = queue.write(
       state['queue'],
       jnp.concatenate([t[:num_labelled] for t in targets]),
@@ -356,12 +355,11 @@ class SemPPL(base.Method):
     votes int32 [B_u, C]).
     """
     pseudo_labels, votes = self._knn(queries, queue)
-    anchor_labels = jnp.concatenate([labels, pseudo_labels])
-    draws = [
-      self._sample(jax.random.fold_in(key, d), anchor_labels, queue) for d in range(num_draws)
-    ]
-    positives, valid = (jnp.stack(x) for x in zip(*draws))
-    return positives, valid, votes
+    # One sampling pass over the labels repeated per draw: each row gets its own scores.
+    anchor_labels = jnp.tile(jnp.concatenate([labels, pseudo_labels]), num_draws)
+    positives, valid = self._sample(key, anchor_labels, queue)
+    per_draw = lambda x: x.reshape(num_draws, -1, *x.shape[1:])
+    return per_draw(positives), per_draw(valid), votes
 
   def _knn(self, queries, queue):
     """(labels int32 [N], votes int32 [N, C]) of queries [N, D] from the queue, split over
