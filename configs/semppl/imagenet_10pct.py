@@ -102,8 +102,9 @@ def get_config():
       # lambda 5; the contrastive terms weigh 1 here, so lambda / c. [R]'s I is not a KL, and
       # only the augmentation term has one here (see methods/semppl.py).
       invariance_weight=5 / 0.3,
-      # [R] semppl_head.py `_calc_loss` draws the positives anew for every (view, target) pair.
-      fresh_positives=True,
+      # Off: the paper's choice could not be read; [R] semppl_head.py `_calc_loss` draws the
+      # positives anew for every (view, target) pair (True), at 20x the sampling cost here.
+      fresh_positives=False,
     )
   )
   return c
