@@ -269,19 +269,22 @@ def test_suave_reference_sees_the_queue_and_the_teacher(pixel_backbone):
 
 
 def semppl_reference(online, target, queue, batch, hp, step, num_classes):
-  """SemPPL's loss (Bošnjak et al., ICLR 2023, as semppl.py's docstring states it: no ReLICv2
-  penalty, every other image of the batch a negative), its three terms and the new queue.
+  """SemPPL's loss (Bošnjak et al., ICLR 2023, as semppl.py's docstring states it: every other
+  image of the batch a negative), its terms and the new queue.
 
   h: unit-norm online predictions (backbone -> projector -> predictor) of every view; t:
-  unit-norm target projections of the global views. The labelled images' t of every global
-  view, with their labels, are written over the oldest queue entries (ring buffer). An
-  unlabelled image's pseudo-label is the majority vote of the k queue entries nearest to its
-  summed global h (ties: the larger summed similarity, then the smaller class). Its semantic
-  positives are the entries of its (pseudo-)label: the test's queue holds at most S of each,
-  so the uniform draw of S (or all there are) is fixed. For every view v and other global
-  view g: -log(e^(h_i t_i / T) / (e^(h_i t_i / T) + sum_{j != i} e^(h_i t_j / T))), and the
-  same with each semantic positive in place of t_i (mean over them, 0 without any). Plus the
-  cross-entropy of the linear classifier on the labelled global views' features.
+  unit-norm target projections of the global views. An unlabelled image's pseudo-label is the
+  majority vote of the k queue entries nearest to its summed global h (ties: the larger summed
+  similarity, then the smaller class). Its semantic positives are the entries of its
+  (pseudo-)label: the test's queue holds at most S of each, so the uniform draw of S (or all
+  there are), fresh or not, is fixed. Only then are the labelled images' t of every global
+  view, with their labels, written over the oldest queue entries (ring buffer). For every view
+  v and other global view g: -log(e^(h_i t_i / T) / (e^(h_i t_i / T) + sum_{j != i}
+  e^(h_i t_j / T))), and the same with each semantic positive in place of t_i (mean over them,
+  0 without any). ReLICv2's invariance penalty, weighted by `invariance_weight`: for the
+  ordered pairs of global views (v, g), KL(p || q) of p_i(j) ~ e^(h_i^v t_j^g / T) and
+  q_i(j) ~ e^(h_i^g t_j^v / T) over all j. Plus the cross-entropy of the linear classifier on
+  the labelled global views' features.
   """
   labelled, unlabelled = batch['labelled']['views'], batch['unlabelled']['views']
   labels = batch['labelled']['labels']
@@ -299,12 +302,9 @@ def semppl_reference(online, target, queue, batch, hp, step, num_classes):
     for v in views[:NUM_GLOBAL]
   ]
 
+  assert hp.num_negatives in (0, len(labels) + len(batch['unlabelled']['views'][0]) - 1)
   embeddings = np.array(queue['embeddings'], np.float64)
   queue_labels = np.array(queue['labels'])
-  written = np.concatenate([t[:num_labelled] for t in targets])
-  slots = (int(queue['position']) + np.arange(len(written))) % len(embeddings)
-  embeddings[slots], queue_labels[slots] = written, np.tile(labels, NUM_GLOBAL)
-
   queries = unit(sum(p[num_labelled:] for p in predictions[:NUM_GLOBAL]))
   similarities = np.where(queue_labels != knn.EMPTY, queries @ unit(embeddings).T, -np.inf)
   pseudo_labels = []
@@ -316,6 +316,9 @@ def semppl_reference(online, target, queue, batch, hp, step, num_classes):
     pseudo_labels.append(tied[np.argmax(summed[tied])])
   positives = [embeddings[queue_labels == y] for y in np.concatenate([labels, pseudo_labels])]
   assert max(len(p) for p in positives) <= hp.num_semantic_positives  # The draw is fixed.
+  written = np.concatenate([t[:num_labelled] for t in targets])
+  slots = (int(queue['position']) + np.arange(len(written))) % len(embeddings)
+  embeddings[slots], queue_labels[slots] = written, np.tile(labels, NUM_GLOBAL)
 
   augmentation, semantic = [], []
   for g in range(NUM_GLOBAL):
@@ -335,6 +338,13 @@ def semppl_reference(online, target, queue, batch, hp, step, num_classes):
       for f in features[:NUM_GLOBAL]
     ]
   )
+  invariance = []
+  for g in range(NUM_GLOBAL):
+    for v in range(NUM_GLOBAL):
+      if v != g:
+        p = np.exp(log_softmax(predictions[v] @ targets[g].T / temperature))
+        q = np.exp(log_softmax(predictions[g] @ targets[v].T / temperature))
+        invariance.extend(np.sum(p * np.log(p / q), axis=1))
   weight = hp.semantic_weight * min(1.0, (step + 1) / (hp.semantic_warmup_steps + 1))
   terms = {
     'loss_augmentation': np.mean(augmentation),
@@ -343,6 +353,9 @@ def semppl_reference(online, target, queue, batch, hp, step, num_classes):
     'semantic_positives_found': np.mean([len(p) for p in positives]) / hp.num_semantic_positives,
   }
   loss = terms['loss_augmentation'] + weight * terms['loss_semantic'] + classifier
+  if hp.invariance_weight:
+    terms['loss_invariance'] = np.mean(invariance)
+    loss += hp.invariance_weight * terms['loss_invariance']
   new_queue = {
     'embeddings': embeddings,
     'labels': queue_labels,
@@ -352,12 +365,11 @@ def semppl_reference(online, target, queue, batch, hp, step, num_classes):
 
 
 def semppl_queue(rng):
-  """48 entries, next write at slot 40: the step's 16 labelled projections (labels 0-7 of
-  both global views) go over slots 40-47 and 0-7, all of label 9; slots 8-18 keep one entry
-  of each of labels 0-5, three of 8 and two of 9; the rest is empty. After the write no label
-  has more than 3 entries, and labels 6, 7 and 9 fewer."""
+  """48 entries, next write at slot 40: slots 8-18 hold one entry of each of labels 0-5, three
+  of 8 and two of 9, the rest is empty, so that no label has more than 3 entries, and labels 6,
+  7 and 9 fewer. The step's 16 labelled projections (labels 0-7 of both global views) go over
+  slots 40-47 and 0-7 after the draw."""
   labels = np.full(48, knn.EMPTY, np.int32)
-  labels[40:] = labels[:8] = 9
   labels[8:19] = [0, 1, 2, 3, 4, 5, 8, 8, 8, 9, 9]
   return {
     'embeddings': unit(rng.normal(size=(48, 8))).astype(np.float32),
@@ -366,9 +378,19 @@ def semppl_queue(rng):
   }
 
 
-def test_semppl_loss_matches_numpy(pixel_backbone):
+# ReLICv2's options: 15 negatives of 16 images (every other one, so the draw is fixed), the
+# invariance penalty, and a draw of positives per pair (fixed by the queue).
+@pytest.mark.parametrize(
+  'options', [{}, dict(num_negatives=15, invariance_weight=0.7, fresh_positives=True)]
+)
+def test_semppl_loss_matches_numpy(pixel_backbone, options):
   config = test_semppl.tiny_config(
-    mlp_layers=1, knn_k=3, num_semantic_positives=3, semantic_weight=0.8, semantic_warmup_steps=3
+    mlp_layers=1,
+    knn_k=3,
+    num_semantic_positives=3,
+    semantic_weight=0.8,
+    semantic_warmup_steps=3,
+    **options,
   )
   config.augment.num_local_crops = NUM_LOCAL
   method = semppl.SemPPL(config, DIGITS, one_device_mesh())

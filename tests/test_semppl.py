@@ -62,16 +62,67 @@ def test_contrastive_losses_match_numpy():
   anchors, targets = unit(rng.normal(size=(5, 4))), unit(rng.normal(size=(5, 4)))
   positives = unit(rng.normal(size=(5, 3, 4)))
   valid = np.array([[1, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 0], [0, 1, 1]], bool)
+  # Anchor i's negatives: 2 of the other rows, or (row 4) all of them.
+  negatives = np.array(
+    [[0, 1, 0, 1, 0], [1, 0, 1, 0, 0], [0, 1, 0, 0, 1], [1, 0, 1, 0, 0], [1, 1, 1, 1, 0]], bool
+  )
   augm, sem = semppl.contrastive_losses(
-    *(jnp.asarray(x, jnp.float32) for x in (anchors, targets, positives)), valid, 0.5
+    *(jnp.asarray(x, jnp.float32) for x in (anchors, targets, positives)), valid, negatives, 0.5
   )
   logits = anchors @ targets.T / 0.5
   for i in range(5):
-    negatives = np.exp(np.delete(logits[i], i)).sum()
-    nce = lambda p: -np.log(np.exp(p) / (np.exp(p) + negatives))
+    negative_mass = np.exp(logits[i][negatives[i]]).sum()
+    nce = lambda p: -np.log(np.exp(p) / (np.exp(p) + negative_mass))
     np.testing.assert_allclose(augm[i], nce(logits[i, i]), rtol=1e-5)
     terms = [nce(anchors[i] @ positives[i, s] / 0.5) for s in range(3) if valid[i, s]]
     np.testing.assert_allclose(sem[i], np.mean(terms) if terms else 0.0, rtol=1e-5)
+  # Anchor 0's loss: no gradient (nor NaN) into the targets outside its contrast set {0, 1, 3}.
+  grad = jax.grad(
+    lambda t: semppl.contrastive_losses(anchors, t, positives, valid, negatives, 0.5)[0][0]
+  )(jnp.asarray(targets, jnp.float32))
+  assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[[0, 1, 3]] != 0)
+  np.testing.assert_array_equal(np.asarray(grad)[[2, 4]], 0.0)
+
+
+def test_sample_negatives_draws_distinct_other_images():
+  """num_negatives 3 of 7 images: each row marks exactly 3 others, never itself; the draw
+  depends on the key, and over draws every other image is some anchor's negative."""
+  draws = [np.asarray(semppl.sample_negatives(jax.random.PRNGKey(k), 7, 3)) for k in range(20)]
+  for negatives in draws:
+    np.testing.assert_array_equal(negatives.sum(axis=1), 3)
+    assert not np.diagonal(negatives).any()
+  assert any((d != draws[0]).any() for d in draws[1:])
+  np.testing.assert_array_equal(np.any(draws, axis=0), ~np.eye(7, dtype=bool))
+  np.testing.assert_array_equal(semppl.sample_negatives(None, 4, 0), ~np.eye(4, dtype=bool))
+
+
+def test_invariance_penalty_is_the_kl_of_the_contrast_distributions():
+  """KL(p || q) over each anchor's contrast set (itself and its negatives), against numpy;
+  0 where the two views' distributions agree; no gradient into q."""
+  rng = np.random.default_rng(5)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  a1, t1, a2, t2 = (jnp.asarray(unit(rng.normal(size=(4, 3))), jnp.float32) for _ in range(4))
+  negatives = jnp.asarray(
+    [[0, 1, 1, 0], [1, 0, 0, 1], [0, 1, 0, 1], [1, 1, 1, 0]], bool
+  )  # 2 or 3 negatives per anchor.
+  penalty = lambda a1, a2: semppl.invariance_penalty(
+    semppl.contrast_log_probs(a1, t1, negatives, 0.5),
+    semppl.contrast_log_probs(a2, t2, negatives, 0.5),
+    negatives,
+  )
+  got = penalty(a1, a2)
+  contrast = np.asarray(negatives) | np.eye(4, dtype=bool)
+  for i in range(4):
+    p = np.exp(np.asarray(a1[i] @ t1.T / 0.5)[contrast[i]])
+    q = np.exp(np.asarray(a2[i] @ t2.T / 0.5)[contrast[i]])
+    p, q = p / p.sum(), q / q.sum()
+    np.testing.assert_allclose(got[i], np.sum(p * np.log(p / q)), rtol=1e-4, atol=1e-7)
+  assert np.all(np.asarray(got) > 0)
+  same = semppl.contrast_log_probs(a1, t1, negatives, 0.5)
+  np.testing.assert_allclose(semppl.invariance_penalty(same, same, negatives), 0.0, atol=1e-6)
+  grad_p, grad_q = jax.grad(lambda a1, a2: jnp.sum(penalty(a1, a2)), argnums=(0, 1))(a1, a2)
+  assert np.all(np.isfinite(grad_p)) and np.any(grad_p != 0)
+  np.testing.assert_array_equal(grad_q, 0.0)
 
 
 @pytest.fixture(scope='module')
@@ -138,8 +189,8 @@ def test_semantic_positives_share_the_label_or_the_pseudo_label(tiny):
   }
   labels = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
   queries = jnp.asarray(rng.normal(size=(8, 8)), jnp.float32)
-  positives, valid, votes = jax.jit(method._semantic_positives)(
-    jax.random.PRNGKey(3), labels, queries, queue
+  positives, valid, votes = jax.jit(method._semantic_positives, static_argnums=4)(
+    jax.random.PRNGKey(3), labels, queries, queue, 3
   )
   pseudo = np.asarray(
     knn.knn_pseudo_labels(queries, queue['embeddings'], queue['labels'], k=3, num_classes=10)[0]
@@ -147,13 +198,51 @@ def test_semantic_positives_share_the_label_or_the_pseudo_label(tiny):
   np.testing.assert_array_equal(votes.sum(axis=1), 3)
   slots = np.asarray(positives[..., 7]).astype(int)
   expected = np.concatenate([np.asarray(labels), pseudo])
-  assert valid.shape == (16, 2) and valid.any()
-  for row in range(16):
-    for s in range(2):
-      if valid[row, s]:
-        assert queue_labels[slots[row, s]] == expected[row]
-      else:
-        assert np.sum(queue_labels == expected[row]) < 2
+  assert valid.shape == (3, 16, 2) and valid.any()
+  for draw, row, s in np.ndindex(valid.shape):
+    if valid[draw, row, s]:
+      assert queue_labels[slots[draw, row, s]] == expected[row]
+    else:
+      assert np.sum(queue_labels == expected[row]) < 2
+  # The 3 draws are independent: they differ (each image's label has ~4 entries to draw from).
+  assert (slots[0] != slots[1]).any() and (slots[1] != slots[2]).any()
+
+
+def _step_metrics(method, tiny, queue, key=0):
+  """The metrics of one loss evaluation at step 5 on the tiny batch, from `queue`."""
+  model = nnx.merge(tiny['graphdef'], tiny['params'], tiny['rest'], copy=True)
+  state = {'target': tiny['params'], 'queue': queue}
+  return method.loss(model, state, tiny['batch'], jax.random.PRNGKey(key), jnp.int32(5))[1][1]
+
+
+def test_a_labelled_anchor_never_draws_its_own_current_projection(tiny):
+  """The queue holds only label 9, the labelled images none of it: their labels' only entries
+  would be this step's own projections, which enter the queue after the draw. So only the 8
+  unlabelled anchors (pseudo-label 9) find positives: half of all."""
+  labelled = dict(tiny['batch']['labelled'], labels=jnp.arange(8, dtype=jnp.int32))
+  tiny = dict(tiny, batch=dict(tiny['batch'], labelled=labelled))
+  rng = np.random.default_rng(6)
+  queue = {
+    'embeddings': jnp.asarray(rng.normal(size=(48, 8)), jnp.float32),
+    'labels': jnp.full((48,), 9, jnp.int32),
+    'position': jnp.int32(0),
+  }
+  metrics = jax.jit(lambda q: _step_metrics(tiny['method'], tiny, q))(queue)
+  np.testing.assert_allclose(metrics['semantic_positives_found'], 0.5)
+
+
+@pytest.mark.parametrize('fresh, draws', [(False, 1), (True, 4)])
+def test_fresh_positives_draw_once_per_view_target_pair(tiny, monkeypatch, fresh, draws):
+  """3 views x 2 global targets, less the 2 pairs of a view with itself: 4 pairs, each with
+  its own draw under fresh_positives, one draw shared by all otherwise."""
+  method = semppl.SemPPL(tiny_config(fresh_positives=fresh), DIGITS, parallel.create_mesh())
+  asked = []
+  draw = method._semantic_positives
+  monkeypatch.setattr(
+    method, '_semantic_positives', lambda *args: asked.append(args[-1]) or draw(*args)
+  )
+  jax.eval_shape(lambda q: _step_metrics(method, tiny, q), queue.init(48, 8, labels=True))
+  assert asked == [draws]
 
 
 def test_eval_predictions_are_the_knn_pseudo_labels_of_the_predictions(tiny):
@@ -207,6 +296,8 @@ def test_update_state_follows_the_cosine_momentum(tiny, step, momentum):
     (dict(num_semantic_positives=0), r'num_semantic_positives=0 must be in \[1, 6\]'),
     (dict(temperature=0.0), 'temperature=0.0 must be positive'),
     (dict(target_momentum=1.5), r'target_momentum=1.5 must be in \[0, 1\]'),
+    (dict(num_negatives=16), r'num_negatives=16 must be in \[0, 15\]'),
+    (dict(invariance_weight=-1.0), 'invariance_weight=-1.0 must be >= 0'),
   ],
 )
 def test_bad_hyperparameters_name_the_key(overrides, message):

@@ -85,6 +85,11 @@ def get_config() -> ml_collections.ConfigDict:
       # The paper trains its classifier on frozen features (linear evaluation).
       classifier_trains_backbone=False,
       target_momentum=0.99,
+      # Ours: every other image of the batch a negative, no invariance penalty, one draw of
+      # semantic positives per step (imagenet_10pct.py has [R]'s values for these).
+      num_negatives=0,
+      invariance_weight=0.0,
+      fresh_positives=False,
     )
   )  # [S] base_tau 0.99, final_tau 1.0 (cosine).
   return c

@@ -51,6 +51,9 @@ def get_config():
       semantic_warmup_steps=300,
       classifier_trains_backbone=True,
       target_momentum=0.95,
+      num_negatives=0,  # Every other image of the batch is a negative.
+      invariance_weight=0.0,  # No ReLICv2 invariance penalty.
+      fresh_positives=False,  # One draw of semantic positives per step, shared by every pair.
     )
   )  # cosine schedule to 1.0 over num_steps
   return c

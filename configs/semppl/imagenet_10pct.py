@@ -78,21 +78,37 @@ def get_config():
   c.optimizer.weight_decay = 1e-6
   c.semppl = config_dict.ConfigDict(
     dict(
+      # The SemPPL paper's values for k, the number of semantic positives, alpha and its schedule,
+      # the queue size, the temperature, and its ReLICv2 loss terms could not be read here (only its
+      # abstract could); where [R] gives one it is cited, from contrastive_heads/semppl_head.py,
+      # losses/semppl_loss.py and yamls/3stage/mae_semppl_finetuning/stage2_semppl/
+      # base16_imagenet10.yaml (a ViT-B/16 run of 12 images, so not its sizes).
       # [B] projector 4096 -> 256, predictor 4096 -> 256; [O] networks.py: Linear-BN-ReLU-Linear.
       mlp_hidden_dim=4096,
       embed_dim=256,
       mlp_layers=2,
-      temperature=0.2,  # Ours.
-      queue_size=65_536,  # Ours: 16 steps of 4 x 1024 labelled projections.
-      knn_k=1,  # [R] topk 1.
+      temperature=0.2,  # Ours; paper unread; [R] temperature 0.15 (ViT).
+      # Ours: 16 steps of 4 x 1024 labelled projections; paper unread; [R] queue_size 2560.
+      queue_size=65_536,
+      knn_k=1,  # [R] topk 1; paper unread.
       knn_approximate=False,  # True on TPU: approx_max_k per device (ours).
-      num_semantic_positives=3,
-      semantic_weight=0.2,  # [R] num_semantic_positives 3, alpha 0.2.
-      semantic_warmup_steps=0,  # Ours: alpha from the first step.
+      num_semantic_positives=3,  # [R] num_semantic_positives 3; paper unread.
+      # [R] alpha 0.2, constant (semppl_head.py has no schedule); paper unread.
+      semantic_weight=0.2,
+      semantic_warmup_steps=0,
       # The paper trains its classifier on frozen features (linear evaluation).
       classifier_trains_backbone=False,
       # [B] base_target_ema 0.99 (300 epochs); [O] schedules.py: cosine to 1.
       target_momentum=0.99,
+      # [R] num_negatives 10: semppl_loss.py keeps 10 random negatives per anchor.
+      num_negatives=10,
+      # [R] semppl_head.py: loss c (L_augm + alpha L_sempos) + lambda (I_augm + I_sempos), c 0.3,
+      # lambda 5; the contrastive terms weigh 1 here, so lambda / c. [R]'s I is not a KL, and
+      # only the augmentation term has one here (see methods/semppl.py).
+      invariance_weight=5 / 0.3,
+      # Off: the paper's choice could not be read; [R] semppl_head.py `_calc_loss` draws the
+      # positives anew for every (view, target) pair (True), at 20x the sampling cost here.
+      fresh_positives=False,
     )
   )
   return c

@@ -8,8 +8,9 @@ momentum rises from `target_momentum` to 1 on a cosine schedule (BYOL), gives un
 projections t of the global views, without gradient.
 
 Queue. A FIFO ring buffer of the target projections of the labelled images' global views and
-their labels, in the method state (so checkpointed with the train state). Each step writes its
-labelled projections over the oldest entries, then reads the queue.
+their labels, in the method state (so checkpointed with the train state). Each step reads the
+queue as the past steps left it (pseudo-labels and semantic positives), then writes its labelled
+projections over the oldest entries: a labelled anchor never draws its own current projection.
 
 Pseudo-labels. An unlabelled image's pseudo-label is the majority vote of the `knn_k` queue
 entries nearest (by cosine) to the mean of its global views' online predictions
@@ -18,22 +19,33 @@ axis, and the model axis if any), so a device holds queue / devices of them and 
 take O(batch x queue / devices) memory.
 
 Loss. For every online view v and every other global view g, InfoNCE with temperature
-`temperature`, anchor h_i^v and the target projections t_j^g of the other images j of the
-global batch as negatives, against two kinds of positive:
+`temperature`, anchor h_i^v and the target projections t_j^g of image i's negatives j: every
+other image of the global batch, or (`num_negatives` > 0, ReLICv2's subsampling) that many of
+them drawn uniformly once per step, shared by all of i's (view, target) pairs. Two kinds of
+positive:
   augmentation  t_i^g, the same image's other view;
   semantic      each of `num_semantic_positives` queue entries drawn uniformly among those of
-                image i's label (labelled images) or pseudo-label (unlabelled images).
+                image i's label (labelled images) or pseudo-label (unlabelled images): one draw
+                per step shared by every pair, or (`fresh_positives`) a fresh draw per pair.
 The loss is L_augm + `semantic_weight` * L_sempos (the paper's alpha; optionally ramped up
-linearly over the first `semantic_warmup_steps`, while the pseudo-labels are poor), plus the
-cross-entropy
+linearly over the first `semantic_warmup_steps`, while the pseudo-labels are poor)
++ `invariance_weight` * L_inv, ReLICv2's invariance penalty (0: left out): for every ordered
+pair of global views (v, g), KL(p_i^{v,g} || sg[p_i^{g,v}]), p_i^{v,g} the softmax of
+h_i^v . t_j^g / temperature over image i's contrast set (i and its negatives), so that the
+similarity distributions of the two views agree; local views have no target projection, so
+only global pairs have a swapped partner. Plus the cross-entropy
 of a linear classifier on the backbone features of the labelled global views. `predict` is that
 classifier. Its features are stop-gradient, so the labels reach the representation only
 through the semantic positives, as in the paper (which evaluates by linear evaluation or
 fine-tuning), unless `classifier_trains_backbone` lets its gradient into the backbone too.
 `eval_predictions` gives the kNN pseudo-labels of eval images, to follow their test accuracy.
 
-Left out from the paper: ReLICv2's invariance penalty (the KL terms weighted by lambda) and its
-subsampling of 10 negatives per anchor; all images of the global batch are negatives here.
+The invariance penalty follows ReLIC's objective (Mitrovic et al., ICLR 2021, as quoted at
+paperswithcode.com/method/relic: alpha sum KL(p^do(a_lk), p^do(a_qt)) between an anchor's
+similarity distributions under two augmentation pairs). The text of ReLICv2 (Tomasev et al.
+2022) and of SemPPL past its abstract could not be read here: the stop-gradient on the second
+argument is ReLICv2's as remembered, not read, and the penalty covers the augmentation
+contrast only (no semantic-positive counterpart).
 """
 
 from __future__ import annotations
@@ -95,18 +107,35 @@ class SemPPLModel(nnx.Module):
     return self.classifier(features).astype(jnp.float32)
 
 
+def sample_negatives(key: jax.Array, size: int, num_negatives: int) -> jax.Array:
+  """bool [B, B], row i marking anchor i's negatives among the B images: `num_negatives`
+  distinct other images drawn uniformly (0: every other image). Never i itself."""
+  others = ~jnp.eye(size, dtype=bool)
+  if not num_negatives:
+    return others
+  scores = jnp.where(others, jax.random.uniform(key, (size, size)), -1.0)
+  chosen = jax.lax.top_k(scores, num_negatives)[1]  # [B, n]
+  return jnp.zeros((size, size), bool).at[jnp.arange(size)[:, None], chosen].set(True)
+
+
 def contrastive_losses(
-  anchors: jax.Array, targets: jax.Array, positives: jax.Array, valid: jax.Array, temperature: float
+  anchors: jax.Array,
+  targets: jax.Array,
+  positives: jax.Array,
+  valid: jax.Array,
+  negatives: jax.Array,
+  temperature: float,
 ) -> tuple[jax.Array, jax.Array]:
   """InfoNCE of each anchor against its augmentation positive and its semantic positives,
   all sharing the anchor's negatives.
 
   Args:
     anchors: [B, D] unit-norm online predictions.
-    targets: [B, D] unit-norm target projections: row i is anchor i's augmentation positive,
-      the other rows its negatives.
+    targets: [B, D] unit-norm target projections: row i is anchor i's augmentation positive.
     positives: [B, S, D] unit-norm semantic positives.
     valid: bool [B, S]; invalid semantic positives are left out.
+    negatives: bool [B, B]: row i marks the rows of `targets` that are anchor i's negatives
+      (`sample_negatives`).
     temperature: of the cosine similarities.
 
   Returns:
@@ -114,12 +143,29 @@ def contrastive_losses(
     there are none), each -log(e^p / (e^p + sum over negatives e^n)).
   """
   logits = anchors @ targets.T / temperature  # [B, B]
-  diagonal = jnp.eye(logits.shape[0], dtype=bool)
-  negatives = jax.nn.logsumexp(jnp.where(diagonal, -jnp.inf, logits), axis=1)  # [B]
-  augmentation = jax.nn.softplus(negatives - jnp.diagonal(logits))
+  negative_mass = jax.nn.logsumexp(jnp.where(negatives, logits, -jnp.inf), axis=1)  # [B]
+  augmentation = jax.nn.softplus(negative_mass - jnp.diagonal(logits))
   semantic_logits = jnp.einsum('bd,bsd->bs', anchors, positives) / temperature
-  semantic = jnp.where(valid, jax.nn.softplus(negatives[:, None] - semantic_logits), 0.0)
+  semantic = jnp.where(valid, jax.nn.softplus(negative_mass[:, None] - semantic_logits), 0.0)
   return augmentation, jnp.sum(semantic, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
+
+
+def contrast_log_probs(
+  anchors: jax.Array, targets: jax.Array, negatives: jax.Array, temperature: float
+) -> jax.Array:
+  """[B, B] log-softmax of anchors [B, D] . targets [B, D] / temperature over each anchor's
+  contrast set (its own target i and its negatives, bool [B, B]); 0 off the set."""
+  in_set = negatives | jnp.eye(negatives.shape[0], dtype=bool)
+  logits = jnp.where(in_set, anchors @ targets.T / temperature, -jnp.inf)
+  return jnp.where(in_set, jax.nn.log_softmax(logits, axis=1), 0.0)
+
+
+def invariance_penalty(log_p: jax.Array, log_q: jax.Array, negatives: jax.Array) -> jax.Array:
+  """ReLICv2's KL(p || sg[q]) per anchor [B] of two distributions over the same contrast sets,
+  given as `contrast_log_probs` [B, B] with their negatives bool [B, B]; q gets no gradient."""
+  in_set = negatives | jnp.eye(negatives.shape[0], dtype=bool)
+  terms = jnp.exp(log_p) * (log_p - jax.lax.stop_gradient(log_q))
+  return jnp.sum(jnp.where(in_set, terms, 0.0), axis=1)
 
 
 class SemPPL(base.Method):
@@ -154,6 +200,21 @@ class SemPPL(base.Method):
       hp.queue_size % num_devices == 0,
       f'config.semppl.queue_size={hp.queue_size} is not divisible by the {num_devices} '
       'devices it is split over: use a multiple of them.',
+    )
+    batch = config.labelled_batch_size + config.batch_size
+    require(
+      0 <= hp.num_negatives < batch,
+      f'config.semppl.num_negatives={hp.num_negatives} must be in [0, {batch - 1}] (the other '
+      'images of the labelled + unlabelled batch; 0: all of them).',
+    )
+    require(
+      hp.invariance_weight >= 0,
+      f'config.semppl.invariance_weight={hp.invariance_weight} must be >= 0 (0: no penalty).',
+    )
+    require(
+      not hp.invariance_weight or aug.num_global_crops >= 2,
+      'config.semppl.invariance_weight compares the similarity distributions of two global '
+      'views: set config.augment.num_global_crops >= 2, or invariance_weight=0.',
     )
     for key in ('knn_k', 'num_semantic_positives'):
       require(
@@ -209,21 +270,31 @@ class SemPPL(base.Method):
     )
     targets = self._target_projections(model, state['target'], inputs[:num_global])
 
+    pairs = [(v, g) for g in range(num_global) for v in range(len(predictions)) if v != g]
+    negatives_key, positives_key = jax.random.split(key)
+    negatives = sample_negatives(negatives_key, targets[0].shape[0], hp.num_negatives)
+    # The queue as the past steps left it: this step's labelled projections enter it after.
+    queries = l2_normalize(sum(p[num_labelled:] for p in predictions[:num_global]))
+    positives, valid, votes = self._semantic_positives(
+      positives_key, labels, queries, state['queue'], len(pairs) if hp.fresh_positives else 1
+    )
+    terms = [
+      contrastive_losses(
+        predictions[v],
+        targets[g],
+        positives[d % len(positives)],
+        valid[d % len(valid)],
+        negatives,
+        hp.temperature,
+      )
+      for d, (v, g) in enumerate(pairs)
+    ]
+    loss_augm, loss_sempos = (jnp.mean(jnp.stack(t)) for t in zip(*terms))
     labelled_queue = queue.write(
       state['queue'],
       jnp.concatenate([t[:num_labelled] for t in targets]),
       jnp.tile(labels, num_global),
     )
-    queries = l2_normalize(sum(p[num_labelled:] for p in predictions[:num_global]))
-    positives, valid, votes = self._semantic_positives(key, labels, queries, labelled_queue)
-
-    pairs = [
-      contrastive_losses(h, targets[g], positives, valid, hp.temperature)
-      for g in range(num_global)
-      for v, h in enumerate(predictions)
-      if v != g
-    ]
-    loss_augm, loss_sempos = (jnp.mean(jnp.stack(terms)) for terms in zip(*pairs))
     classifier_input = (lambda f: f) if hp.classifier_trains_backbone else jax.lax.stop_gradient
     logits = [model.classify(classifier_input(f[:num_labelled])) for f in features[:num_global]]
     loss_classifier = jnp.mean(
@@ -250,6 +321,20 @@ class SemPPL(base.Method):
       'semantic_weight': semantic_weight,
     }
     loss = loss_augm + semantic_weight * loss_sempos + loss_classifier
+    if hp.invariance_weight:
+      log_probs = lambda v, g: contrast_log_probs(
+        predictions[v], targets[g], negatives, hp.temperature
+      )
+      metrics['loss_invariance'] = jnp.mean(
+        jnp.stack(
+          [
+            invariance_penalty(log_probs(v, g), log_probs(g, v), negatives)
+            for v, g in pairs
+            if v < num_global
+          ]
+        )
+      )
+      loss += hp.invariance_weight * metrics['loss_invariance']
     return loss, ({**state, 'queue': labelled_queue}, metrics)
 
   def _target_projections(self, model, target, global_views):
@@ -262,15 +347,19 @@ class SemPPL(base.Method):
     )
     return [jax.lax.stop_gradient(t) for t in projections]
 
-  def _semantic_positives(self, key, labels, queries, queue):
-    """Queue entries of the labelled images' labels [B_l] and of the unlabelled images'
-    pseudo-labels, the kNN votes of their queries [B_u, D].
+  def _semantic_positives(self, key, labels, queries, queue, num_draws=1):
+    """`num_draws` independent draws of queue entries of the labelled images' labels [B_l] and
+    of the unlabelled images' pseudo-labels, the kNN votes of their queries [B_u, D].
 
-    Returns (positives [B_l + B_u, S, D], valid bool [B_l + B_u, S], votes int32 [B_u, C]).
+    Returns (positives [draws, B_l + B_u, S, D], valid bool [draws, B_l + B_u, S],
+    votes int32 [B_u, C]).
     """
     pseudo_labels, votes = self._knn(queries, queue)
-    positives, valid = self._sample(key, jnp.concatenate([labels, pseudo_labels]), queue)
-    return positives, valid, votes
+    # One sampling pass over the labels repeated per draw: each row gets its own scores.
+    anchor_labels = jnp.tile(jnp.concatenate([labels, pseudo_labels]), num_draws)
+    positives, valid = self._sample(key, anchor_labels, queue)
+    per_draw = lambda x: x.reshape(num_draws, -1, *x.shape[1:])
+    return per_draw(positives), per_draw(valid), votes
 
   def _knn(self, queries, queue):
     """(labels int32 [N], votes int32 [N, C]) of queries [N, D] from the queue, split over
