@@ -486,6 +486,6 @@ def test_cutmix_needs_labelled_views_of_one_size():
   with pytest.raises(ValueError, match=r'cutmix_alpha=1.0 .* sizes \[6, 8\]'):
     suave.Suave(config, base.DataInfo(10, (8, 8, 1)), parallel.create_mesh())
   config.augment.labelled = config_base.single_labelled_crop(
-    config.augment, color_jitter=0.5, grayscale_prob=0.2
+    config.augment, family='ours', color_jitter=(0.5,) * 4, grayscale_prob=0.2
   )
   suave.Suave(config, base.DataInfo(10, (8, 8, 1)), parallel.create_mesh())
