@@ -29,6 +29,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
+from semi_ssl import config_base
 from semi_ssl.errors import CheckpointWriteError, UserError
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -283,12 +284,8 @@ def _check_same_structure(saved: dict[str, Any], expected: dict[str, Any], path:
 
 
 def _flatten(tree: Any) -> dict[str, Any]:
-  """{'a/b/c': leaf} with NNX's `value` attribute level dropped."""
-  flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    keys = [str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path]
-    flat['/'.join(k for k in keys if k != 'value')] = leaf
-  return flat
+  """{'a/b/c': leaf} of a pytree, NNX's `value` attribute level dropped."""
+  return config_base.flatten(tree, '/', pytree=True, skip=('value',))
 
 
 def read_state(path: str | os.PathLike) -> Any:

@@ -12,7 +12,9 @@ import functools
 import json
 import math
 import os
+from typing import Any
 
+import jax
 import ml_collections
 from ml_collections import config_dict
 
@@ -151,13 +153,16 @@ RESUME_MAY_CHANGE = (
 )
 
 
-def flatten(tree: dict, prefix: str = '') -> dict:
-  """{'a.b.c': value} of nested dicts; lists and other values are leaves (an empty dict too)."""
-  if not isinstance(tree, dict) or (prefix and not tree):
-    return {prefix[:-1]: tree}
+def flatten(tree: Any, separator: str = '.', *, pytree: bool = False, skip=()) -> dict[str, Any]:
+  """{'a.b.c': leaf}: the keys on the way to each leaf joined by `separator`, those in `skip`
+  left out. Only dicts are entered (lists, None and empty dicts are leaves, as config values
+  are), or with `pytree` every JAX pytree node (dataclasses, sequences, NNX variables; None and
+  empty nodes hold no leaf). One flattener for config keys and train-state paths."""
+  is_leaf = None if pytree else (lambda x: not isinstance(x, dict) or not x)
   flat = {}
-  for key, value in tree.items():
-    flat.update(flatten(value, f'{prefix}{key}.'))
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
+    names = (jax.tree_util.keystr((key,), simple=True) for key in path)
+    flat[separator.join(name for name in names if name not in skip)] = leaf
   return flat
 
 

@@ -438,6 +438,23 @@ def test_with_baseline_follows_the_top_level_data_keys():
   assert (baseline.method, method_stage.method) == ('supervised', 'suave')
 
 
+def test_one_flattener_gives_dotted_config_keys_and_slashed_state_paths():
+  """Config values: only dicts are entered. Train states: every pytree node, NNX's `value`
+  level (an attribute in memory, a dict key in a checkpoint's metadata) left out."""
+  config = {'a': {'b': [1, {'c': 2}], 'd': None, 'e': {}}, 'f': 0.5}
+  assert config_base.flatten(config) == {'a.b': [1, {'c': 2}], 'a.d': None, 'a.e': {}, 'f': 0.5}
+  params = nnx.state(nnx.Linear(1, 2, rngs=nnx.Rngs(0)))
+  saved = {'bias': {'value': 1}, 'kernel': {'value': 2}}
+  for tree in (params, saved):
+    state = {'opt': [3, (4, None)], 'params': tree, 'empty': {}}
+    assert list(config_base.flatten(state, '/', pytree=True, skip=('value',))) == [
+      'opt/0',
+      'opt/1/0',
+      'params/bias',
+      'params/kernel',
+    ]
+
+
 def test_changed_keys_compares_json_normalised_dotted_keys():
   config = config_base.get_base_config()
   saved = json.loads(config.to_json_best_effort(indent=2))  # As config.json holds it.

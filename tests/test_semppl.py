@@ -325,13 +325,12 @@ def _saved_method_state(workdir, step):
   return helpers.saved_state(workdir, step)['method_state']
 
 
-@pytest.mark.parametrize('model_axis', [1, 2])
-def test_queue_across_steps_and_a_checkpoint_restore(tmp_path, model_axis):
-  """4 steps of 16 labelled projections into 48 slots, the queue split over 8 devices (of a
-  (data, model) mesh of 8 x 1 or 4 x 2); the run resumed from its step-2 checkpoint ends with
-  the same queue."""
+def test_queue_across_steps_and_a_checkpoint_restore(tmp_path):
+  """4 steps of 16 labelled projections into 48 slots, the queue split over the 8 devices of
+  a (data, model) mesh of 4 x 2; the run resumed from its step-2 checkpoint ends with the same
+  queue. (On the 8 x 1 mesh: test_method_contracts, the queue of 8 devices equals 1 device's.)"""
   config = tiny_config()
-  config.mesh.model = model_axis
+  config.mesh.model = 2
   workdir = str(tmp_path / 'run')
   results = train.train_and_evaluate(config, workdir)
   assert results['method'] == 'semppl' and results['steps'] == 4
