@@ -80,38 +80,21 @@ class Family:
 # [1 - r, 1 + r], the same as here for r <= 1); its crops (byol/utils/dataset.py lines 206-233)
 # clip the sides to the image and are resized bicubic by tf.image.resize without antialiasing
 # (line 201).
+_OURS = Family(
+  additive_brightness=False,
+  gray_contrast=False,
+  hsv_saturation=False,
+  crop_tries=0,
+  resize='linear',
+  antialias=True,
+)
+_TORCHVISION = dataclasses.replace(_OURS, gray_contrast=True, crop_tries=10)
 FAMILIES = {
-  'ours': Family(
-    additive_brightness=False,
-    gray_contrast=False,
-    hsv_saturation=False,
-    crop_tries=0,
-    resize='linear',
-    antialias=True,
-  ),
-  'torchvision_bilinear': Family(
-    additive_brightness=False,
-    gray_contrast=True,
-    hsv_saturation=False,
-    crop_tries=10,
-    resize='linear',
-    antialias=True,
-  ),
-  'torchvision_bicubic': Family(
-    additive_brightness=False,
-    gray_contrast=True,
-    hsv_saturation=False,
-    crop_tries=10,
-    resize='cubic',
-    antialias=True,
-  ),
-  'byol': Family(
-    additive_brightness=True,
-    gray_contrast=False,
-    hsv_saturation=True,
-    crop_tries=0,
-    resize='cubic',
-    antialias=False,
+  'ours': _OURS,
+  'torchvision_bilinear': _TORCHVISION,
+  'torchvision_bicubic': dataclasses.replace(_TORCHVISION, resize='cubic'),
+  'byol': dataclasses.replace(
+    _OURS, additive_brightness=True, hsv_saturation=True, resize='cubic', antialias=False
   ),
 }
 
