@@ -291,11 +291,12 @@ def _unique(values) -> list:
 
 def format_report(rows: list[dict], min_seeds: int = 3) -> str:
   """The README table: one line per (labels per class, method, config) with `min_seeds` seeds
-  or more, test and kNN top-1 (%) as mean ± sample std over the seeds present."""
+  or more, validation, test and kNN top-1 (%) as mean ± sample std over the seeds present
+  ('–': not measured, as in runs from before the validation split)."""
   lines = [
-    '| labels/class | method | option | config | test top-1 (%) | kNN top-1 (%) | n | steps '
-    '| machine | commits |',
-    '|---|---|---|---|---|---|---|---|---|---|',
+    '| labels/class | method | option | config | val top-1 (%) | test top-1 (%) | kNN top-1 (%) '
+    '| n | steps | machine | commits |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   groups = group_runs(rows)
   methods = _unique(row['method'] for row in rows)
@@ -312,6 +313,7 @@ def format_report(rows: list[dict], min_seeds: int = 3) -> str:
       method,
       ', '.join(t for t in _unique(r.get('tag', '') for r in runs) if t) or '–',
       hash_ or 'older',
+      figure('val_top1'),
       figure('test_top1'),
       figure('knn_top1'),
       str(len(runs)),

@@ -85,8 +85,10 @@ def test_runs_in_the_results_file_are_skipped_and_each_new_one_recorded_once(tmp
   assert len(trained) == 3 and len(digits_table.read_records(record)) == lines_before + 1
 
 
-def _row(method, seed, test, labels=None, hash_=None, tag='', commit='abc', knn=0.5):
+def _row(method, seed, test, labels=None, hash_=None, tag='', commit='abc', knn=0.5, val=None):
   row = {'method': method, 'seed': seed, 'test_top1': test, 'knn_top1': knn, 'steps': 10}
+  if val is not None:
+    row['val_top1'] = val
   if hash_:
     row.update(labels_per_class=labels, config_hash=hash_, tag=tag)
   return {**row, 'commit': commit, 'machine': 'CPU, 2 cores'}
@@ -98,16 +100,20 @@ def test_report_gives_mean_and_std_over_the_seeds_of_each_config(tmp_path):
     *(_row('suave', s, t, 5, 'h1', commit='c1') for s, t in enumerate([0.95, 0.97])),
     _row('suave', 2, 0.96, 5, 'h1', tag='official', commit='c2'),
     _row('suave', 2, 0.10, 5, 'h1', commit='c3'),  # The same run again: its first line counts.
-    *(_row('suave', s, t, 1, 'h1', knn=0.6) for s, t in enumerate([0.5, 0.6, 0.7])),
+    *(_row('suave', s, t, 1, 'h1', knn=0.6, val=v) for s, t, v in [(0, 0.5, 0.3), (1, 0.6, 0.5)]),
+    _row('suave', 2, 0.7, 1, 'h1', knn=0.6, val=0.4),
     *(_row('daino', s, 0.8, 5, 'h2') for s in range(2)),  # A search's 2 seeds.
   ]
   path = tmp_path / 'digits.jsonl'
   path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
   lines = digits_table.format_report(digits_table.read_records(str(path))).splitlines()
   assert lines[2:] == [
-    '| 1 | suave | – | h1 | 60.00 ± 10.00 | 60.00 ± 0.00 | 3 | 10 | CPU, 2 cores | abc |',
-    '| 5 | supervised | – | older | 92.00 ± 2.00 | 50.00 ± 0.00 | 3 | 10 | CPU, 2 cores | abc |',
-    '| 5 | suave | official | h1 | 96.00 ± 1.00 | 50.00 ± 0.00 | 3 | 10 | CPU, 2 cores | c1, c2 |',
+    '| 1 | suave | – | h1 | 40.00 ± 10.00 | 60.00 ± 10.00 | 60.00 ± 0.00 | 3 | 10 | CPU, 2 cores '
+    '| abc |',
+    '| 5 | supervised | – | older | – | 92.00 ± 2.00 | 50.00 ± 0.00 | 3 | 10 | CPU, 2 cores '
+    '| abc |',
+    '| 5 | suave | official | h1 | – | 96.00 ± 1.00 | 50.00 ± 0.00 | 3 | 10 | CPU, 2 cores '
+    '| c1, c2 |',
     '',
     '1 configs with fewer than 3 seeds (validation searches) are not shown: 2 runs.',
   ]
