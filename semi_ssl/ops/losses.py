@@ -62,3 +62,34 @@ def combine(*terms: jax.Array, views: Sequence[int] | None = None) -> jax.Array:
   views = [1] * len(terms) if views is None else views
   crops = [t.shape[0] * v for t, v in zip(terms, views, strict=True)]
   return sum(c / sum(crops) * jnp.mean(t) for c, t in zip(crops, terms))
+
+
+def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
+  """SimCLR's NT-Xent of two views [B, D] (row i of each: image i): scalar float32.
+
+  The 2B views are l2-normalised; anchor k's positive is the other view of its image and its
+  negatives the 2B - 2 other views of the whole batch, l(k) = -log(e^{s(k, pos)/T} / sum_{m != k}
+  e^{s(k, m)/T}), averaged over the 2B anchors (Chen et al. 2020, eq. 1 and Algorithm 1). The
+  official code (github.com/google-research/simclr at 383d414, tf2/objective.py lines 35-89,
+  `add_contrastive_loss`) gathers both views from every TPU core (lines 59-62) and sums the two
+  directions, i.e. twice this mean. Here the batch is one global array: under `jit` with its
+  rows split over the mesh, XLA gathers what each device needs, so the negatives are global.
+  """
+  z = jnp.concatenate([z1, z2]).astype(jnp.float32)
+  z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+  size = z1.shape[0]
+  logits = jnp.where(jnp.eye(2 * size, dtype=bool), -jnp.inf, z @ z.T / temperature)
+  positive = jnp.concatenate([jnp.arange(size, 2 * size), jnp.arange(size)])
+  positive_logits = jnp.take_along_axis(logits, positive[:, None], axis=1)[:, 0]
+  return jnp.mean(jax.nn.logsumexp(logits, axis=1) - positive_logits)
+
+
+def distillation_loss(
+  student_logits: jax.Array, teacher_logits: jax.Array, temperature: float
+) -> jax.Array:
+  """Per-example cross-entropy [N] from the teacher's softmax at `temperature` to the
+  student's, -sum_y p_T(y; t) log p_S(y; t), of logits [N, C] (SimCLRv2, Chen et al. 2020,
+  eq. 2); the teacher gets no gradient. Its gradient in the student's logits,
+  (softmax(s / t) - softmax(sg(teacher) / t)) / t, is zero iff the two differ by a constant."""
+  targets = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature)
+  return cross_entropy(student_logits / temperature, targets)
