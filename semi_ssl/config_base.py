@@ -150,6 +150,7 @@ RESUME_MAY_CHANGE = (
   'data_dir',  # Where TFDS data is read; split.json is compared instead.
   'init_from.workdir',  # Read only when a run starts fresh; a stage's follows
   # --workdir, so it moves with it.
+  'simclrv2.teacher.workdir',  # The same for a frozen teacher (methods/frozen_teacher.py).
 )
 
 

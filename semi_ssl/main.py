@@ -43,7 +43,8 @@ PARSE_NOTES: list[str] = []
 
 
 def stage_plan(config, workdir: str) -> list[tuple[object, str]]:
-  """[(stage config, stage workdir)] with `init_from.stage` resolved to a workdir."""
+  """[(stage config, stage workdir)] with `init_from.stage` and a frozen teacher's
+  `<method>.teacher.stage` resolved to a workdir."""
   if not config.stages:
     return [(config, workdir)]
   plan = []
@@ -53,6 +54,11 @@ def stage_plan(config, workdir: str) -> list[tuple[object, str]]:
       with stage.unlocked():
         stage.init_from.workdir = os.path.join(workdir, stage.init_from.stage)
         stage.init_from.stage = None
+    teacher = stage.get(stage.method, {}).get('teacher')  # A frozen teacher's stage, likewise.
+    if teacher is not None and teacher.get('stage'):
+      with stage.unlocked():
+        teacher.workdir = os.path.join(workdir, teacher.stage)
+        teacher.stage = None
     plan.append((stage, os.path.join(workdir, stage.name)))
   return plan
 

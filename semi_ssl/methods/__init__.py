@@ -1,10 +1,11 @@
 """Registry of methods: config.method -> Method class. Adding a method is one line here."""
 
-from semi_ssl.methods import daino, semppl, suave, supervised
+from semi_ssl.methods import daino, semppl, simclrv2, suave, supervised
 
 REGISTRY = {
   'daino': daino.Daino,
   'semppl': semppl.SemPPL,
+  'simclrv2': simclrv2.SimCLRv2,
   'suave': suave.Suave,
   'supervised': supervised.Supervised,
 }

@@ -64,11 +64,12 @@ class _LinearBN(nnx.Module):
     rngs: nnx.Rngs,
     dtype: DTypeLike,
     kernel_init: nnx.Initializer,
+    bn_bias: bool = True,
   ):
     self.linear = nnx.Linear(
       in_dim, out_dim, use_bias=not use_bn, dtype=dtype, kernel_init=kernel_init, rngs=rngs
     )
-    self.bn = batch_norm(out_dim, rngs=rngs) if use_bn else None
+    self.bn = batch_norm(out_dim, rngs=rngs, use_bias=bn_bias) if use_bn else None
     self.dtype = dtype
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -77,6 +78,53 @@ class _LinearBN(nnx.Module):
     if self.bn is not None:
       x = self.bn(x, use_running_average=not train)
     return x.astype(self.dtype)
+
+
+class ProjectionHead(nnx.Module):
+  """SimCLR's projection head: `num_layers` x (bias-free Linear -> BatchNorm), ReLU after all
+  but the last, whose BatchNorm has no bias (github.com/google-research/simclr at 383d414,
+  tf2/model.py lines 157-213, `ProjectionHead`, proj_head_mode 'nonlinear'; its hidden width
+  is the input's). With `keep_layers` only the first that many layers are built, each with its
+  ReLU: the head up to a middle layer, which SimCLRv2 fine-tunes from (`ft_proj_selector`)."""
+
+  def __init__(
+    self,
+    in_dim: int,
+    hidden_dim: int,
+    out_dim: int,
+    *,
+    num_layers: int,
+    rngs: nnx.Rngs,
+    keep_layers: int | None = None,
+    dtype: DTypeLike = jnp.float32,
+  ):
+    keep_layers = num_layers if keep_layers is None else keep_layers
+    if not 1 <= keep_layers <= num_layers:
+      raise ValueError(f'keep_layers must be in [1, {num_layers}], got {keep_layers}.')
+    dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+    self.layers = nnx.List(
+      [
+        _LinearBN(
+          dims[i],
+          dims[i + 1],
+          use_bn=True,
+          bn_bias=i < num_layers - 1,
+          rngs=rngs,
+          dtype=dtype,
+          kernel_init=nnx.initializers.lecun_normal(),
+        )
+        for i in range(keep_layers)
+      ]
+    )
+    self.num_layers = num_layers
+    self.out_dim = dims[keep_layers]
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """[B, in_dim] -> [B, out_dim] float32 (or the kept layers' width)."""
+    for i, layer in enumerate(self.layers):
+      x = layer(x, train=train)
+      x = jax.nn.relu(x) if i < self.num_layers - 1 else x
+    return x.astype(jnp.float32)
 
 
 class Prototypes(nnx.Module):

@@ -1,0 +1,86 @@
+"""SimCLRv2 on the embedded digits data, 5 labels per class: three stages from one command.
+
+python -m semi_ssl.main --config=configs/simclrv2/digits.py --workdir=/tmp/simclrv2_digits
+
+Each stage runs in WORKDIR/<stage name>, resumable on its own; a finished stage is skipped:
+  pretrain  NT-Xent on two views of every image (labels unused): the top-level keys.
+  finetune  `config.finetune`: the backbone and the first projection layer from pretrain
+            (init_from), a fresh linear classifier, the labelled images only.
+  distill   `config.distill`: a student of `config.model`, from scratch, distilled from the
+            frozen fine-tuned network (`simclrv2.teacher`: the finetune stage) on the
+            unlabelled images.
+Overrides of top-level keys reach every stage; a stage's own under config.finetune /
+config.distill. Every value here is ours, sized for 8x8 digits on a CPU, not yet chosen on the
+validation split; the paper's are in the ImageNet configs' comments (methods/simclrv2.py).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from semi_ssl import config_base
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = config_base.get_base_config()
+  c.method = 'simclrv2'
+  c.dataset = 'digits'
+  c.labels_per_class = 5
+  c.batch_size = 128
+  c.labelled_batch_size = 32
+  c.num_steps = 300
+  c.log_every = 50
+  c.eval_every = 100
+  c.checkpoint_every = 100
+  c.augment.num_global_crops = 2
+  c.augment.global_scale = (0.3, 1.0)
+  c.augment.num_local_crops = 0
+  c.optimizer.name = 'sgd'
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.warmup_steps = 30
+  c.optimizer.weight_decay = 5e-4
+  c.simclrv2 = ml_collections.ConfigDict(
+    dict(
+      stage='pretrain',  # pretrain | finetune | distill
+      temperature=0.2,  # NT-Xent's (ImageNet: 0.1, the paper's).
+      embed_dim=64,  # The head's output (ImageNet: 128, tf2/run.py proj_out_dim).
+      projector_layers=3,  # SimCLRv2's 3-layer head (tf2/run.py num_proj_layers).
+      finetune_layers=1,  # Fine-tuned from its first layer (tf2/run.py ft_proj_selector=1).
+      distill_temperature=1.0,  # The paper's T on ImageNet.
+      label_weight=0.0,  # Distillation: weight of the labelled cross-entropy (0: none).
+      # The frozen teacher of the distill stage: a run's `workdir` or this run's `stage`, and
+      # its model (by default this config's).
+      teacher=dict(
+        workdir=config_dict.placeholder(str),
+        stage=config_dict.placeholder(str),
+        model=dict(
+          backbone=c.model.get_ref('backbone'),
+          width=c.model.get_ref('width'),
+          stem=c.model.get_ref('stem'),
+          dtype=c.model.get_ref('dtype'),
+        ),
+      ),
+    )
+  )
+  c.finetune = config_base.derived_stage(
+    c,
+    'finetune',
+    num_steps=200,
+    optimizer=dict(learning_rate=0.05, warmup_steps=0, weight_decay=0.0),
+    simclrv2=dict(stage='finetune'),
+    init_from=ml_collections.ConfigDict(
+      dict(workdir=config_dict.placeholder(str), stage='pretrain', paths=('backbone', 'projector'))
+    ),
+  )
+  c.distill = config_base.derived_stage(
+    c,
+    'distill',
+    skip=('finetune',),
+    num_steps=300,
+    simclrv2=dict(stage='distill', teacher=dict(stage='finetune')),
+  )
+  c.stages = (
+    config_base.derived_stage(c, 'pretrain', skip=('finetune', 'distill')),
+    c.finetune,
+    c.distill,
+  )
+  return c
