@@ -23,6 +23,7 @@ _TINY = {
   'supervised': {},
   'suave': dict(augment=dict(num_local_crops=1), suave=dict(projector_hidden_dim=16, embed_dim=8)),
   'daino': dict(augment=dict(num_local_crops=1), daino=dict(projector_hidden_dim=16, embed_dim=8)),
+  'simclrv2': dict(augment=dict(num_local_crops=0), simclrv2=dict(embed_dim=8)),
   'semppl': dict(
     augment=dict(num_local_crops=1),
     semppl=dict(

@@ -1,12 +1,21 @@
 """SimCLRv2: NT-Xent against the paper's formula and across devices, the distillation loss, the
 frozen teacher, the three stages and what each takes from the one before."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from flax import nnx
 
-from semi_ssl import parallel
+from helpers import saved_state, tiny_config
+from semi_ssl import checkpoint, config_base, main, parallel, train
+from semi_ssl.methods import base
+from semi_ssl.methods.simclrv2 import SimCLRv2
 from semi_ssl.ops import losses
+import test_references
+
+DIGITS = base.DataInfo(num_classes=10, image_shape=(8, 8, 1))
 
 
 def nt_xent_reference(z1, z2, temperature):
@@ -75,3 +84,90 @@ def test_distillation_gradient_is_zero_only_for_equal_logits():
     losses.cross_entropy(2 * teacher, jax.nn.softmax(teacher)),
     rtol=1e-6,
   )
+
+
+def test_finetune_takes_the_backbone_and_the_first_projection_layer_only():
+  """init_from's paths ('backbone', 'projector') on the fine-tune model copy every parameter and
+  BatchNorm statistic of the backbone and of the head's first layer from pretrain, and nothing
+  else: the head's later layers have no place in it, and the classifier stays as initialised."""
+  pretrain = SimCLRv2(tiny_config('simclrv2'), DIGITS, parallel.create_mesh())
+  finetune = SimCLRv2(
+    tiny_config('simclrv2', simclrv2=dict(stage='finetune')), DIGITS, parallel.create_mesh()
+  )
+  flat = lambda state: checkpoint._flatten(nnx.to_pure_dict(state))
+  source_params, source_stats = nnx.split(pretrain.create_model(nnx.Rngs(1)), nnx.Param, ...)[1:]
+  params, stats = nnx.split(finetune.create_model(nnx.Rngs(2)), nnx.Param, ...)[1:]
+  fresh = flat(params)
+  source = {'params': flat(source_params), 'model_state': flat(source_stats)}
+  copied = flat(checkpoint.copy_subtrees(params, source['params'], ('backbone', 'projector')))
+  copied_stats = checkpoint.copy_subtrees(
+    stats, source['model_state'], ('backbone', 'projector'), each_prefix_matches=False
+  )
+  taken = {path for path in copied if not path.startswith('classifier/')} | set(flat(copied_stats))
+  first_layer = lambda path: path.startswith(('backbone/', 'projector/layers/0/'))
+  assert taken == {p for p in [*source['params'], *source['model_state']] if first_layer(p)}
+  assert any(p.startswith('projector/layers/2/') for p in source['params'])
+  assert any('/bn/' in p for p in flat(copied_stats))
+  for path, value in copied.items():
+    expected = fresh[path] if path.startswith('classifier/') else source['params'][path]
+    np.testing.assert_array_equal(value, expected, err_msg=path)
+  for path, value in flat(copied_stats).items():
+    np.testing.assert_array_equal(value, source['model_state'][path], err_msg=path)
+  assert sorted({p.split('/')[0] for p in copied}) == ['backbone', 'classifier', 'projector']
+
+
+def tiny_plan(workdir):
+  """A three-stage SimCLRv2 plan of 2 steps a stage on the tiny config (teacher = its model)."""
+  c = tiny_config('simclrv2', num_steps=2, eval_every=2, checkpoint_every=2)
+  c.simclrv2.teacher.model = c.model
+  c.stages = (
+    config_base.derived_stage(c, 'pretrain'),
+    config_base.derived_stage(
+      c,
+      'finetune',
+      simclrv2=dict(stage='finetune'),
+      init_from=dict(stage='pretrain', paths=('backbone', 'projector')),
+    ),
+    config_base.derived_stage(
+      c, 'distill', simclrv2=dict(stage='distill', teacher=dict(stage='finetune'))
+    ),
+  )
+  return main.stage_plan(c, str(workdir))
+
+
+def test_three_stages_run_and_resume_at_each_stage(tmp_path, monkeypatch):
+  """pretrain reports the kNN probe and no test_top1; a plan stopped after pretrain, then
+  after finetune, goes on from the next stage (finished stages are skipped, not rerun); the
+  distill stage's frozen teacher is the fine-tuned network, unchanged by its steps."""
+  monkeypatch.setattr(
+    base,
+    'create_backbone',
+    lambda config, data, rngs: test_references.PixelBackbone(data.image_shape[-1], rngs=rngs),
+  )
+  plan = tiny_plan(tmp_path)
+  assert plan[2][0].simclrv2.teacher.workdir == str(tmp_path / 'finetune')
+  main.validate_plan(plan, str(tmp_path), num_devices=len(jax.devices()))
+  (pretrain,) = main.run_plan(plan[:1])
+  assert 'knn_top1' in pretrain and 'test_top1' not in pretrain
+  main.run_plan(plan[:2])
+  mtime = (tmp_path / 'pretrain' / train.RESULTS_FILE).stat().st_mtime_ns
+  rows = main.run_plan(plan)
+  assert (tmp_path / 'pretrain' / train.RESULTS_FILE).stat().st_mtime_ns == mtime
+  assert [r['stage'] for r in rows] == ['pretrain', 'finetune', 'distill']
+  assert all('test_top1' in r for r in rows[1:])
+  finetuned = saved_state(plan[1][1], 2)
+  teacher = saved_state(plan[2][1], 2)['method_state']['teacher']
+  chex.assert_trees_all_equal(teacher['params'], finetuned['params'])
+  chex.assert_trees_all_equal(teacher['model_state'], finetuned['model_state'])
+
+
+def test_bad_simclrv2_settings_stop_with_one_line():
+  mesh = parallel.create_mesh()
+  for overrides, message in (
+    (dict(simclrv2=dict(stage='linear')), "stage='linear' is unknown"),
+    (dict(simclrv2=dict(stage='distill')), 'set exactly one of workdir'),
+    (dict(augment=dict(num_local_crops=1)), 'num_local_crops=0'),
+    (dict(simclrv2=dict(finetune_layers=4)), 'finetune_layers=4 must be in'),
+  ):
+    with pytest.raises(ValueError, match=message):
+      SimCLRv2(tiny_config('simclrv2', **overrides), DIGITS, mesh)

@@ -36,7 +36,10 @@ def check_config(section: ml_collections.ConfigDict, name: str) -> None:
 
 @functools.cache
 def _load(workdir: str) -> dict[str, dict]:
-  return checkpoint.load_variables(workdir)
+  """`checkpoint.load_variables` (host arrays), also when called while tracing (`init_state`
+  runs inside `jit` and `eval_shape`): the checkpoint is read eagerly, once per process."""
+  with jax.ensure_compile_time_eval():
+    return jax.device_get(checkpoint.load_variables(workdir))
 
 
 @dataclasses.dataclass(frozen=True)
