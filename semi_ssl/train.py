@@ -386,6 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       logging.info(
         'Initialised %s from %s.', list(config.init_from.paths), config.init_from.workdir
       )
+    state = state.replace(method_state=method.load_state(state.method_state))
   start_step = int(state.step)
   reported_skips = int(state.skipped_steps)
 

@@ -62,6 +62,11 @@ class Method(abc.ABC):
     del params
     return {}
 
+  def load_state(self, state: PyTree) -> PyTree:
+    """The method state of a fresh run, once built (and `init_from` applied), with what it
+    reads from disk (e.g. a frozen teacher's checkpoint); not called on resume. Default: as is."""
+    return state
+
   def state_sharding(self, abstract_state: PyTree) -> PyTree:
     """NamedShardings on `self.mesh` shaped like `abstract_state` (the method state as
     ShapeDtypeStructs), where the trainer stores, checkpoints and restores it.

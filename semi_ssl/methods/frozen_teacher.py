@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import ml_collections
@@ -20,8 +19,6 @@ from flax import nnx
 
 from semi_ssl import checkpoint
 from semi_ssl.errors import require
-
-PyTree = Any
 
 
 def check_config(section: ml_collections.ConfigDict, name: str) -> None:
@@ -34,18 +31,15 @@ def check_config(section: ml_collections.ConfigDict, name: str) -> None:
   )
 
 
-@functools.cache
-def _load(workdir: str) -> dict[str, dict]:
-  """`checkpoint.load_variables` (host arrays), also when called while tracing (`init_state`
-  runs inside `jit` and `eval_shape`): the checkpoint is read eagerly, once per process."""
-  with jax.ensure_compile_time_eval():
-    return jax.device_get(checkpoint.load_variables(workdir))
-
-
 @dataclasses.dataclass(frozen=True)
 class FrozenTeacher:
-  """The network `create(rngs)` with every parameter and model-state leaf from the latest
-  checkpoint of `workdir` (paths, shapes: as `init_from` copies them)."""
+  """The network `create(rngs)` whose every parameter and model-state leaf comes from the
+  latest checkpoint of `workdir` (paths, shapes: as `init_from` copies them).
+
+  `init` gives the method state its place (a fresh network, inside `jit`); `load`, which a fresh
+  run calls once its state is built (`Method.load_state`), fills it from the checkpoint. A
+  resumed run restores it from its own checkpoint, as the rest of its state.
+  """
 
   create: Callable[[nnx.Rngs], nnx.Module]
   workdir: str
@@ -55,22 +49,29 @@ class FrozenTeacher:
     return nnx.graphdef(nnx.eval_shape(lambda: self.create(nnx.Rngs(0))))
 
   def init(self) -> dict[str, nnx.State]:
-    """{'params', 'model_state'} of the checkpoint, for the method state (read from disk once
-    per process; inside `jit` they are constants of the program)."""
-    params, model_state = nnx.split(
-      nnx.eval_shape(lambda: self.create(nnx.Rngs(0))), nnx.Param, ...
-    )[1:]
-    source = _load(self.workdir)
+    """{'params', 'model_state'} of a freshly initialised teacher network."""
+    params, model_state = nnx.split(self.create(nnx.Rngs(0)), nnx.Param, ...)[1:]
+    return {'params': params, 'model_state': model_state}
+
+  def load(self, teacher: dict[str, nnx.State]) -> dict[str, nnx.State]:
+    """`teacher` (as `init` gives it, placed as the trainer stores it) with every leaf from the
+    checkpoint; raises UserError naming a missing checkpoint, path or shape mismatch."""
+    source = checkpoint.load_variables(self.workdir)
     top_level = lambda state: tuple(nnx.to_pure_dict(state))
     return {
-      'params': checkpoint.copy_subtrees(params, source['params'], top_level(params)),
+      'params': checkpoint.copy_subtrees(
+        teacher['params'], source['params'], top_level(teacher['params'])
+      ),
       'model_state': checkpoint.copy_subtrees(
-        model_state, source['model_state'], top_level(model_state), each_prefix_matches=False
+        teacher['model_state'],
+        source['model_state'],
+        top_level(teacher['model_state']),
+        each_prefix_matches=False,
       ),
     }
 
   def model(self, teacher: dict[str, nnx.State]) -> nnx.Module:
-    """The teacher network of the method state's `teacher` (`init`), for a forward pass
-    (`train=False`: BatchNorm's running statistics); wrap outputs in `stop_gradient`."""
+    """The teacher network of the method state's `teacher`, for a forward pass (`train=False`:
+    BatchNorm's running statistics); its outputs carry no gradient to it."""
     frozen = jax.tree.map(jax.lax.stop_gradient, teacher)
     return nnx.merge(self.graphdef, frozen['params'], frozen['model_state'])

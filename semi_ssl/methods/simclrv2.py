@@ -152,6 +152,10 @@ class SimCLRv2(base.Method):
     del params
     return {'teacher': self.teacher.init()} if self.teacher is not None else {}
 
+  def load_state(self, state):
+    """The distill stage's frozen teacher read from its checkpoint."""
+    return {'teacher': self.teacher.load(state['teacher'])} if self.teacher is not None else state
+
   def loss(self, model, state, batch, key, step):
     del key, step
     return {'pretrain': self._pretrain, 'finetune': self._finetune, 'distill': self._distill}[
