@@ -134,6 +134,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Multi-stage pipelines: a tuple of full configs, each with a `name`; empty for one stage.
   c.stages = ()
   c.name = ''
+  # A stage's finished run elsewhere (e.g. one pretraining shared by the 1% and 10% ImageNet
+  # configs): read, never trained here; `init_from.stage` naming the stage loads it from there.
+  # Its config there may differ in the labelled subset only. A stage made by `derived_stage`
+  # follows its parent's value, so with the others derived with `finished_workdir=None`,
+  # `--config.finished_workdir=OTHER_DIR/pretrain` reaches the pretraining stage alone.
+  c.finished_workdir = config_dict.placeholder(str)
   return c
 
 
@@ -151,6 +157,7 @@ RESUME_MAY_CHANGE = (
   'init_from.workdir',  # Read only when a run starts fresh; a stage's follows
   # --workdir, so it moves with it.
   'simclrv2.teacher.workdir',  # The same for a frozen teacher (methods/frozen_teacher.py).
+  'finished_workdir',  # Where a finished stage is read; runs made before it have no such key.
 )
 
 

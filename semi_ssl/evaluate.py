@@ -127,11 +127,12 @@ def make_evaluator(
   split has images, the same on it: val_top1, val_top5, val_knn_top1, val_<name>_top1.
 
   `apply_fn(variables, images) -> (logits [B, C], features [B, D], {name: int32 [B]})` on
-  preprocessed images; `preprocess(uint8 images) -> float images`. `variables_like`: the
-  variables as jax.ShapeDtypeStructs with their shardings, from which the evaluation compiles
-  here, once. A `batch_size` beyond the largest of the evaluated sets (labelled, test, val),
-  rounded up to a multiple of the devices, is lowered to it: padding is waste. Raises
-  UserError when one batch does not fit in a device's memory (`device_memory`).
+  preprocessed images, logits None for a method without a classifier (no test_top1,
+  test_top5, val_top1, val_top5 then); `preprocess(uint8 images) -> float images`.
+  `variables_like`: the variables as jax.ShapeDtypeStructs with their shardings, from which
+  the evaluation compiles here, once. A `batch_size` beyond the largest of the evaluated sets
+  (labelled, test, val), rounded up to a multiple of the devices, is lowered to it: padding is
+  waste. Raises UserError when one batch does not fit in a device's memory (`device_memory`).
   """
   num_classes = splits.num_classes
   k = min(knn_k, len(splits.labelled_labels))
@@ -146,7 +147,6 @@ def make_evaluator(
   def counts(variables, batch, bank_features, bank_labels, bank_valid):
     logits, feats, further = embed(variables, batch['images'])
     labels, valid = batch['labels'], batch['valid']
-    top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
     knn = weighted_knn_predict(
       feats,
       bank_features,
@@ -156,9 +156,15 @@ def make_evaluator(
       temperature=knn_temperature,
       num_classes=num_classes,
     )
+    classifier = {}
+    if logits is not None:
+      top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
+      classifier = {
+        'test_top1': jnp.sum(valid & (top5[:, 0] == labels)),
+        'test_top5': jnp.sum(valid & jnp.any(top5 == labels[:, None], axis=-1)),
+      }
     return {
-      'test_top1': jnp.sum(valid & (top5[:, 0] == labels)),
-      'test_top5': jnp.sum(valid & jnp.any(top5 == labels[:, None], axis=-1)),
+      **classifier,
       'knn_top1': jnp.sum(valid & (knn == labels)),
       **{
         f'{name}_top1': jnp.sum(valid & (predictions == labels))

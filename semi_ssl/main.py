@@ -11,6 +11,7 @@ for bad input (config, checkpoint, data, disk) or a diverged run.
 
 from __future__ import annotations
 
+import json
 import logging as python_logging
 import os
 import sys
@@ -35,40 +36,66 @@ _CHECK_FINISHED = flags.DEFINE_bool(
   'check_finished',
   False,
   'Train nothing: exit 0 when the run in --workdir has finished (its '
-  'last stage wrote results.json), 3 when not. For launchers that requeue an unfinished job.',
+  'results.json, of a staged run too, written), 3 when not. '
+  'For launchers that requeue an unfinished job.',
 )
 flags.mark_flags_as_required(['config', 'workdir'])
 # What parse_flags changed for the log: main logs it, as absl logs INFO only after parsing.
 PARSE_NOTES: list[str] = []
 
 
+class Plan(list):
+  """[(stage config, stage workdir)] of a config with `stages`, and `workdir`: the run's
+  DIR, whose results.json gathers the stages' (`run_plan`)."""
+
+  def __init__(self, stages, workdir: str):
+    super().__init__(stages)
+    self.workdir = workdir
+
+
 def stage_plan(config, workdir: str) -> list[tuple[object, str]]:
   """[(stage config, stage workdir)] with `init_from.stage` and a frozen teacher's
-  `<method>.teacher.stage` resolved to a workdir."""
+  `<method>.teacher.stage` resolved to a workdir: DIR/<stage>, or the stage's
+  `finished_workdir` (a finished run elsewhere, read and not trained here)."""
   if not config.stages:
     return [(config, workdir)]
-  plan = []
+  plan, stage_dirs = [], {}
   for stage in config.stages:
     stage = stage.copy_and_resolve_references()
     if stage.init_from.stage:
       with stage.unlocked():
-        stage.init_from.workdir = os.path.join(workdir, stage.init_from.stage)
+        stage.init_from.workdir = stage_dirs.get(
+          stage.init_from.stage, os.path.join(workdir, stage.init_from.stage)
+        )
         stage.init_from.stage = None
     teacher = stage.get(stage.method, {}).get('teacher')  # A frozen teacher's stage, likewise.
     if teacher is not None and teacher.get('stage'):
       with stage.unlocked():
-        teacher.workdir = os.path.join(workdir, teacher.stage)
+        teacher.workdir = stage_dirs.get(teacher.stage, os.path.join(workdir, teacher.stage))
         teacher.stage = None
-    plan.append((stage, os.path.join(workdir, stage.name)))
-  return plan
+    stage_dirs[stage.name] = stage.finished_workdir or os.path.join(workdir, stage.name)
+    plan.append((stage, stage_dirs[stage.name]))
+  return Plan(plan, workdir)
 
 
-def finished(plan: list[tuple[object, str]]) -> bool:
-  """Whether every stage of `plan` has written its results (a finished run writes nothing)."""
+def _plan_results_path(plan: list[tuple[object, str]]):
+  """DIR/results.json of a staged plan, None for one run (its results are its workdir's)."""
   from etils import epath
   from semi_ssl import train
 
-  return all((epath.Path(stage_dir) / train.RESULTS_FILE).exists() for _, stage_dir in plan)
+  return epath.Path(plan.workdir) / train.RESULTS_FILE if isinstance(plan, Plan) else None
+
+
+def finished(plan: list[tuple[object, str]]) -> bool:
+  """Whether every stage of `plan` has written its results, and a staged plan DIR/results.json
+  (a finished run writes nothing)."""
+  from etils import epath
+  from semi_ssl import train
+
+  summary = _plan_results_path(plan)
+  return (summary is None or summary.exists()) and all(
+    (epath.Path(stage_dir) / train.RESULTS_FILE).exists() for _, stage_dir in plan
+  )
 
 
 def validate_plan(plan: list[tuple[object, str]], workdir: str, *, num_devices: int) -> None:
@@ -84,21 +111,58 @@ def validate_plan(plan: list[tuple[object, str]], workdir: str, *, num_devices: 
 
 
 def run_plan(plan: list[tuple[object, str]]) -> list[dict]:
-  """Runs each stage in order, skipping the finished ones; their results, one row each."""
+  """Runs each stage in order, skipping the finished ones; their results, one row each.
+
+  A stage with `finished_workdir` is never trained here: its results are read from there.
+  A staged plan then writes DIR/results.json, once: the last stage's results, and every
+  stage's as {name: results} under `stages`.
+  """
+  import jax
   from etils import epath
   from semi_ssl import train
 
   rows = []
   for stage_config, stage_dir in plan:
     results_path = epath.Path(stage_dir) / train.RESULTS_FILE  # A local path or gs://.
-    if results_path.exists():
+    if isinstance(plan, Plan) and stage_config.finished_workdir:
+      _check_finished_elsewhere(stage_config, stage_dir)
+      results = train.read_results(results_path)
+    elif results_path.exists():
       train.check_config_unchanged(stage_config, stage_dir)
       logging.info('Stage %s already finished: %s', stage_config.name or '-', results_path)
       results = train.read_results(results_path)
     else:
       results = train.train_and_evaluate(stage_config, stage_dir)
     rows.append({'stage': stage_config.name or '-', **results})
+  summary = _plan_results_path(plan)
+  if summary is not None and not summary.exists() and jax.process_index() == 0:
+    stages = {row['stage']: {k: v for k, v in row.items() if k != 'stage'} for row in rows}
+    last = {k: v for k, v in rows[-1].items() if k != 'stage'}
+    summary.parent.mkdir(parents=True, exist_ok=True)  # Made by no stage trained here.
+    train._write_json(summary, {**last, 'stages': stages})  # pylint: disable=protected-access
   return rows
+
+
+def _check_finished_elsewhere(stage_config, stage_dir: str) -> None:
+  """Raises UserError unless `stage_dir` (the stage's `finished_workdir`) holds a finished run
+  of the stage: its config but for the labelled subset (a pretraining reads no labels)."""
+  from etils import epath
+  from semi_ssl import config_base, errors, train
+
+  name = stage_config.name
+  if not (epath.Path(stage_dir) / train.RESULTS_FILE).exists():
+    raise errors.UserError(
+      f'Stage {name}: finished_workdir={stage_dir} holds no finished run (no '
+      f'{train.RESULTS_FILE}): finish that run first, or unset it to train the stage here.'
+    )
+  train.check_unchanged(
+    stage_dir,
+    train.CONFIG_FILE,
+    json.loads(stage_config.to_json_best_effort()),
+    (*config_base.RESUME_MAY_CHANGE, 'labels_per_class', 'label_fraction'),
+    fix=f"Point stage {name}'s finished_workdir at a run of the same stage, or unset it.",
+  )
+  logging.info('Stage %s: the finished run in %s, not trained here.', name, stage_dir)
 
 
 def format_table(rows: list[dict]) -> str:

@@ -407,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     params, model_state, method_state = variables
     model = nnx.merge(graphdef, params, model_state)
     return (
-      method.predict(model, images),
+      method.predict(model, images) if method.has_classifier else None,
       method.features(model, images),
       method.eval_predictions(model, method_state, images),
     )

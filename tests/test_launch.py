@@ -376,7 +376,8 @@ def test_slurm_job_requeues_itself_when_the_run_stopped_before_finishing(slurm_b
 
 def test_check_finished_looks_for_the_last_stages_results(tmp_path):
   """The real `semi_ssl.main --check_finished` that the SLURM job runs after srun: 3 until the
-  last stage's results.json exists, then 0; nothing is trained or written."""
+  last stage's results.json and the run's (written after it) exist, then 0; nothing is trained
+  or written."""
   check = lambda: (
     subprocess.run(
       [
@@ -399,6 +400,8 @@ def test_check_finished_looks_for_the_last_stages_results(tmp_path):
   assert check() == 3
   (tmp_path / 'suave').mkdir()
   (tmp_path / 'suave' / 'results.json').write_text('{}')
+  assert check() == 3
+  (tmp_path / 'results.json').write_text('{}')
   assert check() == 0
 
 

@@ -114,8 +114,20 @@ def test_copy_subtrees_names_the_first_mismatch():
     checkpoint.copy_subtrees(state.params, source, ('nothing',))
 
 
+class _NoClassifier(methods.supervised.Supervised):
+  """The baseline as a method without a classifier: its `predict` must not be called."""
+
+  has_classifier = False
+
+  def predict(self, model, images):
+    raise AssertionError('predict called for a method without a classifier')
+
+
 def test_two_stage_config_with_init_from_and_skip_of_finished_stage(tmp_path, monkeypatch):
-  pre = tiny_config(name='pretrain')
+  """... whose first stage has no classifier (its kNN probe only, evaluated at step 2 and 4);
+  DIR/results.json holds the last stage's figures and each stage's."""
+  monkeypatch.setitem(methods.REGISTRY, 'no_classifier', _NoClassifier)
+  pre = tiny_config(method='no_classifier', name='pretrain')
   fine = tiny_config(name='finetune', num_steps=2)
   fine.optimizer.learning_rate = 0.0  # The fine-tune stage keeps what it was initialised with.
   fine.init_from.stage = 'pretrain'
@@ -125,6 +137,15 @@ def test_two_stage_config_with_init_from_and_skip_of_finished_stage(tmp_path, mo
   assert plan[1][0].init_from.workdir == str(tmp_path / 'pretrain')
   rows = main.run_plan(plan)
   assert [r['stage'] for r in rows] == ['pretrain', 'finetune']
+  assert not {'test_top1', 'test_top5', 'val_top1', 'val_top5'} & set(rows[0])
+  assert {'knn_top1', 'val_knn_top1'} <= set(rows[0]) and 'test_top1' in rows[1]
+  assert main.format_table(rows).splitlines()[2].split()[6:9] == ['-', '-', '-']
+  summary = json.loads((tmp_path / train.RESULTS_FILE).read_text())
+  stage_results = [{k: v for k, v in r.items() if k != 'stage'} for r in rows]
+  assert summary == {
+    **stage_results[1],
+    'stages': dict(zip(['pretrain', 'finetune'], stage_results)),
+  }
   pre_params = saved_state(plan[0][1], 4)['params']
   fine_params = saved_state(plan[1][1], 2)['params']
   chex.assert_trees_all_equal(fine_params['backbone'], pre_params['backbone'])
@@ -132,10 +153,11 @@ def test_two_stage_config_with_init_from_and_skip_of_finished_stage(tmp_path, mo
     not np.array_equal(fine, pre)
     for fine, pre in zip(jax.tree.leaves(fine_params['head']), jax.tree.leaves(pre_params['head']))
   )
-  results = tmp_path / 'pretrain' / train.RESULTS_FILE
-  mtime = results.stat().st_mtime_ns
+  written = [tmp_path / 'pretrain' / train.RESULTS_FILE, tmp_path / train.RESULTS_FILE]
+  mtimes = [path.stat().st_mtime_ns for path in written]
+  assert main.finished(plan)
   assert main.run_plan(plan) == rows  # Both stages finished: nothing runs again.
-  assert results.stat().st_mtime_ns == mtime
+  assert [path.stat().st_mtime_ns for path in written] == mtimes
   # The same run from elsewhere: the fine-tune's init_from.workdir is spelled differently.
   monkeypatch.chdir(tmp_path.parent)
   assert main.run_plan(main.stage_plan(tiny_config(stages=(pre, fine)), tmp_path.name)) == rows
@@ -146,6 +168,22 @@ def test_two_stage_config_with_init_from_and_skip_of_finished_stage(tmp_path, mo
     r'.*optimizer.learning_rate was 0.0, now 0.1\. Use a new --workdir',
   ):
     main.run_plan(main.stage_plan(tiny_config(stages=(pre, fine)), str(tmp_path)))
+  # Another run (other labels) sharing the finished pretraining: read from there, not trained.
+  shared = tiny_config(method='no_classifier', name='pretrain', labels_per_class=1)
+  shared.finished_workdir = str(tmp_path / 'pretrain')
+  other = tmp_path.parent / f'{tmp_path.name}_other'
+  plan = main.stage_plan(tiny_config(stages=(shared, fine)), str(other))
+  assert [d for _, d in plan] == [str(tmp_path / 'pretrain'), str(other / 'finetune')]
+  assert plan[1][0].init_from.workdir == str(tmp_path / 'pretrain')
+  plan = main.stage_plan(tiny_config(stages=(shared,)), str(other))
+  assert main.run_plan(plan) == rows[:1] and os.listdir(other) == [train.RESULTS_FILE]
+  assert [path.stat().st_mtime_ns for path in written] == mtimes
+  shared.seed = 1
+  with pytest.raises(errors.UserError, match=r'pretrain holds a run .*seed was 0, now 1\. Point'):
+    main.run_plan(main.stage_plan(tiny_config(stages=(shared,)), str(other)))
+  shared.finished_workdir = str(other / 'nothing')
+  with pytest.raises(errors.UserError, match=r'Stage pretrain: finished_workdir=.* no finished'):
+    main.run_plan(main.stage_plan(tiny_config(stages=(shared,)), str(other)))
 
 
 class _WithTeacher(methods.REGISTRY['supervised']):

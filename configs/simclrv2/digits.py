@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.finetune = config_base.derived_stage(
     c,
     'finetune',
+    finished_workdir=None,  # `--config.finished_workdir` names a finished pretrain run only.
     num_steps=200,
     optimizer=dict(learning_rate=0.05, warmup_steps=0, weight_decay=0.0),
     simclrv2=dict(stage='finetune'),
@@ -75,6 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
     c,
     'distill',
     skip=('finetune',),
+    finished_workdir=None,
     num_steps=300,
     simclrv2=dict(stage='distill', teacher=dict(stage='finetune')),
   )

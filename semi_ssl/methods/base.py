@@ -47,6 +47,10 @@ class Method(abc.ABC):
   """A semi-supervised method: a model, a loss and (optionally) non-gradient state."""
 
   uses_unlabelled: bool = True
+  # False for a method with no class logits (a self-supervised pretraining stage): `predict` is
+  # never called, and the evaluation reports the kNN probe and `eval_predictions` only, no
+  # test_top1/test_top5. An instance may set its own in __init__ (e.g. from its config's stage).
+  has_classifier: bool = True
 
   def __init__(self, config: ml_collections.ConfigDict, data: DataInfo, mesh: Mesh):
     self.config = config
@@ -106,7 +110,9 @@ class Method(abc.ABC):
 
   @abc.abstractmethod
   def predict(self, model: nnx.Module, images: jax.Array) -> jax.Array:
-    """Class logits [B, num_classes] of normalised eval images [B, H, W, C]."""
+    """Class logits [B, num_classes] of normalised eval images [B, H, W, C].
+
+    Never called when `has_classifier` is False (such a method may raise here)."""
 
   def features(self, model: nnx.Module, images: jax.Array) -> jax.Array:
     """Backbone features [B, D] of normalised eval images, for the kNN probe.
