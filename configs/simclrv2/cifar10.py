@@ -24,7 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = 'cifar10'
   c.label_fraction = None
   c.labels_per_class = 25  # The FixMatch benchmarks: 4, 25 or 400 per class.
-  c.decode_size = None
 
   c.batch_size = 512  # [R] line 80 --train_batch_size=512.
   c.labelled_batch_size = 64  # Ours.
