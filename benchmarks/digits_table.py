@@ -11,8 +11,9 @@ file that grows across sessions, and the README table generated from that file a
     # ranked by mean val_top1; test figures are never shown.
     python -m benchmarks.digits_table --search --methods=suave --labels_per_class=5 \
         --grid=optimizer.learning_rate=0.05,0.1,0.2 --grid=suave.temperature=0.1,0.2
-    # The README table (mean ± sample std over the seeds present, n, machine, commits).
-    python -m benchmarks.digits_table --report
+    # The README table (mean ± sample std over the seeds present, n, machine, commits);
+    # with --readme=README.md written between its two digits_table marker lines instead.
+    python -m benchmarks.digits_table --report [--readme=README.md]
 
 Each run is the README's main command (`python -m semi_ssl.main
 --config=configs/<method>/digits.py --config.seed=S --config.labels_per_class=L --config.<set>`)
@@ -74,6 +75,9 @@ _GRID = flags.DEFINE_multi_string(
   'grid', [], 'KEY=V1,V2,...: values searched for KEY; the settings are the product (repeatable).'
 )
 _REPORT = flags.DEFINE_bool('report', False, 'Print the README table from --record; run nothing.')
+_README = flags.DEFINE_string(
+  'readme', None, '--report: write the table into this file between its marker lines.'
+)
 _MIN_SEEDS = flags.DEFINE_integer(
   'min_seeds', 3, '--report: configs with fewer seeds (searches) are counted below the table.'
 )
@@ -353,10 +357,30 @@ def rank_settings(rows_by_setting: dict[tuple[str, ...], list[dict]]) -> str:
   return '\n'.join(lines)
 
 
+README_MARKERS = ('<!-- digits_table --report: begin -->', '<!-- digits_table --report: end -->')
+
+
+def with_table(text: str, table: str) -> str:
+  """`text` with what lies between its two `README_MARKERS` lines replaced by `table`."""
+  begin, end = README_MARKERS
+  if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+    raise SystemExit(f'--readme: the file needs one line {begin} and, after it, one line {end}.')
+  head, rest = text.split(begin + '\n')
+  _, tail = rest.split(end)
+  return f'{head}{begin}\n{table}\n{end}{tail}'
+
+
 def main(argv):
   del argv
   if _REPORT.value:
-    print(format_report(read_records(_RECORD.value), _MIN_SEEDS.value))
+    table = format_report(read_records(_RECORD.value), _MIN_SEEDS.value)
+    if _README.value:
+      with open(_README.value) as f:
+        text = with_table(f.read(), table)
+      with open(_README.value, 'w') as f:
+        f.write(text)
+    else:
+      print(table)
     return
   search = _SEARCH.value
   if bool(_GRID.value) != search:

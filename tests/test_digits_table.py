@@ -142,3 +142,15 @@ def test_grid_settings_are_the_product_of_at_most_6():
   ]
   with pytest.raises(SystemExit, match='7 settings, more than 6'):
     digits_table.grid_settings(['x=1,2,3,4,5,6,7'])
+
+
+def test_readme_table_is_written_between_its_markers_only():
+  begin, end = digits_table.README_MARKERS
+  text = f'# Title\n\nIntro.\n{begin}\n| old |\n| rows |\n{end}\nAfter.\n'
+  assert (
+    digits_table.with_table(text, '| new |')
+    == f'# Title\n\nIntro.\n{begin}\n| new |\n{end}\nAfter.\n'
+  )
+  for broken in (text.replace(end, ''), f'{end}\n{begin}\n', text + begin):
+    with pytest.raises(SystemExit, match='needs one line'):
+      digits_table.with_table(broken, '| new |')
