@@ -160,6 +160,7 @@ def test_whole_image_crops_are_the_resized_image():
     ('torchvision_bilinear', _triangle, True),  # PIL's BILINEAR.
     ('torchvision_bicubic', _keys_cubic, True),  # PIL's BICUBIC.
     ('byol', _keys_cubic, False),  # tf.image.resize(BICUBIC), antialias=False by default.
+    ('simclr', _keys_cubic, False),  # The same (simclr tf2/data_util.py line 319).
   ],
 )
 def test_whole_image_crops_are_resized_as_the_family_does(family, kernel, antialias):
@@ -330,7 +331,7 @@ def test_augment_config_from():
     (dict(color_jitter=(0.4, -0.4, 0.2, 0.1)), 'color_jitter'),
     (dict(color_jitter=(0.4, 0.4, 0.2, 0.6)), 'color_jitter'),  # torchvision: hue <= 0.5.
     (dict(color_jitter=(0.4, 0.4, 0.2)), r'color_jitter=\(0.4, 0.4, 0.2\) must be the'),
-    (dict(family='simclr'), "family='simclr' is unknown; set one of ours, torchvision"),
+    (dict(family='simclrv1'), "family='simclrv1' is unknown; set one of ours, torchvision"),
     (dict(blur_prob=(1.0, 1.2)), 'blur_prob'),
     (dict(solarize_prob=()), 'solarize_prob'),
     (dict(grayscale_prob=-0.1), 'grayscale_prob'),
@@ -523,6 +524,11 @@ _JITTER_REFERENCES = {
   ),
 }
 _JITTER_REFERENCES['torchvision_bicubic'] = _JITTER_REFERENCES['torchvision_bilinear']
+# SimCLRv2 (simclr tf2/data_util.py lines 33-43): BYOL's ops but brightness x U[1 - r, 1 + r].
+_JITTER_REFERENCES['simclr'] = (
+  lambda x, u, r: _tv_brightness(x, _tv_factor(u, r)),
+  *_JITTER_REFERENCES['byol'][1:],
+)
 
 
 @pytest.mark.parametrize('family', sorted(augment.FAMILIES))

@@ -120,7 +120,7 @@ METHOD_FAMILY = {
   'daino': 'torchvision_bicubic',
   'semppl': 'byol',
   'supervised': 'torchvision_bilinear',  # Suave's labelled-image views.
-  'simclrv2': 'byol',  # SimCLR's TF ops, which BYOL's copy (but for brightness).
+  'simclrv2': 'simclr',
 }
 
 

@@ -65,10 +65,10 @@ def get_config() -> ml_collections.ConfigDict:
   # (3/4, 4/3), bicubic tf.image.resize; flip (line 469); colour jitter of strength 1 ([F]
   # color_jitter_strength 1.0): (0.8, 0.8, 0.8, 0.2) x strength (lines 66-69) with p=0.8, then
   # grayscale p=0.2 (lines 388-389); blur p=0.5 on each view ([F] use_blur True; sigma in
-  # (0.1, 2.0), line 407). Family 'byol' (BYOL copied SimCLR's TF ops: contrast per channel,
-  # HSV saturation, bicubic without antialiasing) but for brightness: SimCLRv2's is
-  # multiplicative (data_util.py lines 33-43, impl 'simclrv2'), BYOL's additive.
-  c.augment.family = 'byol'
+  # (0.1, 2.0), line 407). Family 'simclr': these TF ops (contrast per channel, HSV
+  # saturation, multiplicative brightness, lines 33-43, bicubic without antialiasing); its crop
+  # sampler differs slightly (semi_ssl/data/augment.py, above FAMILIES).
+  c.augment.family = 'simclr'
   c.augment.num_global_crops = 2
   c.augment.global_size = 224  # [R] line 104 --image_size=224.
   c.augment.global_scale = (0.08, 1.0)

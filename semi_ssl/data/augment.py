@@ -13,7 +13,7 @@ blur and solarize work on any image and are governed by their probabilities alon
 
 The crop sampler, the resizing and three of the jitter ops follow a code family (`FAMILIES`):
 'torchvision_bilinear' (SwAV, Suave), 'torchvision_bicubic' (DINO, Daino), 'byol' (BYOL,
-SemPPL), or 'ours', this code's own mix and the default.
+SemPPL), 'simclr' (SimCLRv2), or 'ours', this code's own mix and the default.
 """
 
 from __future__ import annotations
@@ -79,7 +79,14 @@ class Family:
 # per channel, saturation in HSV (its contrast and saturation factors are drawn from
 # [1 - r, 1 + r], the same as here for r <= 1); its crops (byol/utils/dataset.py lines 206-233)
 # clip the sides to the image and are resized bicubic by tf.image.resize without antialiasing
-# (line 201).
+# (line 201). SimCLRv2 (google-research/simclr tf2/data_util.py): BYOL's ops but for
+# multiplicative brightness (lines 33-43, impl 'simclrv2'); the same contrast per channel
+# (tf.image.random_contrast, line 152), HSV saturation (tf.image.random_saturation, line 157),
+# hue (tf.image.random_hue, line 163), a random order clipping after each op (lines 169-172),
+# bicubic tf.image.resize without antialiasing (line 319). One difference: its crop
+# (lines 298-318) is tf.image.sample_distorted_bounding_box: up to 100 draws (aspect ratio
+# uniform, not log-uniform; min_object_covered 0.1) until one fits, else the whole image; here
+# one draw with its sides clipped, as BYOL.
 _OURS = Family(
   additive_brightness=False,
   gray_contrast=False,
@@ -89,13 +96,15 @@ _OURS = Family(
   antialias=True,
 )
 _TORCHVISION = dataclasses.replace(_OURS, gray_contrast=True, crop_tries=10)
+_BYOL = dataclasses.replace(
+  _OURS, additive_brightness=True, hsv_saturation=True, resize='cubic', antialias=False
+)
 FAMILIES = {
   'ours': _OURS,
   'torchvision_bilinear': _TORCHVISION,
   'torchvision_bicubic': dataclasses.replace(_TORCHVISION, resize='cubic'),
-  'byol': dataclasses.replace(
-    _OURS, additive_brightness=True, hsv_saturation=True, resize='cubic', antialias=False
-  ),
+  'byol': _BYOL,
+  'simclr': dataclasses.replace(_BYOL, additive_brightness=False),
 }
 
 
