@@ -1,7 +1,9 @@
 """What every method owes the trainer: its step on 8 devices equals its step on 1 (loss,
 parameters, model state, method state, optimiser state), its whole train state survives a save
 and a restore bit-exactly, its step is traced and compiled once, and (Daino) a run resumed
-from a checkpoint ends where the run straight through ends."""
+from a checkpoint ends where the run straight through ends. A staged method's stages are
+entries 'method:stage'; SimCLRv2's distill stage is left out: its frozen teacher is read from a
+finetune checkpoint, a run of its own (tests/test_simclrv2.py runs the three stages)."""
 
 import dataclasses
 import functools
@@ -19,16 +21,22 @@ from semi_ssl import checkpoint, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
 
-METHODS = ('supervised', 'suave', 'daino', 'semppl')
+METHODS = ('supervised', 'suave', 'daino', 'semppl', 'simclrv2:pretrain', 'simclrv2:finetune')
+# Beyond the tiny config: every piece of method state in use (Suave's EMA teacher and a queue
+# that is full from the second step on), or the stage of a staged method.
+_OVERRIDES = {
+  'suave': dict(suave=dict(ema_momentum=0.9, queue_size=16)),
+  'simclrv2:pretrain': dict(simclrv2=dict(stage='pretrain')),
+  'simclrv2:finetune': dict(simclrv2=dict(stage='finetune')),  # From scratch: no init_from.
+}
 
 
 def method_config(name):
-  """The method's tiny digits config, with every piece of method state in use: Suave with
-  its EMA teacher and a queue that is full from the second step on, SemPPL's queue, Daino's
-  teacher and center. No warm-up, so that the first steps already move the parameters."""
-  config = helpers.tiny_config(
-    name, **({'suave': dict(ema_momentum=0.9, queue_size=16)} if name == 'suave' else {})
-  )
+  """The tiny digits config of METHODS entry `name`, with every piece of method state in use:
+  Suave with its EMA teacher and a queue that is full from the second step on, SemPPL's queue,
+  Daino's teacher and center. No warm-up, so that the first steps already move the
+  parameters."""
+  config = helpers.tiny_config(name.partition(':')[0], **_OVERRIDES.get(name, {}))
   config.optimizer.warmup_steps = 0
   return config
 
