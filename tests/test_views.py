@@ -254,7 +254,7 @@ def test_labelled_spec_config():
       dict(color_jitter=(0.4, 0.4, 0.2, -0.1)),
       r'config.augment.labelled.color_jitter=\(0.4, 0.4, 0.2, -0.1\) must be the \(brightness',
     ),
-    (dict(family='simclr'), "config.augment.labelled.family='simclr' is unknown"),
+    (dict(family='simclrv1'), "config.augment.labelled.family='simclrv1' is unknown"),
     (dict(blur_prob=1.5), 'config.augment.labelled.blur_prob=1.5 is not a probability'),
     (
       dict(solarize_prob=(0.1,)),
