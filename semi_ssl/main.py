@@ -355,7 +355,8 @@ def main(argv):
     sys.exit(f'Error: {error}')
   if jax.process_index() == 0:
     print(format_table(rows), flush=True)
-    print(f'Results: {os.path.join(plan[-1][1], train.RESULTS_FILE)}', flush=True)
+    results = _plan_results_path(plan) or os.path.join(plan[-1][1], train.RESULTS_FILE)
+    print(f'Results: {results}', flush=True)
 
 
 if __name__ == '__main__':

@@ -319,6 +319,7 @@ def test_main_command_end_to_end(tmp_path):
     assert key in results
   assert results['steps'] == 6 and 0.0 <= results['test_top1'] <= 1.0
   assert 'test_top1' in out.stdout and 'supervised' in out.stdout
+  assert f'Results: {workdir / train.RESULTS_FILE}' in out.stdout
   assert (workdir / 'split.json').exists() and list((workdir / 'tensorboard').iterdir())
   # The same workdir with another seed: one line, before anything compiles.
   out = subprocess.run(
