@@ -7,6 +7,9 @@ file that grows across sessions, and the README table generated from that file a
     # An option, tagged in the record and the table (--set repeats; any config key).
     python -m benchmarks.digits_table --methods=suave --labels_per_class=5 \
         --set=suave.mixup_alpha=0 --tag=no_mixup
+    # A config argument (configs/suave/digits.py:official), tagged likewise.
+    python -m benchmarks.digits_table --methods=suave:official --labels_per_class=5 \
+        --tag=official
     # Validation search: at most 6 settings (the product of the --grid lists) x 2 seeds,
     # ranked by mean val_top1; test figures are never shown.
     python -m benchmarks.digits_table --search --methods=suave --labels_per_class=5 \
@@ -16,12 +19,14 @@ file that grows across sessions, and the README table generated from that file a
     python -m benchmarks.digits_table --report [--readme=README.md]
 
 Each run is the README's main command (`python -m semi_ssl.main
---config=configs/<method>/digits.py --config.seed=S --config.labels_per_class=L --config.<set>`)
-in ROOT/<method>_<config hash>_l<L>_s<S>; a finished run there is read back from its
-results.json, an unfinished one resumed. Each finished run is appended to --record as one line:
-method, labels_per_class, seed, config_hash, tag, overrides, every `*_top1` figure of
-results.json (test_top1, knn_top1, val_top1, val_knn_top1 ...), steps, wall_seconds,
-skipped_steps, commit (`-dirty` when tracked files differ from it), machine and date. A run is
+--config=configs/<method>/digits.py[:<arg>] --config.seed=S --config.labels_per_class=L
+--config.<set>`) in ROOT/<method>_<config hash>_l<L>_s<S>; a finished run there is read back
+from its results.json, an unfinished one resumed. Each finished run is appended to --record as
+one line: method, config_arg, labels_per_class, seed, config_hash, tag, overrides, every `*_top1`
+figure of results.json (test_top1, knn_top1, val_top1, val_knn_top1 ...), steps, wall_seconds,
+skipped_steps, commit (`-dirty` when tracked files differ from it), machine and date; a staged
+run (SimCLRv2) adds each stage's figures, steps and wall seconds under `stages`, its
+wall_seconds is their sum, and the table has a line per stage (`simclrv2/pretrain`). A run is
 skipped when the file has its (method, config hash, seed, labels per class). The config hash
 is of the config the run parses, without the seed, the label count and the keys that change
 nothing learned (`config_base.RESUME_MAY_CHANGE`: workdirs, logging, checkpoints): one hash
@@ -58,7 +63,9 @@ HASH_IGNORES = ('seed', 'labels_per_class', *config_base.RESUME_MAY_CHANGE)
 MAX_SEARCH_SETTINGS = 6
 
 _METHODS = flags.DEFINE_list(
-  'methods', ['supervised', 'suave', 'daino', 'semppl'], 'Configs configs/<m>/digits.py.'
+  'methods',
+  ['supervised', 'suave', 'daino', 'semppl'],
+  'Configs configs/<m>/digits.py; <m>:<arg> passes the config argument <arg>.',
 )
 _LABELS = flags.DEFINE_list('labels_per_class', ['1', '5'], 'Labelled images per class.')
 _SEEDS = flags.DEFINE_list(
@@ -115,11 +122,13 @@ def parse_config(config_flags_: list[str]):
 
 def _strip(tree, prefix: str = ''):
   """`tree` (a JSON config) without the keys of HASH_IGNORES, nor those below one; a list's
-  dicts (stages) are configs of their own."""
+  dicts (stages) and the dicts with a `method` (a stage's section) are configs of their own."""
   if isinstance(tree, list):
     return [_strip(item) for item in tree]
   if not isinstance(tree, dict):
     return tree
+  if 'method' in tree:
+    prefix = ''
   ignored = lambda key: any(key == i or key.startswith(i + '.') for i in HASH_IGNORES)
   return {k: _strip(v, f'{prefix}{k}.') for k, v in tree.items() if not ignored(f'{prefix}{k}')}
 
@@ -139,12 +148,14 @@ class Run:
   seed: int
   overrides: tuple[str, ...] = ()
   tag: str = ''
+  config_arg: str = ''  # configs/<method>/digits.py:<config_arg>
 
   @property
   def main_flags(self) -> list[str]:
     """The main command's flags but --workdir."""
+    arg = f':{self.config_arg}' if self.config_arg else ''
     return [
-      f'--config=configs/{self.method}/digits.py',
+      f'--config=configs/{self.method}/digits.py{arg}',
       f'--config.seed={self.seed}',
       f'--config.labels_per_class={self.labels_per_class}',
       *(f'--config.{o}' for o in self.overrides),
@@ -154,13 +165,18 @@ class Run:
   def config_hash(self) -> str:
     """Raises SystemExit with one line for an override that the config cannot take."""
     absolute = [f.replace('configs/', f'{REPO}/configs/', 1) for f in self.main_flags]
+    name = f'{self.method}:{self.config_arg}' if self.config_arg else self.method
+    path = os.path.join(REPO, 'configs', self.method, 'digits.py')
     try:
+      config_base.load_config_file(path, self.config_arg or None)  # One line if it fails.
       return config_hash(parse_config(absolute))
+    except config_base.ConfigFileError as error:
+      raise SystemExit(f'{name}: {error}') from None
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
       text = str(error)
       if isinstance(error, (AttributeError, KeyError)):  # ConfigDict's: quoted, with '\\n'.
         text = text[1:-1].replace('\\n', ' ').replace("\\'", "'")
-      raise SystemExit(f'{self.method} with {list(self.overrides)}: {text}') from None
+      raise SystemExit(f'{name} with {list(self.overrides)}: {text}') from None
 
 
 def run_key(row: dict) -> tuple:
@@ -185,23 +201,50 @@ def append_record(path: str, row: dict) -> None:
     f.write(json.dumps(row) + '\n')
 
 
+def _figures(results: dict) -> dict:
+  """The `*_top1` figures, steps and wall seconds of one results.json (or stage)."""
+  return {
+    **{k: v for k, v in results.items() if k.endswith('_top1')},
+    'steps': results['steps'],
+    'wall_seconds': results['wall_seconds'],
+  }
+
+
 def record_row(run: Run, results: dict, provenance: dict) -> dict:
   """The results file's line of a finished run."""
-  return {
+  stages = {name: _figures(r) for name, r in results.get('stages', {}).items()}
+  row = {
     'method': run.method,
+    'config_arg': run.config_arg,
     'labels_per_class': run.labels_per_class,
     'seed': run.seed,
     'config_hash': run.config_hash,
     'tag': run.tag,
     'overrides': list(run.overrides),
-    **{k: v for k, v in results.items() if k.endswith('_top1')},
-    'steps': results['steps'],
-    'wall_seconds': results['wall_seconds'],
+    **_figures(results),
     'skipped_steps': results.get('skipped_steps', 0),
     'commit': provenance['commit'],
     'machine': provenance['machine'],
     'date': datetime.date.today().isoformat(),
   }
+  if stages:
+    row['stages'] = stages
+    row['wall_seconds'] = round(sum(s['wall_seconds'] for s in stages.values()), 1)
+  return row
+
+
+def stage_rows(rows: list[dict]) -> list[dict]:
+  """`rows` with each staged run's line replaced by a line per stage, whose method is
+  '<method>/<stage>' and whose figures are the stage's."""
+  expanded = []
+  for row in rows:
+    run = {k: v for k, v in row.items() if k != 'stages' and not k.endswith('_top1')}
+    expanded.extend(
+      [{**run, **figures, 'method': f'{row["method"]}/{name}'} for name, figures in stages.items()]
+      if (stages := row.get('stages'))
+      else [row]
+    )
+  return expanded
 
 
 def train(run: Run, workdir: str) -> None:
@@ -281,7 +324,7 @@ def group_runs(rows: list[dict]) -> dict[tuple, list[dict]]:
   """{(labels per class, method, config hash or None): rows}, in order of first appearance;
   the same config measured twice (same key and seed) counts its first line only."""
   groups, seen = {}, set()
-  for row in rows:
+  for row in stage_rows(rows):
     if run_key(row) in seen:
       continue
     seen.add(run_key(row))
@@ -303,7 +346,7 @@ def format_report(rows: list[dict], min_seeds: int = 3) -> str:
     '|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   groups = group_runs(rows)
-  methods = _unique(row['method'] for row in rows)
+  methods = _unique(row['method'] for row in stage_rows(rows))
   order = sorted(groups, key=lambda g: (g[0], methods.index(g[1])))  # Stable: first seen first.
   few = [g for g in order if len(groups[g]) < min_seeds]
   for key in order:
@@ -388,8 +431,8 @@ def main(argv):
   settings = grid_settings(_GRID.value) if search else [()]
   seeds = [int(s) for s in (_SEEDS.value or (['0', '1'] if search else ['0', '1', '2', '3', '4']))]
   plan = [
-    (setting, Run(m, int(labels), seed, (*_SET.value, *setting), _TAG.value))
-    for m in _METHODS.value
+    (setting, Run(m, int(labels), seed, (*_SET.value, *setting), _TAG.value, arg))
+    for m, _, arg in (entry.partition(':') for entry in _METHODS.value)
     for labels in _LABELS.value
     for setting in settings
     for seed in seeds
@@ -404,12 +447,13 @@ def main(argv):
   if not search:
     print(format_report(rows, min_seeds=1))
     return
-  for m, labels in itertools.product(_METHODS.value, _LABELS.value):
+  for entry, labels in itertools.product(_METHODS.value, _LABELS.value):
+    m, _, arg = entry.partition(':')
     by_setting = {}
     for (setting, run), row in zip(plan, rows):
-      if (run.method, run.labels_per_class) == (m, int(labels)):
+      if (run.method, run.config_arg, run.labels_per_class) == (m, arg, int(labels)):
         by_setting.setdefault(setting, []).append(row)
-    print(f'\n{m}, {labels} labels per class:\n{rank_settings(by_setting)}')
+    print(f'\n{entry}, {labels} labels per class:\n{rank_settings(by_setting)}')
 
 
 if __name__ == '__main__':

@@ -558,9 +558,11 @@ def single_labelled_crop(
   family: str,
   color_jitter: tuple[float, float, float, float],
   grayscale_prob: float,
+  scale: tuple[float, float] = (0.08, 1.0),
+  flip: bool = True,
 ) -> ml_collections.ConfigDict:
-  """`config.augment.labelled` of one random-resized crop of (0.08, 1) of the area at the
-  global crops' size (a reference: it follows `augment.global_size`), flipped, with the given
+  """`config.augment.labelled` of one random-resized crop of `scale` of the area at the global
+  crops' size (a reference: it follows `augment.global_size`), flipped or not, with the given
   augmentation family, colour jitter ranges and grayscale probability, no blur or solarize:
   the labelled views of the official Suave and Daino code (the configs cite the lines)."""
   return ml_collections.ConfigDict(
@@ -568,8 +570,8 @@ def single_labelled_crop(
       family=family,
       num_crops=1,
       size=augment.get_ref('global_size'),
-      scale=(0.08, 1.0),
-      flip=True,
+      scale=scale,
+      flip=flip,
       color_jitter=color_jitter,
       grayscale_prob=grayscale_prob,
       blur_prob=0.0,

@@ -231,6 +231,32 @@ def test_suave_and_daino_mix_and_weigh_as_the_official_code_on_imagenet_only(pat
     assert hp.mixup_alpha == 1.0 or not official
 
 
+@pytest.mark.parametrize('method', ['suave', 'daino', 'semppl'])
+def test_digits_official_option_takes_the_imagenet_recipes_values(method):
+  """`configs/<method>/digits.py:official`: every method key it changes, and the augmentation
+  family, as the ImageNet config (which cites the official code); the labelled images get a view
+  of their own where the ImageNet config gives them one."""
+  plain, official = (
+    load(f'configs/{method}/digits.py'),
+    load(f'configs/{method}/digits.py:official'),
+  )
+  imagenet = load(f'configs/{method}/imagenet_10pct.py')
+  changed = [k for k in plain[method] if plain[method][k] != official[method][k]]
+  assert changed and {k: official[method][k] for k in changed} == {
+    k: imagenet[method][k] for k in changed
+  }
+  assert official.augment.family == imagenet.augment.family != plain.augment.family
+  if imagenet.augment.labelled is None:
+    assert official.augment.labelled is None
+  else:
+    labelled = official.augment.labelled
+    assert (labelled.family, labelled.num_crops, labelled.size) == (
+      imagenet.augment.labelled.family,
+      1,
+      official.augment.global_size,
+    )
+
+
 SWAV_FLAGS = ('--config.init_from.workdir=/swav/run', "--config.init_from.paths=('backbone',)")
 
 
@@ -307,6 +333,7 @@ def test_stages_hand_over_parameters_both_models_have(path):
 
 # Every config file, and the staged variant of the digits one.
 RUNS = CONFIGS + ['configs/suave/digits.py:with_baseline']
+OFFICIAL_DIGITS = [f'configs/{m}/digits.py:official' for m in ('suave', 'daino', 'semppl')]
 
 
 def _step(stage: ml_collections.ConfigDict, data: base.DataInfo, mesh: Mesh, mean, std):
@@ -349,7 +376,7 @@ TINY_IMAGENET = (
 )
 
 
-@pytest.mark.parametrize('path', RUNS)
+@pytest.mark.parametrize('path', RUNS + OFFICIAL_DIGITS)
 def test_config_trains_on_mock_data(path, tmp_path):
   """Two steps of each stage of the tiny config on one device, on mock TFDS data (CIFAR,
   ImageNet) or the digits: finite losses, no step skipped, the parameters moved."""

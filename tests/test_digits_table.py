@@ -18,9 +18,42 @@ def test_config_hash_names_what_is_learned_only():
   assert Run('suave', 5, 0, ('suave.mixup_alpha=1.0',)).config_hash == base  # The default.
   assert Run('suave', 5, 0, ('suave.mixup_alpha=0',)).config_hash != base
   assert Run('daino', 5, 0).config_hash != base
+  staged = Run('simclrv2', 5, 0).config_hash  # Its stages' sections hold the seed too.
+  assert Run('simclrv2', 1, 3).config_hash == staged != base
   in_order = ml_collections.ConfigDict({'a': 1, 'b': {'c': 2, 'd': 3}})
   reordered = ml_collections.ConfigDict({'b': {'d': 3, 'c': 2}, 'a': 1})
   assert digits_table.config_hash(in_order) == digits_table.config_hash(reordered)
+
+
+def test_a_config_argument_is_passed_on_and_names_another_config():
+  official = Run('suave', 5, 0, config_arg='official')
+  assert official.main_flags[0] == 'configs/suave/digits.py:official'.join(('--config=', ''))
+  assert official.config_hash != Run('suave', 5, 0).config_hash
+  row = digits_table.record_row(official, _results(), {'commit': 'c', 'machine': 'm'})
+  assert (row['method'], row['config_arg']) == ('suave', 'official')
+  with pytest.raises(
+    SystemExit, match="^suave:offical: .*digits.py.*unknown argument ':offical': use"
+  ):
+    Run('suave', 5, 0, config_arg='offical').config_hash
+
+
+def test_a_staged_run_is_recorded_and_reported_stage_by_stage():
+  stage = lambda top1, steps, wall: {'knn_top1': top1, 'steps': steps, 'wall_seconds': wall}
+  stages = {'pretrain': stage(0.8, 3, 1.0), 'finetune': {**stage(0.6, 2, 2.0), 'test_top1': 0.9}}
+  results = {**stages['finetune'], 'stages': stages}
+  rows = [
+    digits_table.record_row(Run('simclrv2', 5, seed), results, {'commit': 'c', 'machine': 'm'})
+    for seed in range(3)
+  ]
+  assert rows[0]['stages'] == stages and rows[0]['wall_seconds'] == 3.0
+  assert (rows[0]['test_top1'], rows[0]['steps']) == (0.9, 2)  # The last stage's.
+  lines = digits_table.format_report(rows).splitlines()[2:]
+  assert [line.split(' | ')[1:3] for line in lines] == [
+    ['simclrv2/pretrain', '–'],
+    ['simclrv2/finetune', '–'],
+  ]
+  assert ' | – | 80.00 ± 0.00 | 3 | 3 |' in lines[0]  # No test top-1; the stage's kNN, steps.
+  assert ' | 90.00 ± 0.00 | 60.00 ± 0.00 | 3 | 2 |' in lines[1]
 
 
 def test_a_bad_override_stops_with_one_line_before_any_run():

@@ -10,14 +10,19 @@ paper's alpha = 0.2 (8 at weight 5: +4 points over 3 at weight 1), ramped up ove
 steps (+2 points on seed 2, whose early pseudo-labels are worst), temperature 0.2 rather than
 0.1, a faster target (momentum 0.95: the run is short), and the classifier's gradient into the
 backbone (+1 point).
+
+With `:official` (`--config=configs/semppl/digits.py:official`) the official recipe's options of
+configs/semppl/imagenet_10pct.py (which cites them): BYOL's crops and ops, 10 random negatives
+per anchor and ReLICv2's invariance term at its weight. The README's digits table gives both.
 """
 
 from ml_collections import config_dict
 
-from semi_ssl import config_base
+from semi_ssl import config_base, errors
 
 
-def get_config():
+def get_config(arg: str = ''):
+  errors.require(arg in ('', 'official'), f"unknown argument ':{arg}': use ':official' or none.")
   c = config_base.get_base_config()
   c.method = 'semppl'
   c.dataset = 'digits'
@@ -56,4 +61,7 @@ def get_config():
       fresh_positives=False,  # One draw of semantic positives per step, shared by every pair.
     )
   )  # cosine schedule to 1.0 over num_steps
+  if arg == 'official':
+    c.augment.family = 'byol'
+    c.semppl.update(num_negatives=10, invariance_weight=5 / 0.3)
   return c

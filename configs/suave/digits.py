@@ -6,6 +6,12 @@ With `:with_baseline` the supervised baseline (configs/supervised/digits.py) run
 the same labelled images, and the final table shows both (the README's main job):
 
 python -m semi_ssl.main --config=configs/suave/digits.py:with_baseline --workdir=/tmp/digits
+
+With `:official` the official recipe's options of configs/suave/imagenet_10pct.py (which cites
+them) at digits' scale: torchvision's crops, one labelled view of its own (the global crops'
+size and scale, not flipped), the labelled batch extended with mixup or CutMix mixes and the
+unlabelled global views mixed too, unit-norm prototypes, each term weighed by its share of the
+crops. The README's digits table gives both.
 """
 
 import os
@@ -17,7 +23,8 @@ from semi_ssl import config_base, errors
 
 def get_config(arg: str = ''):
   errors.require(
-    arg in ('', 'with_baseline'), f"unknown argument ':{arg}': use ':with_baseline' or none."
+    arg in ('', 'with_baseline', 'official'),
+    f"unknown argument ':{arg}': use ':with_baseline', ':official' or none.",
   )
   c = config_base.get_base_config()
   c.method = 'suave'
@@ -66,6 +73,23 @@ def get_config(arg: str = ''):
       mixup_unlabelled=False,
     )
   )
+  if arg == 'official':
+    c.augment.family = 'torchvision_bilinear'
+    c.augment.labelled = config_base.single_labelled_crop(
+      c.augment,
+      family='torchvision_bilinear',
+      color_jitter=(0.0, 0.0, 0.0, 0.0),
+      grayscale_prob=0.0,
+      scale=c.augment.global_scale,
+      flip=False,
+    )
+    c.suave.update(
+      normalize_prototypes=True,
+      cutmix_alpha=1.0,
+      mixup_mode='extend',
+      mixup_unlabelled=True,
+      loss_weighting='crops',
+    )
   if arg == 'with_baseline':
     baseline = os.path.join(os.path.dirname(__file__), '..', 'supervised', 'digits.py')
     c = config_base.with_baseline(c, config_base.load_config_file(baseline))
