@@ -35,7 +35,6 @@ Values marked "ours" are from none of these.
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 from semi_ssl import config_base
 
@@ -106,16 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
       finetune_layers=1,  # [R] line 166 --ft_proj_selector=1: the head's middle layer.
       distill_temperature=1.0,  # [P, unread] T = 1.
       label_weight=0.0,  # [P, unread]: distillation on unlabelled images only by default.
-      teacher=dict(
-        workdir=config_dict.placeholder(str),
-        stage=config_dict.placeholder(str),
-        model=dict(
-          backbone=c.model.get_ref('backbone'),
-          width=c.model.get_ref('width'),
-          stem=c.model.get_ref('stem'),
-          dtype=c.model.get_ref('dtype'),
-        ),
-      ),
+      teacher=config_base.frozen_teacher(c.model),
     )
   )
 
@@ -128,38 +118,19 @@ def get_config() -> ml_collections.ConfigDict:
     blur_prob=(0.0,),
     labelled=None,  # The same views for labelled images (derived_stage cannot follow a None).
   )
-  c.finetune = config_base.derived_stage(
+  return config_base.simclrv2_stages(
     c,
-    'finetune',
-    finished_workdir=None,  # `--config.finished_workdir` names a finished pretrain run only.
-    labelled_batch_size=1024,  # [R] line 162 --train_batch_size=1024.
-    num_epochs=30.0,  # [P] 30 epochs with 10% of the labels.
-    epoch_stream='labelled',
-    eval_every=500,  # Ours: 4 epochs of the 10% subset at batch 1024.
-    checkpoint_every=125,  # Ours: about 1 epoch.
-    # [R] lines 160-162: --optimizer=lars --learning_rate=0.005 --learning_rate_scaling=sqrt
-    # --weight_decay=0 --warmup_epochs=0 (the 1% command; [P, unread] the same for 10%).
-    optimizer=dict(learning_rate=0.005, weight_decay=0.0, warmup_epochs=0.0),
-    augment=crop_and_flip,
-    simclrv2=dict(stage='finetune'),
-    init_from=ml_collections.ConfigDict(
-      dict(workdir=config_dict.placeholder(str), stage='pretrain', paths=('backbone', 'projector'))
+    finetune=dict(
+      labelled_batch_size=1024,  # [R] line 162 --train_batch_size=1024.
+      num_epochs=30.0,  # [P] 30 epochs with 10% of the labels.
+      epoch_stream='labelled',
+      eval_every=500,  # Ours: 4 epochs of the 10% subset at batch 1024.
+      checkpoint_every=125,  # Ours: about 1 epoch.
+      # [R] lines 160-162: --optimizer=lars --learning_rate=0.005 --learning_rate_scaling=sqrt
+      # --weight_decay=0 --warmup_epochs=0 (the 1% command; [P, unread] the same for 10%).
+      optimizer=dict(learning_rate=0.005, weight_decay=0.0, warmup_epochs=0.0),
+      augment=crop_and_flip,
     ),
+    # [P, unread]: the pretraining's batch, learning-rate schedule and weight decay, 400 epochs.
+    distill=dict(num_epochs=400.0, optimizer=dict(warmup_epochs=0.05 * 400), augment=crop_and_flip),
   )
-  # [P, unread]: the pretraining's batch, learning-rate schedule and weight decay, 400 epochs.
-  c.distill = config_base.derived_stage(
-    c,
-    'distill',
-    skip=('finetune',),
-    finished_workdir=None,
-    num_epochs=400.0,
-    optimizer=dict(warmup_epochs=0.05 * 400),
-    augment=crop_and_flip,
-    simclrv2=dict(stage='distill', teacher=dict(stage='finetune')),
-  )
-  c.stages = (
-    config_base.derived_stage(c, 'pretrain', skip=('finetune', 'distill')),
-    c.finetune,
-    c.distill,
-  )
-  return c
