@@ -661,12 +661,13 @@ def simclrv2_stages(
   three `stages` pretrain -> finetune -> distill. finetune: the backbone and projection head
   from pretrain (`init_from`), `simclrv2.stage='finetune'`, and the `derived_stage` changes
   `finetune`; distill: the finetune stage as frozen teacher and the changes `distill`. Both
-  leave `finished_workdir` unset, so that it names a finished pretraining only."""
+  leave `finished_workdir` unset, so that it names a finished pretraining only, and have no
+  memory of negatives (`simclrv2.memory_size`: pretraining's)."""
   config.finetune = derived_stage(
     config,
     'finetune',
     finished_workdir=None,
-    simclrv2=dict(stage='finetune'),
+    simclrv2=dict(stage='finetune', memory_size=0),
     init_from=ml_collections.ConfigDict(
       dict(workdir=config_dict.placeholder(str), stage='pretrain', paths=('backbone', 'projector'))
     ),
@@ -677,7 +678,7 @@ def simclrv2_stages(
     'distill',
     skip=('finetune',),
     finished_workdir=None,
-    simclrv2=dict(stage='distill', teacher=dict(stage='finetune')),
+    simclrv2=dict(stage='distill', memory_size=0, teacher=dict(stage='finetune')),
     **distill,
   )
   config.stages = (

@@ -46,6 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
       finetune_layers=1,  # Fine-tuned from its first layer (tf2/run.py ft_proj_selector=1).
       distill_temperature=1.0,  # The paper's T on ImageNet.
       label_weight=0.0,  # Distillation: weight of the labelled cross-entropy (0: none).
+      # Pretraining's optional MoCo-style memory of negatives (0: none; ImageNet: see
+      # imagenet_10pct.py) and its momentum encoder's EMA momentum.
+      memory_size=0,
+      memory_momentum=0.999,
       # The frozen teacher of the distill stage: a run's `workdir` or this run's `stage`, and
       # its model (by default this config's).
       teacher=config_base.frozen_teacher(c.model),

@@ -105,6 +105,15 @@ def get_config() -> ml_collections.ConfigDict:
       finetune_layers=1,  # [R] line 166 --ft_proj_selector=1: the head's middle layer.
       distill_temperature=1.0,  # [P, unread] T = 1.
       label_weight=0.0,  # [P, unread]: distillation on unlabelled images only by default.
+      # Off by default: the official code has no memory (no queue or momentum encoder in
+      # tf2/). The paper (section 2) adds MoCo's memory network, a moving average of the
+      # weights, whose outputs are buffered as negatives: about +1% (read in a summary,
+      # larry-11.github.io/2020/07/24/simclr-v2; the paper's text was not readable here).
+      # [P, unread]: a memory of 64K; --config.simclrv2.memory_size=65536. The momentum is
+      # MoCo's (github.com/facebookresearch/moco at 4397a04, main_moco.py lines 159-166:
+      # --moco-k 65536, --moco-m 0.999).
+      memory_size=0,
+      memory_momentum=0.999,
       teacher=config_base.frozen_teacher(c.model),
     )
   )
