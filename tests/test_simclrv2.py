@@ -183,18 +183,7 @@ def tiny_plan(workdir):
   """A three-stage SimCLRv2 plan of 2 steps a stage on the tiny config (teacher = its model)."""
   c = tiny_config('simclrv2', num_steps=2, eval_every=2, checkpoint_every=2)
   c.simclrv2.teacher.model = c.model
-  c.stages = (
-    config_base.derived_stage(c, 'pretrain'),
-    config_base.derived_stage(
-      c,
-      'finetune',
-      simclrv2=dict(stage='finetune'),
-      init_from=dict(stage='pretrain', paths=('backbone', 'projector')),
-    ),
-    config_base.derived_stage(
-      c, 'distill', simclrv2=dict(stage='distill', teacher=dict(stage='finetune'))
-    ),
-  )
+  config_base.simclrv2_stages(c, finetune={}, distill={})
   return main.stage_plan(c, str(workdir))
 
 
