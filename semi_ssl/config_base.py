@@ -643,3 +643,49 @@ def _follow(
         value if isinstance(value, ml_collections.ConfigDict) else section.get_ref(key)
       )
   return followed
+
+
+def frozen_teacher(model: ml_collections.ConfigDict) -> dict:
+  """The `teacher` section of a method with a frozen teacher (methods/frozen_teacher.py):
+  a run's `workdir` or this run's `stage` (one of them set later), and its model, which
+  follows `model` (references: `--config.model.width=2` reaches the teacher)."""
+  return dict(
+    workdir=config_dict.placeholder(str),
+    stage=config_dict.placeholder(str),
+    model={key: model.get_ref(key) for key in ('backbone', 'width', 'stem', 'dtype')},
+  )
+
+
+def simclrv2_stages(
+  config: ml_collections.ConfigDict, *, finetune: dict, distill: dict
+) -> ml_collections.ConfigDict:
+  """`config` (SimCLRv2's pretraining) with `config.finetune`, `config.distill` and the
+  three `stages` pretrain -> finetune -> distill. finetune: the backbone and projection head
+  from pretrain (`init_from`), `simclrv2.stage='finetune'`, and the `derived_stage` changes
+  `finetune`; distill: the finetune stage as frozen teacher and the changes `distill`. Both
+  leave `finished_workdir` unset, so that it names a finished pretraining only, and have no
+  memory of negatives (`simclrv2.memory_size`: pretraining's)."""
+  config.finetune = derived_stage(
+    config,
+    'finetune',
+    finished_workdir=None,
+    simclrv2=dict(stage='finetune', memory_size=0),
+    init_from=ml_collections.ConfigDict(
+      dict(workdir=config_dict.placeholder(str), stage='pretrain', paths=('backbone', 'projector'))
+    ),
+    **finetune,
+  )
+  config.distill = derived_stage(
+    config,
+    'distill',
+    skip=('finetune',),
+    finished_workdir=None,
+    simclrv2=dict(stage='distill', memory_size=0, teacher=dict(stage='finetune')),
+    **distill,
+  )
+  config.stages = (
+    derived_stage(config, 'pretrain', skip=('finetune', 'distill')),
+    config.finetune,
+    config.distill,
+  )
+  return config

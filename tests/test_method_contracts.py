@@ -21,12 +21,22 @@ from semi_ssl import checkpoint, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
 
-METHODS = ('supervised', 'suave', 'daino', 'semppl', 'simclrv2:pretrain', 'simclrv2:finetune')
+METHODS = (
+  'supervised',
+  'suave',
+  'daino',
+  'semppl',
+  'simclrv2:pretrain',
+  'simclrv2:memory',
+  'simclrv2:finetune',
+)
 # Beyond the tiny config: every piece of method state in use (Suave's EMA teacher and a queue
 # that is full from the second step on), or the stage of a staged method.
 _OVERRIDES = {
   'suave': dict(suave=dict(ema_momentum=0.9, queue_size=16)),
   'simclrv2:pretrain': dict(simclrv2=dict(stage='pretrain')),
+  # Pretraining with a memory of negatives that is full from the second step on (64 keys a step).
+  'simclrv2:memory': dict(simclrv2=dict(stage='pretrain', memory_size=64, memory_momentum=0.9)),
   'simclrv2:finetune': dict(simclrv2=dict(stage='finetune')),  # From scratch: no init_from.
 }
 
@@ -34,8 +44,8 @@ _OVERRIDES = {
 def method_config(name):
   """The tiny digits config of METHODS entry `name`, with every piece of method state in use:
   Suave with its EMA teacher and a queue that is full from the second step on, SemPPL's queue,
-  Daino's teacher and center. No warm-up, so that the first steps already move the
-  parameters."""
+  Daino's teacher and center, SimCLRv2's memory and momentum encoder. No warm-up, so that the
+  first steps already move the parameters."""
   config = helpers.tiny_config(name.partition(':')[0], **_OVERRIDES.get(name, {}))
   config.optimizer.warmup_steps = 0
   return config

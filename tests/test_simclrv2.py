@@ -18,16 +18,19 @@ import test_references
 DIGITS = base.DataInfo(num_classes=10, image_shape=(8, 8, 1))
 
 
-def nt_xent_reference(z1, z2, temperature):
+def nt_xent_reference(z1, z2, temperature, memory=()):
   """Chen et al. 2020, Algorithm 1, written out: views 2k and 2k+1 are image k's, s the cosine,
-  l(i, j) = -log(exp(s_ij / t) / sum_{k != i} exp(s_ik / t)), L = mean over k of
-  l(2k, 2k+1) + l(2k+1, 2k), halved."""
+  l(i, j) = -log(exp(s_ij / t) / (sum_{k != i} exp(s_ik / t) + sum_m exp(s(i, m) / t))) with m
+  the nonzero rows of `memory`, L = mean over k of l(2k, 2k+1) + l(2k+1, 2k), halved."""
   z = np.stack([z1, z2], axis=1).reshape(-1, z1.shape[1]).astype(np.float64)
   n = z.shape[0]
-  s = lambda i, j: z[i] @ z[j] / np.linalg.norm(z[i]) / np.linalg.norm(z[j])
+  cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+  s = lambda i, j: cos(z[i], z[j])
+  negatives = lambda i: sum(np.exp(cos(z[i], m) / temperature) for m in memory if np.any(m))
   l = lambda i, j: (
     -np.log(
-      np.exp(s(i, j) / temperature) / sum(np.exp(s(i, k) / temperature) for k in range(n) if k != i)
+      np.exp(s(i, j) / temperature)
+      / (sum(np.exp(s(i, k) / temperature) for k in range(n) if k != i) + negatives(i))
     )
   )
   return sum(l(2 * k, 2 * k + 1) + l(2 * k + 1, 2 * k) for k in range(n // 2)) / n
@@ -40,6 +43,22 @@ def test_nt_xent_equals_the_papers_formula():
     np.testing.assert_allclose(
       losses.nt_xent(z1, z2, temperature), nt_xent_reference(z1, z2, temperature), rtol=1e-5
     )
+
+
+def test_nt_xent_with_a_memory_equals_the_formula():
+  """The memory's filled rows are more negatives of every anchor; its empty (zero) rows count
+  for nothing: a memory of zeros leaves the loss unchanged."""
+  rng = np.random.default_rng(3)
+  z1, z2 = rng.normal(size=(2, 3, 4)).astype(np.float32)
+  memory = rng.normal(size=(5, 4)).astype(np.float32)
+  memory[2] = 0.0
+  for temperature in (0.1, 0.5):
+    expected = nt_xent_reference(z1, z2, temperature, memory)
+    np.testing.assert_allclose(losses.nt_xent(z1, z2, temperature, memory), expected, rtol=1e-5)
+    assert abs(expected - nt_xent_reference(z1, z2, temperature)) > 0.1
+  np.testing.assert_allclose(
+    losses.nt_xent(z1, z2, 0.5, np.zeros_like(memory)), losses.nt_xent(z1, z2, 0.5), rtol=1e-6
+  )
 
 
 def test_nt_xent_by_hand():
@@ -116,22 +135,55 @@ def test_finetune_takes_the_backbone_and_the_first_projection_layer_only():
   assert sorted({p.split('/')[0] for p in copied}) == ['backbone', 'classifier', 'projector']
 
 
+def test_memory_is_read_then_filled_fifo_by_the_momentum_encoder(monkeypatch):
+  """Pretraining with a memory of 12 keys, 8 written a step (2 views of 2 + 2 images): step t's
+  loss is NT-Xent with the memory that steps < t left as negatives; then its keys (the momentum
+  encoder's unit projections of both views, here equal to the online ones: no update between
+  the steps) overwrite the oldest entries, wrapping around. update_state moves the momentum
+  encoder towards the new parameters by memory_momentum."""
+  monkeypatch.setattr(
+    base,
+    'create_backbone',
+    lambda config, data, rngs: test_references.PixelBackbone(data.image_shape[-1], rngs=rngs),
+  )
+  config = tiny_config(
+    'simclrv2',
+    batch_size=2,
+    labelled_batch_size=2,
+    simclrv2=dict(memory_size=12, memory_momentum=0.75),
+  )
+  method = SimCLRv2(config, DIGITS, parallel.create_mesh())
+  model = method.create_model(nnx.Rngs(0))
+  state = method.init_state(nnx.state(model, nnx.Param))
+  rng = np.random.default_rng(4)
+  memories, keys = [], []
+  for step in range(3):
+    labelled, unlabelled = rng.normal(size=(2, 2, 2, 8, 8, 1)).astype(np.float32)
+    batch = {'labelled': {'views': list(labelled)}, 'unlabelled': {'views': list(unlabelled)}}
+    z1, z2 = method._project(model, [np.concatenate(v) for v in zip(labelled, unlabelled)])
+    before = np.asarray(state['memory']['embeddings'])
+    loss, (state, metrics) = method.loss(model, state, batch, None, step)
+    np.testing.assert_allclose(loss, nt_xent_reference(z1, z2, 0.2, before), rtol=1e-5)
+    memories.append(np.asarray(state['memory']['embeddings']))
+    keys.append(
+      np.concatenate([z1, z2]) / np.linalg.norm(np.concatenate([z1, z2]), axis=1)[:, None]
+    )
+  assert float(metrics['memory_fill']) == 1.0
+  allclose = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  allclose(memories[0], np.concatenate([keys[0], np.zeros((4, keys[0].shape[1]))]))
+  allclose(memories[1], np.concatenate([keys[1][4:], keys[0][4:], keys[1][:4]]))
+  allclose(memories[2], np.concatenate([keys[1][4:], keys[2]]))
+  params = jax.tree.map(lambda p: p + 1.0, nnx.state(model, nnx.Param))
+  moved = method.update_state(params, state, 0)['momentum_encoder']
+  expected = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, state['momentum_encoder'], params)
+  jax.tree.map(allclose, moved, expected)
+
+
 def tiny_plan(workdir):
   """A three-stage SimCLRv2 plan of 2 steps a stage on the tiny config (teacher = its model)."""
   c = tiny_config('simclrv2', num_steps=2, eval_every=2, checkpoint_every=2)
   c.simclrv2.teacher.model = c.model
-  c.stages = (
-    config_base.derived_stage(c, 'pretrain'),
-    config_base.derived_stage(
-      c,
-      'finetune',
-      simclrv2=dict(stage='finetune'),
-      init_from=dict(stage='pretrain', paths=('backbone', 'projector')),
-    ),
-    config_base.derived_stage(
-      c, 'distill', simclrv2=dict(stage='distill', teacher=dict(stage='finetune'))
-    ),
-  )
+  config_base.simclrv2_stages(c, finetune={}, distill={})
   return main.stage_plan(c, str(workdir))
 
 
@@ -168,6 +220,8 @@ def test_bad_simclrv2_settings_stop_with_one_line():
     (dict(simclrv2=dict(stage='distill')), 'set exactly one of workdir'),
     (dict(augment=dict(num_local_crops=1)), 'num_local_crops=0'),
     (dict(simclrv2=dict(finetune_layers=4)), 'finetune_layers=4 must be in'),
+    (dict(simclrv2=dict(memory_size=63)), 'below the 64 keys written per step'),
+    (dict(simclrv2=dict(stage='finetune', memory_size=64)), "for stage 'pretrain' only"),
   ):
     with pytest.raises(ValueError, match=message):
       SimCLRv2(tiny_config('simclrv2', **overrides), DIGITS, mesh)

@@ -15,7 +15,6 @@ validation split; the paper's are in the ImageNet configs' comments (methods/sim
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 from semi_ssl import config_base
 
@@ -47,42 +46,19 @@ def get_config() -> ml_collections.ConfigDict:
       finetune_layers=1,  # Fine-tuned from its first layer (tf2/run.py ft_proj_selector=1).
       distill_temperature=1.0,  # The paper's T on ImageNet.
       label_weight=0.0,  # Distillation: weight of the labelled cross-entropy (0: none).
+      # Pretraining's optional MoCo-style memory of negatives (0: none; ImageNet: see
+      # imagenet_10pct.py) and its momentum encoder's EMA momentum.
+      memory_size=0,
+      memory_momentum=0.999,
       # The frozen teacher of the distill stage: a run's `workdir` or this run's `stage`, and
       # its model (by default this config's).
-      teacher=dict(
-        workdir=config_dict.placeholder(str),
-        stage=config_dict.placeholder(str),
-        model=dict(
-          backbone=c.model.get_ref('backbone'),
-          width=c.model.get_ref('width'),
-          stem=c.model.get_ref('stem'),
-          dtype=c.model.get_ref('dtype'),
-        ),
-      ),
+      teacher=config_base.frozen_teacher(c.model),
     )
   )
-  c.finetune = config_base.derived_stage(
+  return config_base.simclrv2_stages(
     c,
-    'finetune',
-    finished_workdir=None,  # `--config.finished_workdir` names a finished pretrain run only.
-    num_steps=200,
-    optimizer=dict(learning_rate=0.05, warmup_steps=0, weight_decay=0.0),
-    simclrv2=dict(stage='finetune'),
-    init_from=ml_collections.ConfigDict(
-      dict(workdir=config_dict.placeholder(str), stage='pretrain', paths=('backbone', 'projector'))
+    finetune=dict(
+      num_steps=200, optimizer=dict(learning_rate=0.05, warmup_steps=0, weight_decay=0.0)
     ),
+    distill=dict(num_steps=300),
   )
-  c.distill = config_base.derived_stage(
-    c,
-    'distill',
-    skip=('finetune',),
-    finished_workdir=None,
-    num_steps=300,
-    simclrv2=dict(stage='distill', teacher=dict(stage='finetune')),
-  )
-  c.stages = (
-    config_base.derived_stage(c, 'pretrain', skip=('finetune', 'distill')),
-    c.finetune,
-    c.distill,
-  )
-  return c

@@ -23,19 +23,24 @@ Sources (github.com/google-research/simclr at 383d414):
   [F] tf2/run.py flag defaults; [M] tf2/model.py (LARS exclusions lines 36-42, warm-up then
       cosine to 0 lines 84-110); [L] tf2/lars_optimizer.py; [D] tf2/data_util.py and
       tf2/data.py (augmentation).
+  [K] tf2/colabs/distillation_self_training.ipynb, the official distillation example (a small
+      student on tf_flowers, not the ImageNet recipe): line 892 temperature = 1.; line 913 the
+      loss, the KD term alone (no label term), whose lines 803-807 are T^2 x the cross-entropy
+      to the teacher's softmax at T; lines 889-906 LARS, momentum 0.9, weight decay 1e-4
+      (biases and BatchNorm excluded), cosine decay; line 861 its views: a random crop and
+      flip, no colour distortion.
   [P] the paper (Chen et al., NeurIPS 2020, arXiv 2006.10029), section 4 "Settings": only part
       of its text could be read here (batch 4096, global BatchNorm, 800 epochs of pretraining;
-      fine-tuning for 60 epochs on 1% and 30 on 10% of the labels). Its other values below
-      (marked [P, unread]) are quoted from memory of the paper, not checked against its text:
-      pretraining lr 6.4 = 0.1 x sqrt(4096), weight decay 1e-4, linear warm-up over the first
-      5% of the epochs then cosine decay; fine-tuning with LARS at 0.16 = 0.005 x sqrt(1024);
-      distillation at T = 1 for 400 epochs with the pretraining's learning-rate schedule,
-      weight decay and batch; fine-tuning and distillation with random crops and flips only.
+      fine-tuning for 60 epochs on 1% and 30 on 10% of the labels). Its appendix could not be
+      read (the search tool's copies of the paper give its first pages only), so the values
+      marked [P, unread] are quoted from memory of the paper, not checked against its text:
+      pretraining lr 6.4 = 0.1 x sqrt(4096), linear warm-up over the first 5% of the epochs;
+      the 10% fine-tune with the 1% command's optimiser; distillation for 400 epochs with the
+      pretraining's learning-rate schedule and batch; a memory of 64K negatives.
 Values marked "ours" are from none of these.
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 from semi_ssl import config_base
 
@@ -104,23 +109,23 @@ def get_config() -> ml_collections.ConfigDict:
       embed_dim=128,  # [F] proj_out_dim 128.
       projector_layers=3,  # [F] num_proj_layers 3; [R] line 166.
       finetune_layers=1,  # [R] line 166 --ft_proj_selector=1: the head's middle layer.
-      distill_temperature=1.0,  # [P, unread] T = 1.
-      label_weight=0.0,  # [P, unread]: distillation on unlabelled images only by default.
-      teacher=dict(
-        workdir=config_dict.placeholder(str),
-        stage=config_dict.placeholder(str),
-        model=dict(
-          backbone=c.model.get_ref('backbone'),
-          width=c.model.get_ref('width'),
-          stem=c.model.get_ref('stem'),
-          dtype=c.model.get_ref('dtype'),
-        ),
-      ),
+      distill_temperature=1.0,  # [K] line 892 temperature = 1.; [P, unread] T = 1 on ImageNet.
+      label_weight=0.0,  # [K] line 913: the distillation loss alone.
+      # Off by default: the official code has no memory (no queue or momentum encoder in
+      # tf2/). The paper (section 2) adds MoCo's memory network, a moving average of the
+      # weights, whose outputs are buffered as negatives: about +1% (read in a summary,
+      # larry-11.github.io/2020/07/24/simclr-v2; the paper's text was not readable here).
+      # [P, unread]: a memory of 64K; --config.simclrv2.memory_size=65536. The momentum is
+      # MoCo's (github.com/facebookresearch/moco at 4397a04, main_moco.py lines 159-166:
+      # --moco-k 65536, --moco-m 0.999).
+      memory_size=0,
+      memory_momentum=0.999,
+      teacher=config_base.frozen_teacher(c.model),
     )
   )
 
   # [D] data.py line 108: no colour jitter when not pretraining; model.py (run.py lines 243,
-  # 255): one view, no blur. [P, unread]: random crop and flip only.
+  # 255): one view, no blur. [K] line 861 (distillation): random crop and flip only.
   crop_and_flip = dict(
     num_global_crops=1,
     color_jitter=(0.0, 0.0, 0.0, 0.0),
@@ -128,38 +133,20 @@ def get_config() -> ml_collections.ConfigDict:
     blur_prob=(0.0,),
     labelled=None,  # The same views for labelled images (derived_stage cannot follow a None).
   )
-  c.finetune = config_base.derived_stage(
+  return config_base.simclrv2_stages(
     c,
-    'finetune',
-    finished_workdir=None,  # `--config.finished_workdir` names a finished pretrain run only.
-    labelled_batch_size=1024,  # [R] line 162 --train_batch_size=1024.
-    num_epochs=30.0,  # [P] 30 epochs with 10% of the labels.
-    epoch_stream='labelled',
-    eval_every=500,  # Ours: 4 epochs of the 10% subset at batch 1024.
-    checkpoint_every=125,  # Ours: about 1 epoch.
-    # [R] lines 160-162: --optimizer=lars --learning_rate=0.005 --learning_rate_scaling=sqrt
-    # --weight_decay=0 --warmup_epochs=0 (the 1% command; [P, unread] the same for 10%).
-    optimizer=dict(learning_rate=0.005, weight_decay=0.0, warmup_epochs=0.0),
-    augment=crop_and_flip,
-    simclrv2=dict(stage='finetune'),
-    init_from=ml_collections.ConfigDict(
-      dict(workdir=config_dict.placeholder(str), stage='pretrain', paths=('backbone', 'projector'))
+    finetune=dict(
+      labelled_batch_size=1024,  # [R] line 162 --train_batch_size=1024.
+      num_epochs=30.0,  # [P] 30 epochs with 10% of the labels.
+      epoch_stream='labelled',
+      eval_every=500,  # Ours: 4 epochs of the 10% subset at batch 1024.
+      checkpoint_every=125,  # Ours: about 1 epoch.
+      # [R] lines 160-162: --optimizer=lars --learning_rate=0.005 --learning_rate_scaling=sqrt
+      # --weight_decay=0 --warmup_epochs=0 (the 1% command; [P, unread] the same for 10%).
+      optimizer=dict(learning_rate=0.005, weight_decay=0.0, warmup_epochs=0.0),
+      augment=crop_and_flip,
     ),
+    # [K] lines 889-906: LARS with weight decay 1e-4 and a cosine decay, as pretraining;
+    # [P, unread]: the pretraining's batch and learning-rate schedule, 400 epochs.
+    distill=dict(num_epochs=400.0, optimizer=dict(warmup_epochs=0.05 * 400), augment=crop_and_flip),
   )
-  # [P, unread]: the pretraining's batch, learning-rate schedule and weight decay, 400 epochs.
-  c.distill = config_base.derived_stage(
-    c,
-    'distill',
-    skip=('finetune',),
-    finished_workdir=None,
-    num_epochs=400.0,
-    optimizer=dict(warmup_epochs=0.05 * 400),
-    augment=crop_and_flip,
-    simclrv2=dict(stage='distill', teacher=dict(stage='finetune')),
-  )
-  c.stages = (
-    config_base.derived_stage(c, 'pretrain', skip=('finetune', 'distill')),
-    c.finetune,
-    c.distill,
-  )
-  return c

@@ -7,6 +7,11 @@ pretrain  NT-Xent (`losses.nt_xent`, temperature `temperature`) between the two 
           the backbone and a `projector_layers`-layer projection head with BatchNorm
           (`heads.ProjectionHead`; the paper uses 3 layers for SimCLRv2). Negatives are every
           other view of the global batch. No classifier: evaluation reports the kNN probe only.
+          With `memory_size` > 0, the paper's MoCo-style memory (its section 2; the official
+          code has none): the `memory_size` latest keys, the projections of both views by a
+          momentum encoder (an EMA of the parameters, momentum `memory_momentum`), are more
+          negatives of every anchor; a step reads the memory as the past steps left it, then
+          writes its own keys over the oldest (FIFO).
 finetune  The backbone and the first `finetune_layers` layers of the projection head (the
           paper's and the official `ft_proj_selector`: 1, the middle layer of the 3-layer head),
           from the pretrain checkpoint by `init_from` (paths 'backbone', 'projector': the
@@ -31,8 +36,10 @@ from flax import nnx
 from semi_ssl.errors import require
 from semi_ssl.methods import base, views
 from semi_ssl.methods.frozen_teacher import FrozenTeacher, check_config
+from semi_ssl.methods.teacher import EMATeacher
 from semi_ssl.models import heads
-from semi_ssl.ops import losses
+from semi_ssl.ops import losses, queue
+from semi_ssl.ops.normalize import l2_normalize
 
 STAGES = ('pretrain', 'finetune', 'distill')
 
@@ -100,7 +107,27 @@ class SimCLRv2(base.Method):
       f'config.simclrv2.finetune_layers={hp.finetune_layers} must be in [0, '
       f'{hp.projector_layers}] (the projection layers kept; 1: SimCLRv2).',
     )
+    require(
+      isinstance(hp.memory_size, int) and hp.memory_size >= 0,
+      f'config.simclrv2.memory_size={hp.memory_size} must be an integer >= 0 (0: no memory).',
+    )
+    require(
+      0 <= hp.memory_momentum <= 1,
+      f'config.simclrv2.memory_momentum={hp.memory_momentum} must be in [0, 1], e.g. 0.999.',
+    )
     aug = config.augment
+    if hp.memory_size:
+      keys = 2 * (config.batch_size + config.labelled_batch_size)
+      require(
+        hp.stage == 'pretrain',
+        f"config.simclrv2.memory_size={hp.memory_size} is for stage 'pretrain' only: set it "
+        f"to 0 for stage '{hp.stage}'.",
+      )
+      require(
+        hp.memory_size >= keys,
+        f'config.simclrv2.memory_size={hp.memory_size} is below the {keys} keys written per '
+        'step (2 views x (batch_size + labelled_batch_size)): enlarge it.',
+      )
     if hp.stage == 'pretrain':
       require(
         aug.num_global_crops == 2 and aug.num_local_crops == 0,
@@ -116,6 +143,7 @@ class SimCLRv2(base.Method):
     self.has_classifier = hp.stage != 'pretrain'
     self.uses_unlabelled = hp.stage != 'finetune'
     self.teacher = None
+    self.momentum_encoder = EMATeacher(hp.memory_momentum) if hp.memory_size else None
     if hp.stage == 'distill':
       check_config(hp.teacher, 'simclrv2.teacher')
       teacher_config = config.copy_and_resolve_references()
@@ -149,8 +177,18 @@ class SimCLRv2(base.Method):
     )
 
   def init_state(self, params):
-    del params
+    if self.momentum_encoder is not None:
+      return {
+        'memory': queue.init(self.hp.memory_size, self.hp.embed_dim),
+        'momentum_encoder': self.momentum_encoder.init(params),
+      }
     return {'teacher': self.teacher.init()} if self.teacher is not None else {}
+
+  def update_state(self, params, state, step):
+    if self.momentum_encoder is None:
+      return state
+    encoder = self.momentum_encoder.update(state['momentum_encoder'], params, step)
+    return {**state, 'momentum_encoder': encoder}
 
   def load_state(self, state):
     """The distill stage's frozen teacher read from its checkpoint."""
@@ -168,12 +206,25 @@ class SimCLRv2(base.Method):
       jnp.concatenate([l, u])
       for l, u in zip(batch['labelled']['views'], batch['unlabelled']['views'])
     ]
-    z1, z2 = views.by_size(
+    z1, z2 = self._project(model, inputs)
+    if self.momentum_encoder is None:
+      return losses.nt_xent(z1, z2, self.hp.temperature), (state, {})
+    loss = losses.nt_xent(z1, z2, self.hp.temperature, state['memory']['embeddings'])
+    # The memory as the past steps left it: this step's keys enter it after.
+    encoder = self.momentum_encoder.model(model, state['momentum_encoder'])
+    keys = jax.lax.stop_gradient(jnp.concatenate(self._project(encoder, inputs)))
+    memory = queue.write(state['memory'], l2_normalize(keys))
+    fill = jnp.mean(jnp.any(memory['embeddings'] != 0, axis=-1))
+    return loss, ({**state, 'memory': memory}, {'memory_fill': fill})
+
+  @staticmethod
+  def _project(model, inputs):
+    """Projections [B, D] of each view [B, H, W, C] of `inputs`, views of one size together."""
+    return views.by_size(
       functools.partial(model.backbone, train=True),
       inputs,
       functools.partial(model.projector, train=True),
     )
-    return losses.nt_xent(z1, z2, self.hp.temperature), (state, {})
 
   def _labelled_loss(self, model, batch):
     """(mean cross-entropy of every labelled view's logits, train top-1 of the first)."""

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from semi_ssl.ops.normalize import l2_normalize
+
 
 def one_hot_targets(labels: jax.Array, num_classes: int, smoothing: float = 0.0) -> jax.Array:
   """int [N] -> float32 [N, C]: (1 - smoothing) on the label, smoothing spread over all classes."""
@@ -64,7 +66,9 @@ def combine(*terms: jax.Array, views: Sequence[int] | None = None) -> jax.Array:
   return sum(c / sum(crops) * jnp.mean(t) for c, t in zip(crops, terms))
 
 
-def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
+def nt_xent(
+  z1: jax.Array, z2: jax.Array, temperature: float, memory: jax.Array | None = None
+) -> jax.Array:
   """SimCLR's NT-Xent of two views [B, D] (row i of each: image i): scalar float32.
 
   The 2B views are l2-normalised; anchor k's positive is the other view of its image and its
@@ -74,11 +78,16 @@ def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
   `add_contrastive_loss`) gathers both views from every TPU core (lines 59-62) and sums the two
   directions, i.e. twice this mean. Here the batch is one global array: under `jit` with its
   rows split over the mesh, XLA gathers what each device needs, so the negatives are global.
+  `memory` [Q, D]: Q more negatives of every anchor (SimCLRv2's MoCo-style memory of past
+  keys, l2-normalised here); its all-zero rows (slots never written) are left out.
   """
-  z = jnp.concatenate([z1, z2]).astype(jnp.float32)
-  z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+  z = l2_normalize(jnp.concatenate([z1, z2]).astype(jnp.float32))
   size = z1.shape[0]
   logits = jnp.where(jnp.eye(2 * size, dtype=bool), -jnp.inf, z @ z.T / temperature)
+  if memory is not None:
+    filled = jnp.any(memory != 0, axis=-1)
+    memory_logits = z @ l2_normalize(memory.astype(jnp.float32)).T / temperature
+    logits = jnp.concatenate([logits, jnp.where(filled, memory_logits, -jnp.inf)], axis=1)
   positive = jnp.concatenate([jnp.arange(size, 2 * size), jnp.arange(size)])
   positive_logits = jnp.take_along_axis(logits, positive[:, None], axis=1)[:, 0]
   return jnp.mean(jax.nn.logsumexp(logits, axis=1) - positive_logits)
