@@ -108,7 +108,8 @@ def test_distillation_gradient_is_zero_only_for_equal_logits():
 def test_finetune_takes_the_backbone_and_the_first_projection_layer_only():
   """init_from's paths ('backbone', 'projector') on the fine-tune model copy every parameter and
   BatchNorm statistic of the backbone and of the head's first layer from pretrain, and nothing
-  else: the head's later layers have no place in it, and the classifier stays as initialised."""
+  else: the head's later layers have no place in it, and the classifier stays as initialised,
+  at zero (the official fine-tune's --zero_init_logits_layer=True)."""
   pretrain = SimCLRv2(tiny_config('simclrv2'), DIGITS, parallel.create_mesh())
   finetune = SimCLRv2(
     tiny_config('simclrv2', simclrv2=dict(stage='finetune')), DIGITS, parallel.create_mesh()
@@ -133,6 +134,7 @@ def test_finetune_takes_the_backbone_and_the_first_projection_layer_only():
   for path, value in flat(copied_stats).items():
     np.testing.assert_array_equal(value, source['model_state'][path], err_msg=path)
   assert sorted({p.split('/')[0] for p in copied}) == ['backbone', 'classifier', 'projector']
+  assert all(not np.any(v) for p, v in copied.items() if p.startswith('classifier/'))
 
 
 def test_memory_is_read_then_filled_fifo_by_the_momentum_encoder(monkeypatch):

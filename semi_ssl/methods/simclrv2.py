@@ -57,6 +57,7 @@ class SimCLRv2Model(nnx.Module):
     keep_layers: int | None,
     num_classes: int | None,
     rngs: nnx.Rngs,
+    zero_classifier: bool = False,
   ):
     self.backbone = backbone
     dim = backbone.feature_dim
@@ -68,7 +69,10 @@ class SimCLRv2Model(nnx.Module):
       else None
     )
     out_dim = self.projector.out_dim if self.projector is not None else dim
-    self.classifier = nnx.Linear(out_dim, num_classes, rngs=rngs) if num_classes else None
+    init = nnx.initializers.zeros if zero_classifier else nnx.initializers.lecun_normal()
+    self.classifier = (
+      nnx.Linear(out_dim, num_classes, kernel_init=init, rngs=rngs) if num_classes else None
+    )
 
   def embed(self, x: jax.Array, *, train: bool) -> jax.Array:
     """[B, H, W, C] -> the projection head's output [B, D] float32 (the backbone's without)."""
@@ -154,7 +158,9 @@ class SimCLRv2(base.Method):
       )
 
   def _classifier_model(self, config, rngs):
-    """The fine-tune network (backbone, kept projection layers, classifier) of config.model."""
+    """The fine-tune network (backbone, kept projection layers, classifier) of config.model;
+    the fine-tune's classifier starts at zero (README's fine-tune commands,
+    --zero_init_logits_layer=True; tf2/run.py lines 457-464)."""
     return SimCLRv2Model(
       base.create_backbone(config, self.data, rngs),
       embed_dim=self.hp.embed_dim,
@@ -162,6 +168,7 @@ class SimCLRv2(base.Method):
       keep_layers=self.hp.finetune_layers,
       num_classes=self.data.num_classes,
       rngs=rngs,
+      zero_classifier=self.stage == 'finetune',
     )
 
   def create_model(self, rngs):
