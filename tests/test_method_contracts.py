@@ -21,13 +21,27 @@ from semi_ssl import checkpoint, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
 
-METHODS = ('supervised', 'suave', 'daino', 'semppl', 'simclrv2:pretrain', 'simclrv2:finetune')
+METHODS = (
+  'supervised',
+  'suave',
+  'daino',
+  'semppl',
+  'simclrv2:pretrain',
+  'simclrv2:finetune',
+  's4l:rotation',
+  's4l:exemplar',
+  's4l:vat_entmin',
+)
 # Beyond the tiny config: every piece of method state in use (Suave's EMA teacher and a queue
 # that is full from the second step on), or the stage of a staged method.
 _OVERRIDES = {
   'suave': dict(suave=dict(ema_momentum=0.9, queue_size=16)),
   'simclrv2:pretrain': dict(simclrv2=dict(stage='pretrain')),
   'simclrv2:finetune': dict(simclrv2=dict(stage='finetune')),  # From scratch: no init_from.
+  # One random rotation per image: its key split over the devices too ('all' is the default).
+  's4l:rotation': dict(s4l=dict(variant='rotation', rotations='random')),
+  's4l:exemplar': dict(s4l=dict(variant='exemplar')),
+  's4l:vat_entmin': dict(s4l=dict(variant='vat_entmin')),
 }
 
 

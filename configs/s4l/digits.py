@@ -47,10 +47,11 @@ def get_config(variant: str = 'rotation'):
       triplet_margin=0.0,
       triplet_soft=True,
       exemplar_weight=1.0,
-      # vat_entmin: [O] vat_utils.py line 25 (xi 1e-6), vat.py line 91 (1 power iteration),
-      # vat_entmin.sh lines 38-43 (VAT on labelled images too, entmin 1, vat weight 0.5).
-      # Ours: epsilon 1.6, 0.2 of a pixel's std per pixel on the 8 x 8 images.
-      vat_xi=1e-6,
+      # vat_entmin: [O] vat.py line 91 (1 power iteration), vat_entmin.sh lines 38-43 (VAT on
+      # labelled images too, entmin 1, vat weight 0.5). Ours: epsilon 1.6, 0.2 of a pixel's
+      # std per pixel on the 8 x 8 images; xi 1e-2, as [O] vat_utils.py line 25's 1e-6 moves a
+      # pixel by less than float32 resolves (the power iteration would start from rounding).
+      vat_xi=1e-2,
       vat_epsilon=1.6,
       vat_power_iterations=1,
       vat_weight=0.5,

@@ -121,11 +121,21 @@ def batch_hard_triplet(
   sample_pos=sample_neg=False; distances sqrt(max(|x - y|^2, 1e-12)) (lines 54-57). An anchor
   without a positive or negative gets -inf or +inf there, as the official code."""
   x = embeddings.astype(jnp.float32)
+  # The hardest rows chosen on |x - y|^2 from the Gram matrix (memory N^2, not the N^2 D of the
+  # differences), their distances then computed from the differences: exact near 0, where
+  # the square root's gradient is large and the Gram form loses the digits to cancellation.
   norms = jnp.sum(jnp.square(x), axis=-1)
-  # |x - y|^2 from the Gram matrix: memory N^2, not the N^2 D of the differences.
-  distances = jnp.sqrt(jnp.maximum(norms[:, None] + norms[None] - 2 * x @ x.T, 1e-12))
+  squared = jax.lax.stop_gradient(norms[:, None] + norms[None] - 2 * x @ x.T)
   same = identities[:, None] == identities[None]
-  positives = jnp.max(jnp.where(same & ~jnp.eye(x.shape[0], dtype=bool), distances, -jnp.inf), 1)
-  negatives = jnp.min(jnp.where(same, jnp.inf, distances), axis=1)
+  positive_mask = same & ~jnp.eye(x.shape[0], dtype=bool)
+
+  def hardest(mask, pick, fill):
+    """Distance [N] to each row's picked masked row; `fill` where it has none."""
+    rows = pick(jnp.where(mask, squared, fill), axis=1)
+    distance = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x - x[rows]), axis=-1), 1e-12))
+    return jnp.where(jnp.any(mask, axis=1), distance, fill)
+
+  positives = hardest(positive_mask, jnp.argmax, -jnp.inf)
+  negatives = hardest(~same, jnp.argmin, jnp.inf)
   diff = positives + margin - negatives
   return jax.nn.softplus(diff) if soft else jax.nn.relu(diff)
