@@ -311,7 +311,12 @@ def test_stages_hand_over_parameters_both_models_have(path):
 
 
 # Every config file, and the staged variant of the digits one.
-RUNS = CONFIGS + ['configs/suave/digits.py:with_baseline']
+RUNS = CONFIGS + [
+  'configs/suave/digits.py:with_baseline',
+  # S4L's other variants at their ImageNet sizes (8 exemplar copies; VAT in float32).
+  'configs/s4l/imagenet_10pct.py:exemplar',
+  'configs/s4l/imagenet_10pct.py:vat_entmin',
+]
 
 
 def _step(stage: ml_collections.ConfigDict, data: base.DataInfo, mesh: Mesh, mean, std):
