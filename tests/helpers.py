@@ -24,6 +24,10 @@ _TINY = {
   'suave': dict(augment=dict(num_local_crops=1), suave=dict(projector_hidden_dim=16, embed_dim=8)),
   'daino': dict(augment=dict(num_local_crops=1), daino=dict(projector_hidden_dim=16, embed_dim=8)),
   'simclrv2': dict(augment=dict(num_local_crops=0), simclrv2=dict(embed_dim=8)),
+  # Exemplar copies: the 2 global and 1 local views of each image.
+  's4l': dict(
+    augment=dict(num_local_crops=1), s4l=dict(exemplar_embed_dim=8, num_exemplar_copies=3)
+  ),
   'semppl': dict(
     augment=dict(num_local_crops=1),
     semppl=dict(

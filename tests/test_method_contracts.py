@@ -29,6 +29,9 @@ METHODS = (
   'simclrv2:pretrain',
   'simclrv2:memory',
   'simclrv2:finetune',
+  's4l:rotation',
+  's4l:exemplar',
+  's4l:vat_entmin',
 )
 # Beyond the tiny config: every piece of method state in use (Suave's EMA teacher and a queue
 # that is full from the second step on), or the stage of a staged method.
@@ -38,6 +41,10 @@ _OVERRIDES = {
   # Pretraining with a memory of negatives that is full from the second step on (64 keys a step).
   'simclrv2:memory': dict(simclrv2=dict(stage='pretrain', memory_size=64, memory_momentum=0.9)),
   'simclrv2:finetune': dict(simclrv2=dict(stage='finetune')),  # From scratch: no init_from.
+  # One random rotation per image: its key split over the devices too ('all' is the default).
+  's4l:rotation': dict(s4l=dict(variant='rotation', rotations='random')),
+  's4l:exemplar': dict(s4l=dict(variant='exemplar')),
+  's4l:vat_entmin': dict(s4l=dict(variant='vat_entmin')),
 }
 
 

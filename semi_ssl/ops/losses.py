@@ -102,3 +102,49 @@ def distillation_loss(
   (softmax(s / t) - softmax(sg(teacher) / t)) / t, is zero iff the two differ by a constant."""
   targets = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature)
   return cross_entropy(student_logits / temperature, targets)
+
+
+def entropy(logits: jax.Array) -> jax.Array:
+  """Per-example entropy -sum_y p(y) log p(y) of softmax(logits): [N, C] -> float32 [N]
+  (entropy minimisation, Grandvalet & Bengio 2005; github.com/google-research/s4l
+  semi_supervised/vat.py lines 122-125)."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+
+
+def kl_divergence(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
+  """Per-example KL(softmax(p_logits) || softmax(q_logits)): [N, C], [N, C] -> float32 [N]."""
+  p_log = jax.nn.log_softmax(p_logits.astype(jnp.float32), axis=-1)
+  q_log = jax.nn.log_softmax(q_logits.astype(jnp.float32), axis=-1)
+  return jnp.sum(jnp.exp(p_log) * (p_log - q_log), axis=-1)
+
+
+def batch_hard_triplet(
+  embeddings: jax.Array, identities: jax.Array, margin: float, *, soft: bool
+) -> jax.Array:
+  """Per-example batch-hard triplet loss [N] of embeddings [N, D] with int identities [N]
+  (Hermans, Beyer, Leibe 2017, arXiv 1703.07737): for anchor a, the farthest positive
+  (another row of its identity) and the nearest negative (a row of another identity) by
+  Euclidean distance, loss f(d(a, p) + margin - d(a, n)) with f = softplus (`soft`) or relu.
+  github.com/google-research/s4l semi_supervised/exemplar.py lines 95-163, `batch_hard` with
+  sample_pos=sample_neg=False; distances sqrt(max(|x - y|^2, 1e-12)) (lines 54-57). An anchor
+  without a positive or negative gets -inf or +inf there, as the official code."""
+  x = embeddings.astype(jnp.float32)
+  # The hardest rows chosen on |x - y|^2 from the Gram matrix (memory N^2, not the N^2 D of the
+  # differences), their distances then computed from the differences: exact near 0, where
+  # the square root's gradient is large and the Gram form loses the digits to cancellation.
+  norms = jnp.sum(jnp.square(x), axis=-1)
+  squared = jax.lax.stop_gradient(norms[:, None] + norms[None] - 2 * x @ x.T)
+  same = identities[:, None] == identities[None]
+  positive_mask = same & ~jnp.eye(x.shape[0], dtype=bool)
+
+  def hardest(mask, pick, fill):
+    """Distance [N] to each row's picked masked row; `fill` where it has none."""
+    rows = pick(jnp.where(mask, squared, fill), axis=1)
+    distance = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x - x[rows]), axis=-1), 1e-12))
+    return jnp.where(jnp.any(mask, axis=1), distance, fill)
+
+  positives = hardest(positive_mask, jnp.argmax, -jnp.inf)
+  negatives = hardest(~same, jnp.argmin, jnp.inf)
+  diff = positives + margin - negatives
+  return jax.nn.softplus(diff) if soft else jax.nn.relu(diff)
