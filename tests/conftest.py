@@ -17,6 +17,9 @@ os.environ.setdefault(
   'JAX_COMPILATION_CACHE_DIR',
   os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.pytest_cache', 'jax'),
 )
+# A cache with a size limit reads and writes under a file lock: the pytest-xdist workers and the
+# subprocesses share it without reading an entry another process is still writing.
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(16 << 30))
 
 # As main does: tracing time linear in the program (flax BatchNorm on jax 0.10; see the module).
 from semi_ssl import jax_compat  # noqa: E402  (after the environment above, which jax reads)
