@@ -105,7 +105,7 @@ def test_error_in_a_config_file_another_one_loads_names_the_inner_file(parse, tm
     (
       f'{DIGITS}:nope',
       f'File "{DIGITS}", line ',
-      ": ValueError: unknown argument ':nope': use ':with_baseline' or none.",
+      ": ValueError: unknown argument ':nope': use ':with_baseline', ':official' or none.",
     ),
   ],
 )
