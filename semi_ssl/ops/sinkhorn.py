@@ -179,7 +179,7 @@ def self_labels(
     return log_col + log_num_free - _logsumexp_over_samples(log_q + log_c[:, None], axis_name)[0]
 
   def iterate(carry):
-    log_c, _, count, error = carry
+    log_c, _, count, error = carry  # log_c at the start: the paper's c = 1/N (row shifts added)
     log_r = scale_columns(log_c)
     new_log_c = scale_rows(log_r)
     change = jnp.where(free, jnp.abs(jnp.expm1(log_c - new_log_c)), 0.0)
@@ -190,12 +190,9 @@ def self_labels(
     _, _, count, error = carry
     return (error > tol) & (count < max_iters)
 
-  start = (
-    jnp.where(free, row_max, -jnp.inf),  # the paper's c = 1/N, times the rows' shifts
-    jnp.zeros((num_clusters,), jnp.float32),
-    jnp.int32(0),
-    jnp.float32(jnp.inf),
-  )
+  # The first iteration outside the loop: it gives the carry its types (under shard_map, varying
+  # over the mesh axis or not); the paper's loop also runs at least once.
+  start = iterate((jnp.where(free, row_max, -jnp.inf), None, jnp.int32(0), jnp.float32(jnp.inf)))
   _, log_r, count, error = jax.lax.while_loop(running, iterate, start)
   labels = jnp.argmax(log_q + log_r, axis=1).astype(jnp.int32)
   if fixed is not None:
