@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from semi_ssl.ops.sinkhorn import relabel_steps, self_labels
@@ -41,10 +42,7 @@ def softmax_rows(n: int, k: int, logit_scale: float, seed: int = 0) -> np.ndarra
 
 def plan(probs: np.ndarray, lam: float, log_scale: jax.Array) -> np.ndarray:
   """[N, K] float64 transport plan of the free rows, each row summing to 1."""
-  logits = lam * np.log(probs.astype(np.float64)) + np.asarray(log_scale, np.float64)
-  return np.exp(logits - logits.max(axis=1, keepdims=True)) / np.exp(
-    logits - logits.max(axis=1, keepdims=True)
-  ).sum(axis=1, keepdims=True)
+  return scipy.special.softmax(lam * np.log(probs.astype(np.float64)) + log_scale, axis=1)
 
 
 def with_labelled_rows(n: int, k: int, classes: np.ndarray) -> np.ndarray:
