@@ -1,4 +1,5 @@
-"""Sinkhorn-Knopp equipartitioned assignments (SwAV, Caron et al. 2020).
+"""Sinkhorn-Knopp equipartitioned assignments: SwAV's soft ones of a batch (Caron et al. 2020),
+SeLa's hard labels of the whole data set (`self_labels`, Asano et al. 2020) and its schedule.
 
 The iterations run in the log domain: `exp(scores / epsilon)` overflows float32
 once `max|scores| / epsilon` passes ~88 (e.g. scores in [-100, 100] with
@@ -18,9 +19,12 @@ iterations reduce to alternating the two normalisations, ending per sample.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from semi_ssl.errors import require
 
 AxisName = str | tuple[str, ...]
 
@@ -74,3 +78,153 @@ def sinkhorn(
 
   log_q = jax.lax.stop_gradient(scores).astype(jnp.float32) / epsilon
   return jnp.exp(jax.lax.fori_loop(0, num_iters, normalise, log_q))
+
+
+# SeLa: equipartitioned hard labels of the whole data set (Asano et al. 2020) ------------------
+
+
+class SelfLabelling(NamedTuple):
+  """`self_labels`'s result: labels int32 [N]; log_scale float32 [K], log(K r), so that the free
+  rows' plan is softmax_k(lam log P + log_scale) / M; num_iters int32 [] and error float32 [] (the
+  last convergence check's sum over samples of |c / c_new - 1|) for logging."""
+
+  labels: jax.Array
+  log_scale: jax.Array
+  num_iters: jax.Array
+  error: jax.Array
+
+
+def _sum_over_samples(values: jax.Array, axis_name: AxisName | None) -> jax.Array:
+  """Sum of `values` [n, ...] over all samples, on every device: [...]."""
+  total = jnp.sum(values, axis=0)
+  return total if axis_name is None else jax.lax.psum(total, axis_name)
+
+
+def _self_label_marginals(
+  fixed: jax.Array | None, num_rows: int, num_clusters: int, axis_name: AxisName | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Which rows the transport moves and where to: (free [n] bool, log M [], log(K t) [K]), with M
+  the global count of free rows and t [K] the clusters' shares of their mass (sum 1)."""
+  free = jnp.ones((num_rows,), bool) if fixed is None else fixed < 0
+  num_free = _sum_over_samples(free.astype(jnp.float32), axis_name)
+  if fixed is None:
+    return free, jnp.log(num_free), jnp.zeros((num_clusters,), jnp.float32)
+  num_fixed = _sum_over_samples(jax.nn.one_hot(fixed, num_clusters, dtype=jnp.float32), axis_name)
+  room = jnp.maximum((num_free + jnp.sum(num_fixed)) / num_clusters - num_fixed, 0.0)
+  return free, jnp.log(num_free), jnp.log(num_clusters * room / jnp.sum(room))
+
+
+@functools.partial(jax.jit, static_argnames=('lam', 'tol', 'max_iters', 'axis_name'))
+def self_labels(
+  probs: jax.Array,
+  *,
+  lam: float = 25.0,
+  tol: float = 0.1,
+  max_iters: int = 1000,
+  fixed: jax.Array | None = None,
+  axis_name: AxisName | None = None,
+) -> SelfLabelling:
+  """SeLa's fast Sinkhorn-Knopp: hard labels that split the data set equally over the clusters.
+
+  The paper's `optimize_L_sk` (yukimasano/self-label, sinkhornknopp.py:112-138; multi-GPU form
+  :141-191): Q = P ** lam, scaling vectors r [K] and c [N] from r = 1/K / (Q c), c = 1/N / (r Q),
+  repeated while err = sum_n |c_n / c_new_n - 1| > tol, err checked every 10th iteration (the
+  1st, 11th, ...; :123-129), labels argmax_k Q[n, k] r_k (:136). The paper runs it in float64
+  (main.py:48,58): P ** 25 of softmax rows underflows float32 (0.01 ** 25 = 1e-50). Here it runs
+  in float32 in the log domain, each row of lam * log P shifted to max 0 (absorbed into c), with
+  log(K r) and log(N c), both O(1), as the variables: the ratio c / c_new is then resolved to
+  float32 rounding. Probabilities below float32's smallest normal are raised to it (log finite).
+
+  Semi-supervised form (ours; the paper has none): rows with `fixed[n] >= 0` are labelled; their
+  rows of the plan are one-hot at their class and they are left out of the iterations. The M
+  free rows are spread so that every cluster ends with N / K images counting the fixed ones:
+  cluster k's share of the free mass is max(N / K - F_k, 0), F_k its fixed rows, clipped at 0
+  where F_k > N / K and renormalised to sum M (the others then take a little more than N / K).
+
+  Args:
+    probs: [N, K] probabilities (softmax rows of one clustering head), any float dtype; no
+      gradient flows back to them.
+    lam: the power lambda (paper: 25, main.py:188; 10 on CIFAR, cifar.py:121).
+    tol: stop once err <= tol (paper: 0.1, sinkhornknopp.py:123; 0.01 on CIFAR, cifar.py:48). err
+      is a sum over the N samples, so the same tol is stricter on a larger data set.
+    max_iters: iterations at most (the paper has no bound).
+    fixed: optional int32 [N] class in [0, K) of each labelled row, -1 for the free ones.
+    axis_name: mesh axis that N is split over when called per device (inside `jax.shard_map`);
+      the sums over samples are then reduced over it. Leave None under `jax.jit`, where GSPMD
+      already makes sums over a sharded N global.
+
+  Returns:
+    SelfLabelling: labels int32 [N] (`fixed` where >= 0), log_scale [K], num_iters, error.
+  """
+  require(probs.ndim == 2, f'self_labels: probs must be [N, K], got shape {probs.shape}.')
+  require(lam > 0, f'self_labels: lam must be > 0, got {lam}; the paper uses 25.')
+  require(tol >= 0, f'self_labels: tol must be >= 0, got {tol}; the paper uses 0.1.')
+  require(max_iters >= 1, f'self_labels: max_iters must be >= 1, got {max_iters}.')
+  require(
+    fixed is None or fixed.shape == probs.shape[:1],
+    f'self_labels: fixed must be [N] = {probs.shape[:1]}, got {getattr(fixed, "shape", None)}.',
+  )
+  num_rows, num_clusters = probs.shape
+  probs = jax.lax.stop_gradient(probs).astype(jnp.float32)
+  log_q = lam * jnp.log(jnp.maximum(probs, jnp.finfo(jnp.float32).tiny))
+  row_max = jnp.max(log_q, axis=1)
+  log_q = log_q - row_max[:, None]  # [n, K], row max 0
+  free, log_num_free, log_col = _self_label_marginals(fixed, num_rows, num_clusters, axis_name)
+  log_k = jnp.log(jnp.float32(num_clusters))
+
+  def scale_rows(log_r: jax.Array) -> jax.Array:  # log(M c) [n], -inf on fixed rows
+    return jnp.where(free, log_k - jax.nn.logsumexp(log_q + log_r, axis=1), -jnp.inf)
+
+  def scale_columns(log_c: jax.Array) -> jax.Array:  # log(K r) [K]
+    return log_col + log_num_free - _logsumexp_over_samples(log_q + log_c[:, None], axis_name)[0]
+
+  def iterate(carry):
+    log_c, _, count, error = carry  # log_c at the start: the paper's c = 1/N (row shifts added)
+    log_r = scale_columns(log_c)
+    new_log_c = scale_rows(log_r)
+    change = jnp.where(free, jnp.abs(jnp.expm1(log_c - new_log_c)), 0.0)
+    error = jnp.where(count % 10 == 0, _sum_over_samples(change, axis_name), error)
+    return new_log_c, log_r, count + 1, error
+
+  def running(carry) -> jax.Array:
+    _, _, count, error = carry
+    return (error > tol) & (count < max_iters)
+
+  # The first iteration outside the loop: it gives the carry its types (under shard_map, varying
+  # over the mesh axis or not); the paper's loop also runs at least once.
+  start = iterate((jnp.where(free, row_max, -jnp.inf), None, jnp.int32(0), jnp.float32(jnp.inf)))
+  _, log_r, count, error = jax.lax.while_loop(running, iterate, start)
+  labels = jnp.argmax(log_q + log_r, axis=1).astype(jnp.int32)
+  if fixed is not None:
+    labels = jnp.where(free, labels, fixed.astype(jnp.int32))
+  return SelfLabelling(labels, log_r, count, error)
+
+
+def relabel_steps(num_steps: int, num_label_updates: int, power: int = 2) -> tuple[int, ...]:
+  """The steps before which SeLa relabels the data set, spread as the paper's code spreads them.
+
+  main.py:134-135 places `--nopts` points at (epochs + 1.01) * N * linspace(0, 1, nopts) ** 2
+  images (cifar.py:186: power 1, i.e. linear) and relabels at the first iteration whose
+  iteration * batch_size reaches the next point, one point per iteration (main.py:84-90). In
+  steps: point i at num_steps * (i / (num_label_updates - 1)) ** power, the relabelling at the
+  first step at or after it and after the previous one. The last point is the end of training
+  (main.py's 1.01 puts it just past the end), so num_label_updates - 1 relabellings run, the first
+  at step 0, as in the paper's code.
+
+  Returns:
+    Strictly increasing steps in [0, num_steps).
+  """
+  require(num_steps >= 1, f'relabel_steps: num_steps must be >= 1, got {num_steps}.')
+  require(
+    num_label_updates >= 1,
+    f'relabel_steps: num_label_updates must be >= 1, got {num_label_updates}; the paper uses 100.',
+  )
+  require(power >= 1, f'relabel_steps: power must be >= 1, got {power}; main.py uses 2.')
+  last = max(num_label_updates - 1, 1)
+  steps = []
+  for i in range(num_label_updates):
+    step = -(-num_steps * i**power // last**power)  # ceil, exact in integers
+    step = max(step, steps[-1] + 1) if steps else step
+    if step < num_steps:
+      steps.append(step)
+  return tuple(steps)
