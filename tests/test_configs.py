@@ -459,7 +459,10 @@ def test_full_size_step_lowers_on_8_devices(path):
       }
     }
     if unlabelled:
-      batch['unlabelled'] = {'images': images(stage.batch_size)}
+      batch['unlabelled'] = {
+        'images': images(stage.batch_size),
+        'indices': jax.ShapeDtypeStruct((stage.batch_size,), jnp.int32, sharding=rows),
+      }
     new_state, metrics = step.lower(state, batch).out_info
     chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
     assert metrics['loss'].shape == ()
