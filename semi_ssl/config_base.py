@@ -711,16 +711,21 @@ def s4l_moam_stages(
   return chained_stages(
     config,
     'joint',
-    ('retrain', dict(s4l=dict(stage='retrain', teacher=dict(stage='joint')), **retrain)),
+    ('retrain', _merged(retrain, s4l=dict(stage='retrain', teacher=dict(stage='joint')))),
     (
       'finetune',
-      dict(
+      _merged(
+        finetune,
         s4l=dict(stage='finetune'),
         init_from=_init_from('retrain', ('backbone', 'classifier')),
-        **finetune,
       ),
     ),
   )
+
+
+def _merged(changes: dict, **own) -> dict:
+  """`changes` and `own` together, a section's dict in both merged key by key."""
+  return {**changes, **{key: {**changes.get(key, {}), **value} for key, value in own.items()}}
 
 
 def _init_from(stage: str, paths: tuple[str, ...]) -> ml_collections.ConfigDict:
