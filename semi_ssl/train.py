@@ -8,6 +8,9 @@ The step is `(TrainState, batch) -> (TrainState, metrics)`, jitted once with the
 over the mesh's data axis and the state as `state_sharding` places it (replicated unless FSDP
 or the method splits it); augmentation runs inside it, on device,
 from a key derived from (seed, step), so a resumed run sees exactly the batches it would have.
+Before the steps a method names (`Method.dataset_pass_steps`), a pass over every unlabelled
+image in eval mode gives its method state new per-image content (`make_dataset_pass`), which is
+checkpointed with the rest: a run resumed after a pass does not repeat it.
 
 A step whose loss or gradients, or the parameters, model or method state it produces, are
 not finite changes nothing but the step counter; the run then stops naming that step

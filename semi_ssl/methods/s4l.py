@@ -237,15 +237,13 @@ class S4L(base.Method):
     if set(terms) & {'exemplar', 'pseudo_label'} or ('vat_entmin' in terms and not rotated_classes):
       groups['unlabelled'] = list(batch['unlabelled']['views'])
     features = self._features(model, groups)
-    # The images the classifier sees (views [B, h, w, C] or their rotations [4 B, ...]).
-    classified = {
-      'labelled': groups['rotated'][:1] if rotated_classes else groups['labelled'],
-      'unlabelled': groups['rotated'][1:] if rotated_classes else groups.get('unlabelled'),
-    }
-    class_features = {
-      'labelled': features['rotated'][:1] if rotated_classes else features['labelled'],
-      'unlabelled': features['rotated'][1:] if rotated_classes else features.get('unlabelled'),
-    }
+
+    def seen_by_classifier(tree):  # The labelled and unlabelled views, or their rotations.
+      if rotated_classes:
+        return {'labelled': tree['rotated'][:1], 'unlabelled': tree['rotated'][1:]}
+      return {'labelled': tree['labelled'], 'unlabelled': tree.get('unlabelled')}
+
+    classified, class_features = seen_by_classifier(groups), seen_by_classifier(features)
     logits_l = [model.classify(f) for f in class_features['labelled']]
     supervised, top1 = self._supervised(logits_l, labels)
     loss = hp.supervised_weight * supervised
