@@ -157,6 +157,7 @@ RESUME_MAY_CHANGE = (
   'init_from.workdir',  # Read only when a run starts fresh; a stage's follows
   # --workdir, so it moves with it.
   'simclrv2.teacher.workdir',  # The same for a frozen teacher (methods/frozen_teacher.py).
+  's4l.teacher.workdir',
   'finished_workdir',  # Where a finished stage is read; runs made before it have no such key.
 )
 
@@ -656,36 +657,79 @@ def frozen_teacher(model: ml_collections.ConfigDict) -> dict:
   )
 
 
+def chained_stages(
+  config: ml_collections.ConfigDict, first: str, *later: tuple[str, dict]
+) -> ml_collections.ConfigDict:
+  """`config` as the first of its `stages`, named `first`, then for each (name, changes) of
+  `later` the `derived_stage` of `config` with those changes, also kept as `config.<name>` (so
+  that `--config.<name>.KEY=...` overrides reach it alone). Every later stage leaves
+  `finished_workdir` unset, so that it names a finished first stage only."""
+  names = tuple(name for name, _ in later)
+  for name, changes in later:
+    earlier = names[: names.index(name)]
+    config[name] = derived_stage(config, name, skip=earlier, finished_workdir=None, **changes)
+  config.stages = (derived_stage(config, first, skip=names), *(config[name] for name in names))
+  return config
+
+
 def simclrv2_stages(
   config: ml_collections.ConfigDict, *, finetune: dict, distill: dict
 ) -> ml_collections.ConfigDict:
   """`config` (SimCLRv2's pretraining) with `config.finetune`, `config.distill` and the
-  three `stages` pretrain -> finetune -> distill. finetune: the backbone and projection head
-  from pretrain (`init_from`), `simclrv2.stage='finetune'`, and the `derived_stage` changes
-  `finetune`; distill: the finetune stage as frozen teacher and the changes `distill`. Both
-  leave `finished_workdir` unset, so that it names a finished pretraining only, and have no
-  memory of negatives (`simclrv2.memory_size`: pretraining's)."""
-  config.finetune = derived_stage(
+  three `stages` pretrain -> finetune -> distill (`chained_stages`). finetune: the backbone
+  and projection head from pretrain (`init_from`), `simclrv2.stage='finetune'`, and the
+  `derived_stage` changes `finetune`; distill: the finetune stage as frozen teacher and the
+  changes `distill`. Neither has a memory of negatives (`simclrv2.memory_size`: pretraining's)."""
+  return chained_stages(
     config,
-    'finetune',
-    finished_workdir=None,
-    simclrv2=dict(stage='finetune', memory_size=0),
-    init_from=ml_collections.ConfigDict(
-      dict(workdir=config_dict.placeholder(str), stage='pretrain', paths=('backbone', 'projector'))
+    'pretrain',
+    (
+      'finetune',
+      dict(
+        simclrv2=dict(stage='finetune', memory_size=0),
+        init_from=_init_from('pretrain', ('backbone', 'projector')),
+        **finetune,
+      ),
     ),
-    **finetune,
+    (
+      'distill',
+      dict(
+        simclrv2=dict(stage='distill', memory_size=0, teacher=dict(stage='finetune')), **distill
+      ),
+    ),
   )
-  config.distill = derived_stage(
+
+
+def s4l_moam_stages(
+  config: ml_collections.ConfigDict, *, retrain: dict, finetune: dict
+) -> ml_collections.ConfigDict:
+  """`config` (S4L MOAM's joint stage) with `config.retrain`, `config.finetune` and the three
+  `stages` joint -> retrain -> finetune (`chained_stages`). retrain: `s4l.stage='retrain'`, a
+  model from scratch, the joint stage as frozen teacher, and the `derived_stage` changes
+  `retrain`; finetune: the backbone and classifier from retrain (`init_from`) and the changes
+  `finetune`."""
+  return chained_stages(
     config,
-    'distill',
-    skip=('finetune',),
-    finished_workdir=None,
-    simclrv2=dict(stage='distill', memory_size=0, teacher=dict(stage='finetune')),
-    **distill,
+    'joint',
+    ('retrain', _merged(retrain, s4l=dict(stage='retrain', teacher=dict(stage='joint')))),
+    (
+      'finetune',
+      _merged(
+        finetune,
+        s4l=dict(stage='finetune'),
+        init_from=_init_from('retrain', ('backbone', 'classifier')),
+      ),
+    ),
   )
-  config.stages = (
-    derived_stage(config, 'pretrain', skip=('finetune', 'distill')),
-    config.finetune,
-    config.distill,
+
+
+def _merged(changes: dict, **own) -> dict:
+  """`changes` and `own` together, a section's dict in both merged key by key."""
+  return {**changes, **{key: {**changes.get(key, {}), **value} for key, value in own.items()}}
+
+
+def _init_from(stage: str, paths: tuple[str, ...]) -> ml_collections.ConfigDict:
+  """An `init_from` section that reads `paths` from this run's earlier `stage`."""
+  return ml_collections.ConfigDict(
+    dict(workdir=config_dict.placeholder(str), stage=stage, paths=paths)
   )
-  return config

@@ -53,6 +53,17 @@ def _padded_batches(num: int, batch_size: int):
     yield np.minimum(idx, num - 1), idx < num
 
 
+def sharded_batches(arrays: dict, batch_size: int, mesh: Mesh):
+  """Global batches of the rows of `arrays` ({name: [N, ...]}, numpy or memmaps) in order, each
+  {name: [batch_size, ...], 'valid': bool [batch_size]} split over the mesh, the last padded
+  with copies of row N - 1 (valid False); each process reads only its own rows."""
+  num = len(next(iter(arrays.values())))
+  for idx, valid in _padded_batches(num, batch_size):
+    rows = parallel.process_slice(batch_size)
+    local = {name: np.asarray(x[idx[rows]]) for name, x in arrays.items()}
+    yield parallel.global_batch({**local, 'valid': valid[rows]}, mesh)
+
+
 def device_memory(device: jax.Device) -> int:
   """Bytes one device can hold: its allocator's limit, or on CPU its share of the host's
   available memory."""
@@ -196,16 +207,7 @@ def make_evaluator(
   )
 
   def run(images, labels, fn):
-    outputs = []
-    for idx, valid in _padded_batches(len(labels), batch_size):
-      rows = parallel.process_slice(batch_size)
-      local = {
-        'images': np.asarray(images[idx[rows]]),
-        'labels': labels[idx[rows]],
-        'valid': valid[rows],
-      }
-      outputs.append(fn(parallel.global_batch(local, mesh)))
-    return outputs
+    return [fn(b) for b in sharded_batches(dict(images=images, labels=labels), batch_size, mesh)]
 
   def evaluate(variables) -> dict[str, float]:
     bank = run(

@@ -8,6 +8,9 @@ The step is `(TrainState, batch) -> (TrainState, metrics)`, jitted once with the
 over the mesh's data axis and the state as `state_sharding` places it (replicated unless FSDP
 or the method splits it); augmentation runs inside it, on device,
 from a key derived from (seed, step), so a resumed run sees exactly the batches it would have.
+Before the steps a method names (`Method.dataset_pass_steps`), a pass over every unlabelled
+image in eval mode gives its method state new per-image content (`make_dataset_pass`), which is
+checkpointed with the rest: a run resumed after a pass does not repeat it.
 
 A step whose loss or gradients, or the parameters, model or method state it produces, are
 not finite changes nothing but the step counter; the run then stops naming that step
@@ -94,9 +97,12 @@ def create_method(
   config: ml_collections.ConfigDict, splits: datasets.DatasetSplits, mesh: Mesh
 ) -> base.Method:
   """The method of `config.method` on the run's mesh."""
-  return methods.REGISTRY[config.method](
-    config, base.DataInfo(num_classes=splits.num_classes, image_shape=splits.image_shape), mesh
+  data = base.DataInfo(
+    num_classes=splits.num_classes,
+    image_shape=splits.image_shape,
+    num_unlabelled=len(splits.unlabelled_images),
   )
+  return methods.REGISTRY[config.method](config, data, mesh)
 
 
 def state_sharding(method: base.Method, abstract_state: TrainState) -> TrainState:
@@ -175,7 +181,8 @@ def train_step(
   }
   if 'unlabelled' in batch:
     views['unlabelled'] = {
-      'views': augment.multi_crop(unlabelled_key, batch['unlabelled']['images'], augment_cfg)
+      'views': augment.multi_crop(unlabelled_key, batch['unlabelled']['images'], augment_cfg),
+      'indices': batch['unlabelled']['indices'],
     }
 
   def loss_fn(params, model_state):
@@ -222,6 +229,60 @@ def train_step(
     skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
     first_skipped=first_skipped,
   ), metrics
+
+
+def make_dataset_pass(
+  method: base.Method,
+  graphdef,
+  images,
+  mesh: Mesh,
+  *,
+  preprocess,
+  batch_size: int,
+  method_state_sharding,
+):
+  """`run(state) -> state` with the method state `method.absorb_dataset_pass` makes of
+  `method.dataset_pass_outputs` over every image of `images` (uint8 [N, H, W, C], read as the
+  evaluator reads the test set: `preprocess`, batches of `batch_size` split over the mesh, the
+  last padded, each process its rows). The outputs are written batch by batch into arrays
+  [padded N, ...] split over the mesh, then handed over as [N, ...] in index order."""
+  num = len(images)
+  padded = -(-num // batch_size) * batch_size
+  rows = parallel.batch_sharding(mesh)
+
+  def outputs(state, images):
+    model = nnx.merge(graphdef, state.params, state.model_state)
+    return method.dataset_pass_outputs(model, state.method_state, preprocess(images))
+
+  @functools.partial(jax.jit, out_shardings=rows, donate_argnums=1)
+  def write(state, buffer, images, start):
+    return jax.tree.map(
+      lambda b, o: jax.lax.dynamic_update_slice_in_dim(b, o, start, axis=0),
+      buffer,
+      outputs(state, images),
+    )
+
+  @functools.partial(jax.jit, out_shardings=method_state_sharding)
+  def absorb(state, buffer):
+    stacked = jax.tree.map(lambda b: jax.lax.with_sharding_constraint(b[:num], rows), buffer)
+    return method.absorb_dataset_pass(state.method_state, stacked, state.step)
+
+  def run(state):
+    batch_like = jax.ShapeDtypeStruct((batch_size, *images.shape[1:]), jnp.uint8)
+    buffer = jax.jit(
+      lambda: jax.tree.map(
+        lambda x: jnp.zeros((padded, *x.shape[1:]), x.dtype),
+        jax.eval_shape(outputs, state, batch_like),
+      ),
+      out_shardings=rows,
+    )()
+    for start, batch in zip(
+      range(0, num, batch_size), evaluate.sharded_batches(dict(images=images), batch_size, mesh)
+    ):
+      buffer = write(state, buffer, batch['images'], start)
+    return state.replace(method_state=absorb(state, buffer))
+
+  return run
 
 
 def all_finite(tree) -> jax.Array:
@@ -412,13 +473,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       method.eval_predictions(model, method_state, images),
     )
 
+  preprocess = lambda x: augment.eval_view(
+    x, config.augment.global_size, splits.mean, splits.std, config.eval.crop_fraction
+  )
   evaluator = evaluate.make_evaluator(
     apply_fn,
     splits,
     mesh,
-    preprocess=lambda x: augment.eval_view(
-      x, config.augment.global_size, splits.mean, splits.std, config.eval.crop_fraction
-    ),
+    preprocess=preprocess,
     batch_size=config.eval.batch_size,
     knn_k=config.eval.knn_k,
     knn_temperature=config.eval.knn_temperature,
@@ -432,6 +494,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       further = evaluator((params, state.model_state, state.method_state))
       figures.update({f'{name}_{key.removeprefix("test_")}': v for key, v in further.items()})
     return figures
+
+  pass_steps = set(method.dataset_pass_steps())
+  dataset_pass = make_dataset_pass(
+    method,
+    graphdef,
+    splits.unlabelled_images,
+    mesh,
+    preprocess=preprocess,
+    batch_size=config.eval.batch_size,
+    method_state_sharding=sharding.method_state,
+  )
 
   def save(state):
     workdir_lease.check_held()  # Another run took the workdir over: stop before writing.
@@ -460,6 +533,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         'resume.'
       )
     for step, batch in zip(range(start_step + 1, config.num_steps + 1), batches):
+      if step - 1 in pass_steps:  # The state's step: before that step's update.
+        pass_start = time.time()
+        state = jax.block_until_ready(dataset_pass(state))
+        logging.info(
+          'Dataset pass before step %d: %d unlabelled images in %.1f s.',
+          step - 1,
+          len(splits.unlabelled_images),
+          time.time() - pass_start,
+        )
       state, metrics = step_fn(state, batch)
       preempted = preemption.reached(step)
       checkpoint_due = step % config.checkpoint_every == 0 or step == config.num_steps

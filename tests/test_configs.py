@@ -342,6 +342,7 @@ RUNS = CONFIGS + [
   # S4L's other variants at their ImageNet sizes (8 exemplar copies; VAT in float32).
   'configs/s4l/imagenet_10pct.py:exemplar',
   'configs/s4l/imagenet_10pct.py:vat_entmin',
+  'configs/s4l/imagenet_10pct.py:moam',  # 4x width; retrain's pseudo-labels and teacher.
 ]
 OFFICIAL_DIGITS = [f'configs/{m}/digits.py:official' for m in ('suave', 'daino', 'semppl')]
 
@@ -411,7 +412,11 @@ def test_config_trains_on_mock_data(path, tmp_path):
       splits = datasets.load(stage)
       sizes = dict(unlabelled=len(splits.unlabelled_images), labelled=len(splits.labelled_labels))
       stage = config_base.resolve(stage, sizes)  # As train.train_and_evaluate does.
-      data = base.DataInfo(num_classes=splits.num_classes, image_shape=splits.image_shape)
+      data = base.DataInfo(
+        num_classes=splits.num_classes,
+        image_shape=splits.image_shape,
+        num_unlabelled=len(splits.unlabelled_images),
+      )
       step, init, sharding, unlabelled = _step(stage, data, mesh, splits.mean, splits.std)
       state = jax.jit(init, out_shardings=sharding)()
       initial = jax.device_get(state.params)
@@ -441,7 +446,11 @@ def test_full_size_step_lowers_on_8_devices(path):
     stage = config_base.resolve(stage, STAND_IN)
     mesh = parallel.create_mesh(stage.mesh.model)
     shape = datasets.image_shape(stage)
-    data = base.DataInfo(num_classes=datasets.num_classes(stage), image_shape=shape)
+    data = base.DataInfo(
+      num_classes=datasets.num_classes(stage),
+      image_shape=shape,
+      num_unlabelled=STAND_IN['unlabelled'],
+    )
     step, init, sharding, unlabelled = _step(
       stage, data, mesh, (0.5,) * shape[-1], (0.25,) * shape[-1]
     )
@@ -459,7 +468,10 @@ def test_full_size_step_lowers_on_8_devices(path):
       }
     }
     if unlabelled:
-      batch['unlabelled'] = {'images': images(stage.batch_size)}
+      batch['unlabelled'] = {
+        'images': images(stage.batch_size),
+        'indices': jax.ShapeDtypeStruct((stage.batch_size,), jnp.int32, sharding=rows),
+      }
     new_state, metrics = step.lower(state, batch).out_info
     chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
     assert metrics['loss'].shape == ()

@@ -32,6 +32,7 @@ METHODS = (
   's4l:rotation',
   's4l:exemplar',
   's4l:vat_entmin',
+  's4l:moam',
 )
 # Beyond the tiny config: every piece of method state in use (Suave's EMA teacher and a queue
 # that is full from the second step on), or the stage of a staged method.
@@ -45,6 +46,7 @@ _OVERRIDES = {
   's4l:rotation': dict(s4l=dict(variant='rotation', rotations='random')),
   's4l:exemplar': dict(s4l=dict(variant='exemplar')),
   's4l:vat_entmin': dict(s4l=dict(variant='vat_entmin')),
+  's4l:moam': dict(s4l=dict(variant='moam')),  # Its joint stage: rotation, VAT, entmin.
 }
 
 

@@ -1,9 +1,11 @@
 """S4L's pure parts against hand-computed or brute-force references: rotations and their labels,
 the batch-hard triplet loss, entropy minimisation's gradient, the VAT perturbation; and the
-config checks of methods/s4l.py. (tests/test_method_contracts.py runs its three variants.)"""
+config checks of methods/s4l.py; MOAM's pseudo-labels and its three stages.
+(tests/test_method_contracts.py runs the variants and MOAM's joint stage.)"""
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +15,8 @@ from flax import nnx
 
 import helpers
 import test_references
-from semi_ssl import config_base
+from semi_ssl import checkpoint, config_base, main, train
+from semi_ssl.data import datasets
 from semi_ssl.methods import base, s4l, views
 from semi_ssl.ops import losses, rotation, vat
 
@@ -162,6 +165,9 @@ def test_vat_perturbation_has_norm_epsilon_and_beats_a_random_direction():
     (dict(variant='exemplar', num_exemplar_copies=8), 'num_exemplar_copies=8: each image'),
     (dict(variant='vat_entmin', vat_epsilon=0.0), 'vat_epsilon=0.0 must be > 0'),
     (dict(rotation_weight=-1.0), 'rotation_weight=-1.0 must be >= 0'),
+    (dict(variant='moam', stage='distill'), "stage='distill' is unknown"),
+    (dict(variant='moam', stage='retrain'), 'set exactly one of workdir'),
+    (dict(variant='moam', pseudo_label_weight=-1.0), 'pseudo_label_weight=-1.0 must be >= 0'),
   ],
 )
 def test_bad_s4l_configs_stop_naming_the_key(overrides, match):
@@ -191,3 +197,59 @@ def test_vat_passes_leave_the_running_batchnorm_statistics_alone():
   stats, expected = nnx.state(model, nnx.BatchStat), nnx.state(clean, nnx.BatchStat)
   assert jax.tree.leaves(stats)
   jax.tree.map(np.testing.assert_allclose, stats, expected)
+
+
+def _moam_plan(workdir):
+  """MOAM's three stages of 2 steps each on the tiny config (teacher = its model)."""
+  c = helpers.tiny_config('s4l', num_steps=2, s4l=dict(variant='moam'))
+  c.s4l.teacher.model = c.model
+  config_base.s4l_moam_stages(c, retrain={}, finetune={})
+  return main.stage_plan(c, str(workdir))
+
+
+def _pixel_classifier_argmax(variables, images, mean, std):
+  """Class predictions [N] and the margin of the top class over the next [N] of the S4L model
+  on `PixelBackbone` with the `variables` of a checkpoint, on uint8 images (eval view), numpy."""
+  p = variables['params']
+  x = (images.astype(np.float32) / 255 - np.float32(mean)) / np.float32(std)
+  features = np.tanh(x @ p['backbone/linear/kernel'] + p['backbone/linear/bias']).mean(axis=(1, 2))
+  logits = features @ p['classifier/kernel'] + p['classifier/bias']
+  top2 = np.sort(logits, axis=-1)[:, -2:]
+  return np.argmax(logits, axis=-1), top2[:, 1] - top2[:, 0]
+
+
+def test_moam_three_stages_and_the_pseudo_labels_of_the_joint_model(tmp_path, monkeypatch):
+  """joint -> retrain -> finetune, each in its directory, DIR/results.json with every stage's;
+  retrain's teacher is the joint model and its pseudo-labels (from the pass before its step 0)
+  are that model's argmax on every unlabelled image, by numpy; finetune starts from retrain."""
+  monkeypatch.setattr(
+    base,
+    'create_backbone',
+    lambda config, data, rngs: test_references.PixelBackbone(data.image_shape[-1], rngs=rngs),
+  )
+  plan = _moam_plan(tmp_path)
+  assert [stage.s4l.stage for stage, _ in plan] == ['joint', 'retrain', 'finetune']
+  assert plan[1][0].s4l.teacher.workdir == str(tmp_path / 'joint')
+  assert plan[2][0].init_from.workdir == str(tmp_path / 'retrain')
+  main.validate_plan(plan, str(tmp_path), num_devices=len(jax.devices()))
+  rows = main.run_plan(plan)
+  summary = train.read_results(tmp_path / train.RESULTS_FILE)
+  assert set(summary['stages']) == {'joint', 'retrain', 'finetune'}
+  assert summary['test_top1'] == rows[-1]['test_top1']
+  joint = checkpoint.load_variables(plan[0][1])
+  retrain = helpers.saved_state(plan[1][1], 2)['method_state']
+  assert 'head/kernel' in joint['params']  # The joint model's rotation head, in the teacher too.
+  joint_state = helpers.saved_state(plan[0][1], 2)
+  for part in ('params', 'model_state'):
+    chex.assert_trees_all_equal(retrain['teacher'][part], joint_state[part])
+  splits = datasets.load(plan[1][0])
+  expected, margin = _pixel_classifier_argmax(
+    joint, splits.unlabelled_images, splits.mean, splits.std
+  )
+  pseudo_labels = retrain['pseudo_labels']
+  assert pseudo_labels.dtype == np.int32 and pseudo_labels.shape == expected.shape
+  assert len(np.unique(expected)) > 1  # Not one class for every image: the labels tell.
+  clear = margin > 1e-5  # Near-ties may round either way in float32.
+  assert clear.mean() > 0.9
+  np.testing.assert_array_equal(pseudo_labels[clear], expected[clear])
+  assert 'teacher' not in helpers.saved_state(plan[2][1], 2)['method_state']

@@ -4,6 +4,12 @@ config argument (default rotation):
 python -m semi_ssl.main --config=configs/s4l/digits.py:rotation --workdir=/tmp/s4l_digits
 python -m semi_ssl.main --config=configs/s4l/digits.py:exemplar --workdir=/tmp/s4l_digits
 python -m semi_ssl.main --config=configs/s4l/digits.py:vat_entmin --workdir=/tmp/s4l_digits
+python -m semi_ssl.main --config=configs/s4l/digits.py:moam --workdir=/tmp/s4l_moam_digits
+
+moam runs three stages, each in WORKDIR/<stage> (methods/s4l.py): joint (rotation + VAT +
+entropy minimisation, the top-level keys), retrain (`config.retrain`: a model from scratch on
+the labelled images and the joint model's pseudo-labels of the unlabelled ones) and finetune
+(`config.finetune`: the retrain model on the labelled images only).
 
 Every value is ours (untuned), but for those cited from the official code
 (github.com/google-research/s4l at 8f1cf05: [O] config/*.sh, semi_supervised/*.py), which sets
@@ -33,6 +39,8 @@ def get_config(variant: str = 'rotation'):
   c.s4l = config_dict.ConfigDict(
     dict(
       variant=variant,
+      stage='joint',  # moam: joint | retrain | finetune (config_base.s4l_moam_stages sets it).
+      supervised_weight=1.0,  # The labelled cross-entropy's; 1 in the paper's variants.
       # rotation: [O] s4l_rotation.sh lines 39-41 (weight 1, on labelled and unlabelled
       # images), preprocess.py lines 207-228 (all four rotations).
       rotations='all',
@@ -57,8 +65,20 @@ def get_config(variant: str = 'rotation'):
       vat_weight=0.5,
       entmin_weight=1.0,
       vat_labelled=True,
+      # moam retrain: the weight of the unlabelled images' cross-entropy to their pseudo-labels
+      # (ours), and the frozen teacher that gives them (the joint stage, this model).
+      pseudo_label_weight=1.0,
+      teacher=config_base.frozen_teacher(c.model),
     )
   )
   if variant == 'exemplar':
     c.augment.num_global_crops = c.s4l.num_exemplar_copies
+  if variant == 'moam':
+    return config_base.s4l_moam_stages(
+      c,
+      retrain={},
+      finetune=dict(
+        num_steps=300, optimizer=dict(learning_rate=0.01, warmup_steps=0, weight_decay=0.0)
+      ),
+    )
   return c

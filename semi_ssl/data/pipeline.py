@@ -43,9 +43,10 @@ def batch_indices(step: int, *, batch_size: int, size: int, seed: int, stream: i
 def host_batch(
   splits: DatasetSplits, step: int, *, seed: int, labelled_batch_size: int, batch_size: int | None
 ) -> dict:
-  """This process's rows of the global batch of `step` (uint8 images, int32 labels).
+  """This process's rows of the global batch of `step` (uint8 images, int32 labels; the
+  unlabelled images' int32 `indices` into the unlabelled set).
 
-  `batch_size=None` leaves out the unlabelled stream (methods that do not use it).
+    `batch_size=None` leaves out the unlabelled stream (methods that do not use it).
   """
   rows = parallel.process_slice(labelled_batch_size)
   idx = batch_indices(
@@ -70,7 +71,10 @@ def host_batch(
       seed=seed,
       stream=UNLABELLED_STREAM,
     )[rows]
-    batch['unlabelled'] = {'images': np.asarray(splits.unlabelled_images[idx])}
+    batch['unlabelled'] = {
+      'images': np.asarray(splits.unlabelled_images[idx]),
+      'indices': idx.astype(np.int32),
+    }
   return batch
 
 

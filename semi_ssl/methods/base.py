@@ -8,14 +8,15 @@ the run's one mesh and hands it to the method's constructor; a method never crea
 `batch` as a method sees it (global arrays, batch axis sharded over the mesh's data axis):
 
     {'labelled':   {'views': [V_l x float32 [B_l, h, w, C]], 'labels': int32 [B_l]},
-     'unlabelled': {'views': [V_u x float32 [B_u, h, w, C]]}}
+     'unlabelled': {'views': [V_u x float32 [B_u, h, w, C]], 'indices': int32 [B_u]}}
 
 Unlabelled views are the global crops first, then the local crops (`config.augment`).
 Labelled views are the same by default; with `config.augment.labelled` set, they are its
 `num_crops` crops of its `size` instead, so V_l, and h and w, may differ from the unlabelled
 ones. Views of one size go through a network in one call (`methods/views.py`, `by_size`).
 `unlabelled` is absent for methods with `uses_unlabelled = False`; unlabelled images never
-come with labels.
+come with labels; `indices` are the images' rows in the unlabelled set (for per-image state
+such as pseudo-labels, see `dataset_pass_steps`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class DataInfo:
 
   num_classes: int
   image_shape: tuple[int, int, int]
+  num_unlabelled: int = 0  # N: the unlabelled images, for per-image method state.
 
 
 class Method(abc.ABC):
@@ -106,6 +108,26 @@ class Method(abc.ABC):
   def update_state(self, params: nnx.State, state: PyTree, step: jax.Array) -> PyTree:
     """Called after each optimiser update with the new parameters (e.g. EMA teachers)."""
     del params, step
+    return state
+
+  def dataset_pass_steps(self) -> tuple[int, ...]:
+    """The steps before which the trainer passes over the whole unlabelled set (0: before the
+    first): when the state's step equals one of them, before that step's update, so a run
+    resumed after a pass does not repeat it. Default: none."""
+    return ()
+
+  def dataset_pass_outputs(self, model: nnx.Module, state: PyTree, images: jax.Array) -> PyTree:
+    """Per-image outputs (leaves [B, ...]) of a batch of normalised unlabelled images
+    [B, H, W, C], eval view, in eval mode (e.g. a frozen teacher's argmax [B]); jitted by the
+    trainer, the batch split over the mesh. Default: none."""
+    del model, state, images
+    return {}
+
+  def absorb_dataset_pass(self, state: PyTree, outputs: PyTree, step: jax.Array) -> PyTree:
+    """The new method state from `dataset_pass_outputs` over all N unlabelled images (leaves
+    [N, ...], rows in unlabelled-index order, split over the mesh's data axis) at `step`;
+    jitted by the trainer, and checkpointed with the rest of the state. Default: unchanged."""
+    del outputs, step
     return state
 
   @abc.abstractmethod
