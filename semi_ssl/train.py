@@ -30,6 +30,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from etils import epath
@@ -101,6 +102,9 @@ def create_method(
     num_classes=splits.num_classes,
     image_shape=splits.image_shape,
     num_unlabelled=len(splits.unlabelled_images),
+    labelled_counts=tuple(
+      np.bincount(splits.labelled_labels, minlength=splits.num_classes).tolist()
+    ),
   )
   return methods.REGISTRY[config.method](config, data, mesh)
 

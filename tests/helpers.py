@@ -28,6 +28,10 @@ _TINY = {
   's4l': dict(
     augment=dict(num_local_crops=1), s4l=dict(exemplar_embed_dim=8, num_exemplar_copies=3)
   ),
+  # Head 0 with 2 clusters beyond digits' 10 classes; relabelled before steps 0 and 2.
+  'sela': dict(
+    augment=dict(num_local_crops=1), sela=dict(num_heads=2, num_clusters=12, num_label_updates=3)
+  ),
   'semppl': dict(
     augment=dict(num_local_crops=1),
     semppl=dict(

@@ -126,6 +126,7 @@ METHOD_FAMILY = {
   'supervised': 'torchvision_bilinear',  # Suave's labelled-image views.
   'simclrv2': 'simclr',
   's4l': 'simclr',  # TF's crop ops, as S4L's inception_crop.
+  'sela': 'torchvision_bilinear',  # self-label's data.py, cifar.py.
 }
 
 

@@ -33,6 +33,7 @@ METHODS = (
   's4l:exemplar',
   's4l:vat_entmin',
   's4l:moam',
+  'sela',
 )
 # Beyond the tiny config: every piece of method state in use (Suave's EMA teacher and a queue
 # that is full from the second step on), or the stage of a staged method.
@@ -178,7 +179,9 @@ def test_sharded_step_equals_single_device_step(name):
         jax.tree.leaves(getattr(state_1, part)), jax.tree.leaves(getattr(initial, part))
       )
     ]
-    assert any(moved) or not jax.tree.leaves(getattr(initial, part)), part
+    # SeLa's method state (its self-labels) moves in its dataset passes only, not in steps.
+    pass_only = part == 'method_state' and name == 'sela'
+    assert any(moved) or not jax.tree.leaves(getattr(initial, part)) or pass_only, part
 
 
 @pytest.mark.parametrize('name', METHODS)

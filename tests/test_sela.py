@@ -164,6 +164,23 @@ def test_overfull_cluster_gets_no_free_rows_and_the_rest_share_equally():
   np.testing.assert_allclose(soft, [190, 10] + [0] * (k - 2) + room * 800 / room.sum(), rtol=1e-3)
 
 
+def test_fixed_counts_are_fixed_rows_outside_probs():
+  """`fixed_counts` (labelled images that are not rows of `probs`) solves the problem that has
+  them as fixed rows."""
+  n, k = 1000, 10
+  probs = softmax_rows(n, k, 1.0, seed=4)
+  classes = np.repeat([0, 1, 2], [60, 30, 10])
+  with_rows = self_labels(
+    jnp.concatenate([jnp.full((len(classes), k), 1.0 / k), jnp.asarray(probs)]),
+    fixed=jnp.asarray(with_labelled_rows(n + len(classes), k, classes)),
+  )
+  counts = jnp.asarray(np.bincount(classes, minlength=k), jnp.float32)
+  out = self_labels(jnp.asarray(probs), fixed_counts=counts)
+  np.testing.assert_array_equal(out.labels, with_rows.labels[len(classes) :])
+  np.testing.assert_allclose(out.log_scale, with_rows.log_scale, rtol=1e-5, atol=1e-5)
+  assert int(out.num_iters) == int(with_rows.num_iters)
+
+
 @pytest.mark.parametrize(
   'num_steps, num_label_updates, power, steps',
   [
@@ -188,6 +205,7 @@ def test_relabel_steps(num_steps, num_label_updates, power, steps):
     ((8, 4), {'lam': 0.0}, 'lam must be > 0'),
     ((8, 4), {'max_iters': 0}, 'max_iters must be >= 1'),
     ((8, 4), {'fixed': jnp.zeros((7,), jnp.int32)}, 'fixed must be \\[N\\]'),
+    ((8, 4), {'fixed_counts': jnp.zeros((3,))}, 'fixed_counts must be \\[K\\]'),
   ],
 )
 def test_bad_arguments_raise(shape, kwargs, match):

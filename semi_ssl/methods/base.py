@@ -43,6 +43,7 @@ class DataInfo:
   num_classes: int
   image_shape: tuple[int, int, int]
   num_unlabelled: int = 0  # N: the unlabelled images, for per-image method state.
+  labelled_counts: tuple[int, ...] = ()  # The labelled images of each class [C] (empty: unknown).
 
 
 class Method(abc.ABC):

@@ -101,15 +101,23 @@ def _sum_over_samples(values: jax.Array, axis_name: AxisName | None) -> jax.Arra
 
 
 def _self_label_marginals(
-  fixed: jax.Array | None, num_rows: int, num_clusters: int, axis_name: AxisName | None
+  fixed: jax.Array | None,
+  fixed_counts: jax.Array | None,
+  num_rows: int,
+  num_clusters: int,
+  axis_name: AxisName | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Which rows the transport moves and where to: (free [n] bool, log M [], log(K t) [K]), with M
   the global count of free rows and t [K] the clusters' shares of their mass (sum 1)."""
   free = jnp.ones((num_rows,), bool) if fixed is None else fixed < 0
   num_free = _sum_over_samples(free.astype(jnp.float32), axis_name)
-  if fixed is None:
+  if fixed is None and fixed_counts is None:
     return free, jnp.log(num_free), jnp.zeros((num_clusters,), jnp.float32)
-  num_fixed = _sum_over_samples(jax.nn.one_hot(fixed, num_clusters, dtype=jnp.float32), axis_name)
+  num_fixed = jnp.zeros((num_clusters,), jnp.float32)
+  if fixed is not None:
+    num_fixed = _sum_over_samples(jax.nn.one_hot(fixed, num_clusters, dtype=jnp.float32), axis_name)
+  if fixed_counts is not None:
+    num_fixed = num_fixed + fixed_counts.astype(jnp.float32)
   room = jnp.maximum((num_free + jnp.sum(num_fixed)) / num_clusters - num_fixed, 0.0)
   return free, jnp.log(num_free), jnp.log(num_clusters * room / jnp.sum(room))
 
@@ -122,6 +130,7 @@ def self_labels(
   tol: float = 0.1,
   max_iters: int = 1000,
   fixed: jax.Array | None = None,
+  fixed_counts: jax.Array | None = None,
   axis_name: AxisName | None = None,
 ) -> SelfLabelling:
   """SeLa's fast Sinkhorn-Knopp: hard labels that split the data set equally over the clusters.
@@ -149,6 +158,8 @@ def self_labels(
       is a sum over the N samples, so the same tol is stricter on a larger data set.
     max_iters: iterations at most (the paper has no bound).
     fixed: optional int32 [N] class in [0, K) of each labelled row, -1 for the free ones.
+    fixed_counts: optional [K] further fixed rows per cluster that are not rows of `probs` (e.g.
+      labelled images that a pass over the unlabelled set does not see), counted as `fixed`'s.
     axis_name: mesh axis that N is split over when called per device (inside `jax.shard_map`);
       the sums over samples are then reduced over it. Leave None under `jax.jit`, where GSPMD
       already makes sums over a sharded N global.
@@ -161,6 +172,11 @@ def self_labels(
   require(tol >= 0, f'self_labels: tol must be >= 0, got {tol}; the paper uses 0.1.')
   require(max_iters >= 1, f'self_labels: max_iters must be >= 1, got {max_iters}.')
   require(
+    fixed_counts is None or fixed_counts.shape == probs.shape[1:],
+    f'self_labels: fixed_counts must be [K] = {probs.shape[1:]}, got '
+    f'{getattr(fixed_counts, "shape", None)}.',
+  )
+  require(
     fixed is None or fixed.shape == probs.shape[:1],
     f'self_labels: fixed must be [N] = {probs.shape[:1]}, got {getattr(fixed, "shape", None)}.',
   )
@@ -169,7 +185,9 @@ def self_labels(
   log_q = lam * jnp.log(jnp.maximum(probs, jnp.finfo(jnp.float32).tiny))
   row_max = jnp.max(log_q, axis=1)
   log_q = log_q - row_max[:, None]  # [n, K], row max 0
-  free, log_num_free, log_col = _self_label_marginals(fixed, num_rows, num_clusters, axis_name)
+  free, log_num_free, log_col = _self_label_marginals(
+    fixed, fixed_counts, num_rows, num_clusters, axis_name
+  )
   log_k = jnp.log(jnp.float32(num_clusters))
 
   def scale_rows(log_r: jax.Array) -> jax.Array:  # log(M c) [n], -inf on fixed rows
