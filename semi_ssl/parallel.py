@@ -86,9 +86,10 @@ def create_mesh(model_axis_size: int = 1) -> Mesh:
   return Mesh(devices.reshape(-1, model_axis_size), (DATA_AXIS, MODEL_AXIS))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over every device of the mesh."""
-  return NamedSharding(mesh, P(tuple(mesh.axis_names)))
+def batch_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+  """Axis `axis` (the batch axis; by default the leading one) split over every device of the
+  mesh, the axes before it whole."""
+  return NamedSharding(mesh, P(*(None,) * axis, tuple(mesh.axis_names)))
 
 
 def state_sharding(abstract_state: Any, mesh: Mesh) -> Any:

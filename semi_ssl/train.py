@@ -248,42 +248,43 @@ def make_dataset_pass(
   """`run(state) -> state` with the method state `method.absorb_dataset_pass` makes of
   `method.dataset_pass_outputs` over every image of `images` (uint8 [N, H, W, C], read as the
   evaluator reads the test set: `preprocess`, batches of `batch_size` split over the mesh, the
-  last padded, each process its rows). The outputs are written batch by batch into arrays
-  [padded N, ...] split over the mesh, then handed over as [N, ...] in index order."""
+  last padded, each process its rows). Batch i's outputs are written into row i of arrays
+  [batches, batch_size, ...] whose batch axis is split over the mesh as the batch is, so each
+  device writes its own rows and no write communicates (a write that moved rows between
+  devices gathered them, a collective per batch); they are handed over as [N, ...] in index
+  order, split over the mesh."""
   num = len(images)
-  padded = -(-num // batch_size) * batch_size
+  num_batches = -(-num // batch_size)
   rows = parallel.batch_sharding(mesh)
+  batch_rows = parallel.batch_sharding(mesh, axis=1)
 
   def outputs(state, images):
     model = nnx.merge(graphdef, state.params, state.model_state)
     return method.dataset_pass_outputs(model, state.method_state, preprocess(images))
 
-  @functools.partial(jax.jit, out_shardings=rows, donate_argnums=1)
-  def write(state, buffer, images, start):
-    return jax.tree.map(
-      lambda b, o: jax.lax.dynamic_update_slice_in_dim(b, o, start, axis=0),
-      buffer,
-      outputs(state, images),
-    )
+  @functools.partial(jax.jit, out_shardings=batch_rows, donate_argnums=1)
+  def write(state, buffer, images, index):
+    return jax.tree.map(lambda b, o: b.at[index].set(o), buffer, outputs(state, images))
 
   @functools.partial(jax.jit, out_shardings=method_state_sharding)
   def absorb(state, buffer):
-    stacked = jax.tree.map(lambda b: jax.lax.with_sharding_constraint(b[:num], rows), buffer)
+    stacked = jax.tree.map(
+      lambda b: jax.lax.with_sharding_constraint(b.reshape(-1, *b.shape[2:])[:num], rows), buffer
+    )
     return method.absorb_dataset_pass(state.method_state, stacked, state.step)
 
   def run(state):
     batch_like = jax.ShapeDtypeStruct((batch_size, *images.shape[1:]), jnp.uint8)
     buffer = jax.jit(
       lambda: jax.tree.map(
-        lambda x: jnp.zeros((padded, *x.shape[1:]), x.dtype),
+        lambda x: jnp.zeros((num_batches, *x.shape), x.dtype),
         jax.eval_shape(outputs, state, batch_like),
       ),
-      out_shardings=rows,
+      out_shardings=batch_rows,
     )()
-    for start, batch in zip(
-      range(0, num, batch_size), evaluate.sharded_batches(dict(images=images), batch_size, mesh)
-    ):
-      buffer = write(state, buffer, batch['images'], start)
+    batches = evaluate.sharded_batches(dict(images=images), batch_size, mesh)
+    for index, batch in enumerate(batches):
+      buffer = write(state, buffer, batch['images'], index)
     return state.replace(method_state=absorb(state, buffer))
 
   return run
