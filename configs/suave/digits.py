@@ -32,8 +32,7 @@ def get_config(arg: str = ''):
   c.labels_per_class = 5
   c.batch_size = 128
   c.labelled_batch_size = 32
-  # 1000 until the Sinkhorn targets came from the same forward pass (95.37% mean test top-1
-  # over seeds 0-2); 1500 was picked on that same test figure (96.39%): no validation split.
+  # 1500 steps were picked on test figures before the validation split (earlier sessions).
   c.num_steps = 1500
   c.log_every = 100
   c.eval_every = 500
@@ -44,7 +43,11 @@ def get_config(arg: str = ''):
   c.augment.local_size = 6
   c.augment.local_scale = (0.3, 0.6)
   c.optimizer.name = 'sgd'
-  c.optimizer.learning_rate = 0.1
+  # Chosen on the validation split (mean val top-1, seeds 0-1, 5 labels per class, 4 settings:
+  # `python -m benchmarks.digits_table --search --methods=suave --labels_per_class=5
+  # --grid=optimizer.learning_rate=0.1,0.2 --grid=suave.temperature=0.1,0.2`): 96.88% against
+  # 95.14% for the former 0.1; temperature 0.1 kept.
+  c.optimizer.learning_rate = 0.2
   c.optimizer.warmup_steps = 100
   c.optimizer.weight_decay = 5e-4
   c.suave = config_dict.ConfigDict(
