@@ -2,14 +2,11 @@
 
 python -m semi_ssl.main --config=configs/semppl/digits.py --workdir=/tmp/semppl_digits
 
-Test top-1 95.3 / 95.3 / 93.6% for seeds 0 / 1 / 2 (mean 94.7%; supervised baseline 90.1%,
-LabelSpreading ~93.4%), kNN pseudo-labels of the test images 95.6 / 95.0 / 92.8%, 3-5 minutes
-each on 2 shared CPU cores (`python -m benchmarks.digits_table --methods=supervised,semppl`).
-Tuned here (seed 0, then checked on 1 and 2): many semantic positives weighted far above the
-paper's alpha = 0.2 (8 at weight 5: +4 points over 3 at weight 1), ramped up over the first 300
-steps (+2 points on seed 2, whose early pseudo-labels are worst), temperature 0.2 rather than
-0.1, a faster target (momentum 0.95: the run is short), and the classifier's gradient into the
-backbone (+1 point).
+Test top-1: the README's digits table. Tuned in earlier sessions on test figures (before the
+validation split): many semantic positives weighted far above the paper's alpha = 0.2 (8 at
+weight 5), ramped up over the first 300 steps, a faster target (momentum 0.95: the run is
+short), and the classifier's gradient into the backbone. The temperature was then chosen on the
+validation split (below).
 
 With `:official` (`--config=configs/semppl/digits.py:official`) the official recipe's options of
 configs/semppl/imagenet_10pct.py (which cites them): BYOL's crops and ops, 10 random negatives
@@ -47,7 +44,11 @@ def get_config(arg: str = ''):
       mlp_hidden_dim=256,
       embed_dim=64,
       mlp_layers=2,
-      temperature=0.2,
+      # Chosen on the validation split (mean val top-1, seeds 0-1, 5 labels per class, 4
+      # settings: `python -m benchmarks.digits_table --search --methods=semppl
+      # --labels_per_class=5 --grid=semppl.semantic_weight=1.0,5.0
+      # --grid=semppl.temperature=0.1,0.2`): 92.71% against 91.32% for the former 0.2.
+      temperature=0.1,
       queue_size=512,  # 8 steps of 2 x 32 labelled projections.
       knn_k=10,
       knn_approximate=False,
