@@ -64,6 +64,18 @@ def test_matches_paper_float64(n, k, logit_scale, lam, tol):
   assert int(out.num_iters) == iterations > 1 and float(out.error) <= tol
 
 
+def test_confident_heads_converge_as_the_paper_does():
+  # A trained head's softmax: peaked rows (probabilities down to 1e-37) whose argmaxes fill the
+  # clusters unequally (64 to 155 of 1000), as digits' heads from mid-training on. The clusters are
+  # coupled only through the tiny probabilities, so the paper's loop needs over 1000 iterations.
+  logits = np.random.default_rng(0).normal(0.0, 14.0, (1000, 10)) + 0.7 * np.arange(10)
+  probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=1))
+  labels, _, iterations = paper_self_labels(probs, 10.0, 0.01)
+  out = self_labels(jnp.asarray(probs), lam=10.0, tol=0.01)
+  np.testing.assert_array_equal(out.labels, labels)
+  assert int(out.num_iters) == iterations > 1000 and float(out.error) <= 0.01
+
+
 def test_plan_marginals_and_cluster_sizes():
   n, k, lam = 1000, 10, 25.0
   probs = softmax_rows(n, k, 1.0)

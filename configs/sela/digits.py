@@ -46,7 +46,7 @@ def get_config(form: str = ''):
       num_clusters=10,  # Ours: the classes ([O] cifar.sh: ncl=128).
       lam=10.0,  # [O] cifar.py:121 (ImageNet: 25, main.py:188).
       tol=0.01,  # [O] cifar.py:48 (ImageNet: 0.1, sinkhornknopp.py:123).
-      max_iters=1000,  # Ours: [O] has no bound.
+      max_iters=10_000,  # Ours: [O] has no bound; confident heads need thousands (sinkhorn.py).
       # Relabellings: num_label_updates - 1 of them, the first before step 0 (ops/sinkhorn.py
       # relabel_steps); linear as [O] cifar.py:186 (power 1; ImageNet: 2, main.py:135).
       num_label_updates=11,  # Ours ([O] cifar.sh: nopts=400 over 400 epochs).

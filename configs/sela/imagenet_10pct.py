@@ -74,7 +74,7 @@ def get_config(form: str = ''):
       num_clusters=3000,  # [O] resnet.sh: ncl=3000.
       lam=25.0,  # [O] main.py:188.
       tol=0.1,  # [O] sinkhornknopp.py:123.
-      max_iters=1000,  # Ours: [O] has no bound.
+      max_iters=10_000,  # Ours: [O] has no bound; confident heads need thousands (sinkhorn.py).
       num_label_updates=100,  # [O] resnet.sh: nopts=100.
       relabel_power=2,  # [O] main.py:135: linspace(0, 1, nopts) ** 2.
     )
