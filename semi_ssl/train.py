@@ -271,7 +271,8 @@ def make_dataset_pass(
     stacked = jax.tree.map(
       lambda b: jax.lax.with_sharding_constraint(b.reshape(-1, *b.shape[2:])[:num], rows), buffer
     )
-    return method.absorb_dataset_pass(state.method_state, stacked, state.step)
+    model = nnx.merge(graphdef, state.params, state.model_state)
+    return method.absorb_dataset_pass_with_model(model, state.method_state, stacked, state.step)
 
   def run(state):
     batch_like = jax.ShapeDtypeStruct((batch_size, *images.shape[1:]), jnp.uint8)

@@ -17,6 +17,7 @@ from helpers import saved_state, tiny_config
 from semi_ssl import checkpoint, parallel, train
 from semi_ssl.methods import base, sela
 from semi_ssl.ops.sinkhorn import self_labels
+from flax import nnx
 
 N, HEADS, CLUSTERS = 1200, 2, 12
 # Unbalanced labelled classes (digits' 10 of head 0's 12 clusters): 60 + 30 + 10 images.
@@ -29,21 +30,31 @@ def _method(mesh, semi_supervised=True, **data):
   return sela.SeLa(config, base.DataInfo(**{**info, **data}), mesh)
 
 
-def _probs():
-  logits = jax.random.normal(jax.random.key(0), (N, HEADS, CLUSTERS))
-  return jax.nn.softmax(logits, axis=-1)
+def _features_and_probs(method):
+  """A model, pass features [N, D] and its heads' softmax [N, H, K] as the pass once stored it."""
+  model = method.create_model(nnx.Rngs(0))
+  features = jax.random.normal(jax.random.key(0), (N, model.backbone.feature_dim))
+  return model, features, jax.nn.softmax(model.logits(features), axis=-1)
 
 
-def _absorb(method, probs):
+def _absorb(method, model, features):
   state = jax.jit(lambda: method.init_state(None))()
-  return jax.jit(method.absorb_dataset_pass)(state, {'probs': probs}, jnp.int32(0))
+  absorb = nnx.jit(method.absorb_dataset_pass_with_model)
+  return absorb(model, state, {'features': features}, jnp.int32(0))
+
+
+def test_pass_stores_features_not_every_heads_softmax():
+  method = _method(test_references.one_device_mesh())
+  model, _, _ = _features_and_probs(method)
+  outputs = method.dataset_pass_outputs(model, None, jnp.zeros((4, 8, 8, 1)))
+  assert jax.tree.map(jnp.shape, outputs) == {'features': (4, model.backbone.feature_dim)}
 
 
 @pytest.mark.parametrize('semi_supervised', [True, False])
 def test_relabel_solves_each_head_with_the_labelled_counts_in_head_zero(semi_supervised):
   method = _method(test_references.one_device_mesh(), semi_supervised)
-  probs = _probs()
-  state = _absorb(method, probs)
+  model, features, probs = _features_and_probs(method)
+  state = _absorb(method, model, features)
   chex.assert_shape(state['labels'], (N, HEADS))
   counts = jnp.pad(jnp.asarray(LABELLED, jnp.float32), (0, CLUSTERS - len(LABELLED)))
   kwargs = dict(lam=method.hp.lam, tol=method.hp.tol, max_iters=method.hp.max_iters)
@@ -55,7 +66,7 @@ def test_relabel_solves_each_head_with_the_labelled_counts_in_head_zero(semi_sup
   sizes = np.bincount(state['labels'][:, 0], minlength=CLUSTERS)
   total = sizes + (np.asarray(counts) if semi_supervised else 0)
   share = total.sum() / CLUSTERS
-  assert np.max(np.abs(total / share - 1)) < 0.1
+  assert np.max(np.abs(total / share - 1)) < 0.15  # hard labels: the entropic plan's argmax
   # Counted or not, the labelled images move class 0's share by a third of it.
   assert (sizes[0] < 0.75 * share) == semi_supervised
 
@@ -64,10 +75,10 @@ def test_relabel_on_8_devices_equals_one():
   """The pass's outputs arrive split over the data axis: the transport sums are global."""
   mesh = parallel.create_mesh()
   assert mesh.shape[parallel.DATA_AXIS] == 8
-  probs = _probs()
-  split = jax.device_put(probs, NamedSharding(mesh, P(parallel.DATA_AXIS)))
-  on_8 = jax.device_get(_absorb(_method(mesh), split))
-  on_1 = jax.device_get(_absorb(_method(test_references.one_device_mesh()), probs))
+  model, features, _ = _features_and_probs(_method(mesh))
+  split = jax.device_put(features, NamedSharding(mesh, P(parallel.DATA_AXIS)))
+  on_8 = jax.device_get(_absorb(_method(mesh), model, split))
+  on_1 = jax.device_get(_absorb(_method(test_references.one_device_mesh()), model, features))
   np.testing.assert_array_equal(on_8['labels'], on_1['labels'])
   np.testing.assert_array_equal(on_8['relabel_iters'], on_1['relabel_iters'])
 
@@ -125,4 +136,4 @@ def test_bad_sela_settings_stop_naming_the_key(overrides, match):
 def test_semi_supervised_relabel_needs_the_labelled_counts():
   method = _method(test_references.one_device_mesh(), labelled_counts=())
   with pytest.raises(ValueError, match='labelled_counts has 0 classes, not 10'):
-    _absorb(method, _probs())
+    _absorb(method, *_features_and_probs(method)[:2])

@@ -131,6 +131,14 @@ class Method(abc.ABC):
     del outputs, step
     return state
 
+  def absorb_dataset_pass_with_model(
+    self, model: nnx.Module, state: PyTree, outputs: PyTree, step: jax.Array
+  ) -> PyTree:
+    """`absorb_dataset_pass` given also the model the pass ran with (e.g. to apply heads to
+    stored features one at a time); the trainer calls this one. Default: `absorb_dataset_pass`."""
+    del model
+    return self.absorb_dataset_pass(state, outputs, step)
+
   @abc.abstractmethod
   def predict(self, model: nnx.Module, images: jax.Array) -> jax.Array:
     """Class logits [B, num_classes] of normalised eval images [B, H, W, C].

@@ -13,13 +13,18 @@ Labels    int32 [N, H] in the method state (checkpointed): at the start each hea
           i % K of image i, permuted at random ([O] main.py:150-155, cifar.py:198-202), so that
           the clusters are equally full; the first relabelling, before step 0 ([O] main.py:84-90
           with optimize_times' last point 0), replaces them.
-Relabel   The trainer's pass over the unlabelled set (`dataset_pass_steps`) gives each head's
-          softmax of the eval view [N, H, K] ([O] sinkhornknopp.py:25-34, 58-63: the
-          network's softmax of the pseudo-loader's images, eval mode); `absorb_dataset_pass`
-          solves each head's transport problem in turn (`lax.map`: the working set of one
-          head), its sums over all N images, which arrive split over the mesh's data axis and
-          are summed globally by GSPMD. The heads' iteration counts and final errors are logged
-          as `relabel_iters` and `relabel_error` (the maxima over the heads).
+Relabel   The trainer's pass over the unlabelled set (`dataset_pass_steps`) stores each image's
+          backbone features of the eval view [N, D]; `absorb_dataset_pass_with_model` applies
+          the heads in turn (`lax.map`) and solves each head's transport problem on its softmax
+          [N, K] ([O] sinkhornknopp.py:18-35, 52-63, GPU form :84-111: the pre-head
+          activations [N, D] stored, each head's matmul and softmax in turn). The rows arrive
+          split over the mesh's data axis and the sums over N are global (GSPMD).
+          Memory, per device: the features N * D / devices plus a few [N, K] / devices arrays
+          of one head (its logits, softmax, log P ** lam), whatever the number of heads.
+          ImageNet (N 1,281,167, ResNet-50's D 2048, 10 heads of 3000, float32), over the mesh:
+          features 10.5 GB + 15.4 GB per [N, K] array, instead of the 154 GB of every head's
+          softmax [N, H, K]. The heads' iteration counts and final errors are logged as
+          `relabel_iters` and `relabel_error` (the maxima over the heads).
 Loss      Cross-entropy of every unlabelled view (multi-crop: one backbone call per crop size,
           `views.by_size`) to its image's self-label in each head, the mean over heads ([O]
           main.py:95-99) and views.
@@ -121,19 +126,22 @@ class SeLa(base.Method):
     return self.pass_steps
 
   def dataset_pass_outputs(self, model, state, images):
-    """Each head's softmax [B, H, K] float32 of the eval view."""
+    """The backbone features [B, D] of the eval view; the heads are applied in the absorb."""
     del state
-    return {'probs': jax.nn.softmax(model(images, train=False), axis=-1)}
+    return {'features': model.backbone(images, train=False)}
 
-  def absorb_dataset_pass(self, state, outputs, step):
-    """The self-labels [N, H] of `outputs['probs']` [N, H, K], one head's problem at a time."""
+  def absorb_dataset_pass_with_model(self, model, state, outputs, step):
+    """The self-labels [N, H] of the features [N, D], one head's softmax [N, K] at a time."""
     del step
-    hp, probs = self.hp, outputs['probs']
+    hp, features = self.hp, outputs['features']
+    kernel = model.heads.kernel.value.reshape(-1, hp.num_heads, hp.num_clusters)  # [D, H, K]
+    bias = model.heads.bias.value.reshape(hp.num_heads, hp.num_clusters)
 
     def solve(head_and_counts):
       head, counts = head_and_counts
+      logits = features @ kernel[:, head] + bias[head]  # [N, K], as SeLaModel.logits' head
       return sinkhorn.self_labels(
-        jax.lax.dynamic_index_in_dim(probs, head, axis=1, keepdims=False),
+        jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
         lam=hp.lam,
         tol=hp.tol,
         max_iters=hp.max_iters,
