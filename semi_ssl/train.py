@@ -272,7 +272,7 @@ def make_dataset_pass(
       lambda b: jax.lax.with_sharding_constraint(b.reshape(-1, *b.shape[2:])[:num], rows), buffer
     )
     model = nnx.merge(graphdef, state.params, state.model_state)
-    return method.absorb_dataset_pass_with_model(model, state.method_state, stacked, state.step)
+    return method.absorb_dataset_pass(model, state.method_state, stacked, state.step)
 
   def run(state):
     batch_like = jax.ShapeDtypeStruct((batch_size, *images.shape[1:]), jnp.uint8)

@@ -40,7 +40,8 @@ class _MeanPixel(methods.REGISTRY['supervised']):
   def dataset_pass_outputs(self, model, state, images):
     return {'means': jnp.mean(images, axis=(1, 2, 3))}
 
-  def absorb_dataset_pass(self, state, outputs, step):
+  def absorb_dataset_pass(self, model, state, outputs, step):
+    del model
     return {**state, **outputs, 'passes': state['passes'] + 1, 'last_pass': step}
 
   def loss(self, model, state, batch, key, step):

@@ -39,7 +39,7 @@ def _features_and_probs(method):
 
 def _absorb(method, model, features):
   state = jax.jit(lambda: method.init_state(None))()
-  absorb = nnx.jit(method.absorb_dataset_pass_with_model)
+  absorb = nnx.jit(method.absorb_dataset_pass)
   return absorb(model, state, {'features': features}, jnp.int32(0))
 
 

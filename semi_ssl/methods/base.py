@@ -124,20 +124,16 @@ class Method(abc.ABC):
     del model, state, images
     return {}
 
-  def absorb_dataset_pass(self, state: PyTree, outputs: PyTree, step: jax.Array) -> PyTree:
-    """The new method state from `dataset_pass_outputs` over all N unlabelled images (leaves
-    [N, ...], rows in unlabelled-index order, split over the mesh's data axis) at `step`;
-    jitted by the trainer, and checkpointed with the rest of the state. Default: unchanged."""
-    del outputs, step
-    return state
-
-  def absorb_dataset_pass_with_model(
+  def absorb_dataset_pass(
     self, model: nnx.Module, state: PyTree, outputs: PyTree, step: jax.Array
   ) -> PyTree:
-    """`absorb_dataset_pass` given also the model the pass ran with (e.g. to apply heads to
-    stored features one at a time); the trainer calls this one. Default: `absorb_dataset_pass`."""
-    del model
-    return self.absorb_dataset_pass(state, outputs, step)
+    """The new method state from `dataset_pass_outputs` over all N unlabelled images (leaves
+    [N, ...], rows in unlabelled-index order, split over the mesh's data axis) at `step`, given
+    the model the pass ran with in eval mode (e.g. to apply heads to stored features one at a
+    time); jitted by the trainer, and checkpointed with the rest of the state. Default:
+    unchanged."""
+    del model, outputs, step
+    return state
 
   @abc.abstractmethod
   def predict(self, model: nnx.Module, images: jax.Array) -> jax.Array:

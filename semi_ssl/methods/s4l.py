@@ -212,8 +212,8 @@ class S4L(base.Method):
     logits = self.teacher.model(state['teacher'])(images, train=False)
     return {'pseudo_labels': jnp.argmax(logits, axis=-1).astype(jnp.int32)}
 
-  def absorb_dataset_pass(self, state, outputs, step):
-    del step
+  def absorb_dataset_pass(self, model, state, outputs, step):
+    del model, step
     return {**state, **outputs}
 
   def loss(self, model, state, batch, key, step):

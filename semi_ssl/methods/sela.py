@@ -14,7 +14,7 @@ Labels    int32 [N, H] in the method state (checkpointed): at the start each hea
           the clusters are equally full; the first relabelling, before step 0 ([O] main.py:84-90
           with optimize_times' last point 0), replaces them.
 Relabel   The trainer's pass over the unlabelled set (`dataset_pass_steps`) stores each image's
-          backbone features of the eval view [N, D]; `absorb_dataset_pass_with_model` applies
+          backbone features of the eval view [N, D]; `absorb_dataset_pass` applies
           the heads in turn (`lax.map`) and solves each head's transport problem on its softmax
           [N, K] ([O] sinkhornknopp.py:18-35, 52-63, GPU form :84-111: the pre-head
           activations [N, D] stored, each head's matmul and softmax in turn). The rows arrive
@@ -130,7 +130,7 @@ class SeLa(base.Method):
     del state
     return {'features': model.backbone(images, train=False)}
 
-  def absorb_dataset_pass_with_model(self, model, state, outputs, step):
+  def absorb_dataset_pass(self, model, state, outputs, step):
     """The self-labels [N, H] of the features [N, D], one head's softmax [N, K] at a time."""
     del step
     hp, features = self.hp, outputs['features']
