@@ -155,14 +155,14 @@ def _moam(c):
   # Line 42: --polyak_averaging, a half-life of one epoch: decay 0.5 ** (1 / steps per epoch)
   # (trainer.py line 219), 128,000 // 128 = 1,000 steps (lines 65-68), as 128,116 // 128 here.
   c.polyak_decay = 0.5 ** (1 / 1000)
-  no_averaging = config_dict.placeholder(float)  # Ours: [O] has no config for these stages.
+  no_averaging = lambda: config_dict.placeholder(float)  # Ours: [O] has no config for these.
   return config_base.s4l_moam_stages(
     c,
-    retrain=dict(s4l=dict(supervised_weight=1.0), polyak_decay=no_averaging),  # Ours.
+    retrain=dict(s4l=dict(supervised_weight=1.0), polyak_decay=no_averaging()),  # Ours.
     finetune=dict(  # Ours: 30 epochs of the labelled images, lr 0.01 cosine, no warm-up.
       s4l=dict(supervised_weight=1.0),
       num_epochs=30.0,
       optimizer=dict(learning_rate=0.01, lr_scaling='none', warmup_epochs=0.0, schedule='cosine'),
-      polyak_decay=no_averaging,
+      polyak_decay=no_averaging(),
     ),
   )
