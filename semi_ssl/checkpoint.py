@@ -309,7 +309,9 @@ def has_checkpoint(workdir: str | os.PathLike) -> bool:
 
 def load_variables(workdir: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
   """{'params': {path: array}, 'model_state': {path: array}} of `workdir`'s latest checkpoint
-  (for init_from); the model state holds e.g. BatchNorm running statistics."""
+  (for init_from and a frozen teacher); the model state holds e.g. BatchNorm running statistics.
+  The params are the Polyak average where the run kept one (`config.polyak_decay`): the weights
+  it evaluated and reported, and those S4L's model predicts with (trainer.py lines 186-193)."""
   directory = checkpoint_dir(workdir)
   manager = (
     ocp.CheckpointManager(directory, item_handlers={'record': ocp.JsonCheckpointHandler()})
@@ -339,6 +341,7 @@ def load_variables(workdir: str | os.PathLike) -> dict[str, dict[str, np.ndarray
       f'init_from: {path} is not a semi_ssl train state (no params): point '
       'config.init_from.workdir at a semi_ssl workdir.'
     )
+  restored['params'] = restored.get('polyak_params', restored['params'])
   return {name: _flatten(restored.get(name) or {}) for name in ('params', 'model_state')}
 
 

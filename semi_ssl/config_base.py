@@ -108,7 +108,13 @@ def get_base_config() -> ml_collections.ConfigDict:
       lr_scaling='none',
       warmup_steps=config_dict.FieldReference(50, field_type=int),
       warmup_epochs=config_dict.placeholder(float),  # Instead of warmup_steps.
-      end_learning_rate_factor=0.0,  # cosine decays to peak * this factor
+      # After the warm-up: 'cosine' decays to peak * end_learning_rate_factor at the run's end;
+      # 'piecewise' holds the peak, multiplied by decay_factor after each of decay_boundaries
+      # (fractions of the run's steps, increasing, after the warm-up; S4L's schedule).
+      schedule='cosine',
+      end_learning_rate_factor=0.0,
+      decay_boundaries=(),
+      decay_factor=0.1,
       momentum=0.9,
       nesterov=False,
       weight_decay=5e-4,  # not applied to biases and normalisation parameters
@@ -118,6 +124,12 @@ def get_base_config() -> ml_collections.ConfigDict:
       grad_clip_norm=0.0,
     )
   )  # 0 = off
+
+  # Polyak averaging: None or 0 off; else the train state keeps an exponential moving average
+  # of the parameters with this decay (per step, from the initial parameters; BatchNorm
+  # statistics not averaged), which every evaluation, the kNN probe, and a later stage's
+  # init_from or frozen teacher read instead of the parameters (train.PolyakTrainState).
+  c.polyak_decay = config_dict.placeholder(float)
 
   # Evaluation: test top-1/top-5 of the method's classifier and a weighted kNN probe on
   # backbone features with the labelled subset as the memory bank.
@@ -181,13 +193,19 @@ OPTIONAL_KEYS = tuple(
 )
 
 
-def changed_keys(saved: dict, current: dict, ignore=RESUME_MAY_CHANGE) -> list[str]:
+def changed_keys(
+  saved: dict, current: dict, ignore=RESUME_MAY_CHANGE, defaults: dict | None = None
+) -> list[str]:
   """Sorted dotted keys whose values differ between two JSON-normalised configs (as
   `json.loads(config.to_json_best_effort())` gives them), or that only one of them has.
 
-  A key in `ignore`, or below one, never counts.
+  A key in `ignore`, or below one, never counts; nor does a key of `defaults` (a config like
+  them, e.g. `get_base_config`'s) that only `current` has, at its value there: a key added to
+  the code since `saved` was written, whose default is the behaviour `saved` had.
   """
   saved, current = flatten(saved), flatten(current)
+  defaults = flatten(defaults or {})
+  saved = {**{key: defaults[key] for key in current.keys() & defaults.keys()}, **saved}
   ignored = lambda key: any(key == i or key.startswith(i + '.') for i in ignore)
 
   def same(key):
@@ -331,6 +349,7 @@ _NUMBER_RULES = {
   'optimizer.learning_rate': _NON_NEGATIVE,
   'optimizer.warmup_steps': _COUNT,
   'optimizer.end_learning_rate_factor': _NON_NEGATIVE,
+  'optimizer.decay_factor': _POSITIVE,
   'optimizer.momentum': _DECAY,
   'optimizer.weight_decay': _NON_NEGATIVE,
   'optimizer.b1': _DECAY,
@@ -339,6 +358,33 @@ _NUMBER_RULES = {
   'optimizer.grad_clip_norm': _NON_NEGATIVE,  # 0: off.
   'eval.knn_temperature': _POSITIVE,
 }
+
+
+def check_decay_boundaries(
+  optimizer: ml_collections.ConfigDict, length: float, warmup: float | None
+) -> None:
+  """Raises ValueError unless `optimizer.decay_boundaries` are fractions of the run in (0, 1),
+  increasing, and each after the warm-up: boundary x `length` > `warmup`, the run's length and
+  warm-up in one unit (steps or epochs; None: the warm-up cannot be compared yet)."""
+  boundaries = optimizer.decay_boundaries
+  key = 'config.optimizer.decay_boundaries'
+  require(
+    isinstance(boundaries, (tuple, list))
+    and all(isinstance(b, (int, float)) and 0 < b < 1 for b in boundaries),
+    f'{key}={boundaries!r} must be fractions of the run in (0, 1), e.g. '
+    f'"(0.7, 0.8, 0.9)" for epochs 140, 160, 180 of 200.',
+  )
+  require(
+    list(boundaries) == sorted(set(boundaries)),
+    f'{key}={tuple(boundaries)} must increase strictly, e.g. {tuple(sorted(set(boundaries)))}.',
+  )
+  if warmup is not None:
+    early = tuple(b for b in boundaries if b * length <= warmup)
+    require(
+      not early,
+      f'{key}: {early} of the run ({length:g}) is not after the warm-up ({warmup:g}): move the '
+      'boundaries later or shorten the warm-up.',
+    )
 
 
 def closest_key(key: str, candidates) -> str:
@@ -384,6 +430,22 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
       f'set it to a multiple of {num_devices}, e.g. '
       f'--config.{name}={value - value % num_devices or num_devices}.',
     )
+  check_resolvable(config)
+  opt = config.optimizer
+  require(
+    opt.schedule in ('cosine', 'piecewise'),
+    f"config.optimizer.schedule='{opt.schedule}' is unknown; use cosine or piecewise.",
+  )
+  if opt.schedule == 'piecewise':  # Length and warm-up compared when given in one unit.
+    in_steps = config.num_steps is not None
+    warmup = opt.warmup_steps if in_steps else opt.warmup_epochs
+    check_decay_boundaries(opt, config.num_steps if in_steps else config.num_epochs, warmup)
+  decay = config.polyak_decay
+  require(
+    decay is None or (isinstance(decay, (int, float)) and _DECAY[0](decay)),
+    f'config.polyak_decay={config.polyak_decay!r} must be {_DECAY[1]} (None or 0: off), '
+    'e.g. 0.999.',
+  )
   # Lengths in epochs need the data's size, known when the run loads it: checked here at a
   # stand-in of one step per epoch.
   config = resolve(config, dict.fromkeys(EPOCH_STREAMS, 1))

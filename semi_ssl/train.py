@@ -12,6 +12,9 @@ Before the steps a method names (`Method.dataset_pass_steps`), a pass over every
 image in eval mode gives its method state new per-image content (`make_dataset_pass`), which is
 checkpointed with the rest: a run resumed after a pass does not repeat it.
 
+With `config.polyak_decay` the state also keeps a Polyak average (an EMA) of the parameters,
+updated after every applied step, which every evaluation reads (`PolyakTrainState`).
+
 A step whose loss or gradients, or the parameters, model or method state it produces, are
 not finite changes nothing but the step counter; the run then stops naming that step
 (`config.nonfinite='stop'`) or goes on (`'skip'`). On SIGTERM or Ctrl-C the run saves at the
@@ -42,6 +45,7 @@ from semi_ssl import workdir_lease
 from semi_ssl.errors import Preempted, UserError
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
+from semi_ssl.ops import ema
 
 RESULTS_FILE = 'results.json'
 SPLIT_FILE = 'split.json'
@@ -61,16 +65,45 @@ class TrainState:
   first_skipped: jax.Array  # int32 scalar: the first of them (1-based like the logs), or 0
 
 
+@flax.struct.dataclass
+class PolyakTrainState(TrainState):
+  """A TrainState with the Polyak average of its parameters (`config.polyak_decay` set): after
+  each applied step, average <- decay * average + (1 - decay) * params, from the initial
+  parameters, as S4L's tf.train.ExponentialMovingAverage of the trainable variables (a Variable's
+  average starts at its value; zero_debias applies to tensors only). BatchNorm statistics are
+  not averaged: evaluation reads the live ones with the averaged weights, as S4L's
+  `eval_ema_scope` (trainer.py lines 132-165) swaps the trainable variables only. A dataset
+  pass, part of training, reads the parameters. Without averaging the state is a plain
+  TrainState, so checkpoints keep their structure."""
+
+  polyak_params: nnx.State  # shaped like `params`
+
+
+def evaluated_params(state: TrainState) -> nnx.State:
+  """The parameters every evaluation reads: the Polyak average, when the state keeps one."""
+  return state.polyak_params if isinstance(state, PolyakTrainState) else state.params
+
+
 def create_optimizer(config: ml_collections.ConfigDict, num_steps: int):
-  """Optax optimiser with linear warm-up + cosine decay; (transform, schedule)."""
+  """Optax optimiser with linear warm-up, then cosine decay or a piecewise-constant schedule
+  (`config.optimizer.schedule`); (transform, schedule)."""
   opt = config.optimizer
-  schedule = optax.warmup_cosine_decay_schedule(
-    init_value=0.0,
-    peak_value=opt.learning_rate,
-    warmup_steps=opt.warmup_steps,
-    decay_steps=max(num_steps, opt.warmup_steps + 1),
-    end_value=opt.learning_rate * opt.end_learning_rate_factor,
-  )
+  if opt.schedule == 'piecewise':
+    config_base.check_decay_boundaries(opt, num_steps, opt.warmup_steps)
+    schedule = piecewise_schedule(
+      opt.learning_rate,
+      opt.warmup_steps,
+      [round(fraction * num_steps) for fraction in opt.decay_boundaries],
+      opt.decay_factor,
+    )
+  else:
+    schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0,
+      peak_value=opt.learning_rate,
+      warmup_steps=opt.warmup_steps,
+      decay_steps=max(num_steps, opt.warmup_steps + 1),
+      end_value=opt.learning_rate * opt.end_learning_rate_factor,
+    )
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # No biases, no norms.
   if opt.name == 'sgd':
     tx = optax.chain(
@@ -92,6 +125,20 @@ def create_optimizer(config: ml_collections.ConfigDict, num_steps: int):
   if opt.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
   return tx, schedule
+
+
+def piecewise_schedule(peak: float, warmup_steps: int, boundaries: list[int], factor: float):
+  """Learning rate of step s (updates done): peak * s / warmup_steps during the warm-up, then
+  peak * factor ** (number of `boundaries` < s), as S4L's `get_lr` (trainer.py lines 34-54;
+  tf.train.piecewise_constant moves to the next value once the step exceeds a boundary)."""
+  bounds = jnp.asarray(boundaries, jnp.int32)
+
+  def schedule(step):
+    decays = jnp.sum(step > bounds)
+    warming = peak * step / max(warmup_steps, 1)
+    return jnp.where(step < warmup_steps, warming, peak * factor**decays)
+
+  return schedule
 
 
 def create_method(
@@ -117,8 +164,9 @@ def state_sharding(method: base.Method, abstract_state: TrainState) -> TrainStat
   )
 
 
-def state_initializer(method: base.Method, tx, seed: int):
-  """(graphdef, init) where `init()` builds a fresh TrainState (jit it, or eval_shape it)."""
+def state_initializer(method: base.Method, tx, seed: int, *, polyak: bool = False):
+  """(graphdef, init) where `init()` builds a fresh TrainState (jit it, or eval_shape it); with
+  `polyak`, a PolyakTrainState whose average starts at the initial parameters."""
   create = lambda: method.create_model(nnx.Rngs(seed))
   graphdef = nnx.graphdef(nnx.eval_shape(create))
 
@@ -126,7 +174,7 @@ def state_initializer(method: base.Method, tx, seed: int):
     params, model_state = nnx.split(create(), nnx.Param, ...)[1:]
     params = method.project_params(params)
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(
+    state = TrainState(
       step=zero,
       params=params,
       model_state=model_state,
@@ -136,6 +184,7 @@ def state_initializer(method: base.Method, tx, seed: int):
       skipped_steps=zero,
       first_skipped=zero,
     )
+    return PolyakTrainState(**vars(state), polyak_params=params) if polyak else state
 
   return graphdef, init
 
@@ -151,7 +200,8 @@ def initialise_from(
 ) -> TrainState:
   """`state` with the parameters and model state (BatchNorm statistics) under `paths` taken
   from `source` (`checkpoint.load_variables`), then `method.project_params`, and the method
-  state (EMA teachers, queues) built anew from the new parameters, as a fresh run builds it."""
+  state (EMA teachers, queues) and a Polyak average built anew from the new parameters, as a
+  fresh run builds them."""
   params = jax.jit(method.project_params, out_shardings=sharding.params)(
     checkpoint.copy_subtrees(state.params, source['params'], paths)
   )
@@ -159,7 +209,8 @@ def initialise_from(
     state.model_state, source['model_state'], paths, each_prefix_matches=False
   )
   method_state = jax.jit(method.init_state, out_shardings=sharding.method_state)(params)
-  return state.replace(params=params, model_state=model_state, method_state=method_state)
+  polyak = {'polyak_params': params} if isinstance(state, PolyakTrainState) else {}
+  return state.replace(params=params, model_state=model_state, method_state=method_state, **polyak)
 
 
 def train_step(
@@ -171,8 +222,10 @@ def train_step(
   tx,
   augment_cfg: augment.AugmentConfig,
   schedule,
+  polyak_decay: float | None = None,
 ) -> tuple[TrainState, dict]:
-  """One optimiser update on a global batch of uint8 images."""
+  """One optimiser update on a global batch of uint8 images; with `polyak_decay` (the state a
+  PolyakTrainState), the Polyak average's update after it."""
   key = jax.random.fold_in(state.key, state.step)
   labelled_key, unlabelled_key, loss_key = jax.random.split(key, 3)
   views = {
@@ -223,6 +276,12 @@ def train_step(
     (params, model_state, opt_state, method_state),
     (state.params, state.model_state, state.opt_state, state.method_state),
   )
+  polyak = {}
+  if polyak_decay:  # Moved by an applied step only: a skipped one leaves it as it was.
+    average = ema.ema(state.polyak_params, params, polyak_decay)
+    polyak['polyak_params'] = jax.tree.map(
+      lambda new, old: jnp.where(finite, new, old), average, state.polyak_params
+    )
   first_skipped = jnp.where(finite | (state.first_skipped > 0), state.first_skipped, state.step + 1)
   return state.replace(
     step=state.step + 1,
@@ -232,6 +291,7 @@ def train_step(
     method_state=updated[3],
     skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
     first_skipped=first_skipped,
+    **polyak,
   ), metrics
 
 
@@ -353,7 +413,12 @@ def _check_finite(
 
 
 def check_unchanged(
-  workdir: str | os.PathLike, filename: str, current: dict, ignore=(), fix: str = ''
+  workdir: str | os.PathLike,
+  filename: str,
+  current: dict,
+  ignore=(),
+  fix: str = '',
+  defaults: dict | None = None,
 ) -> None:
   """Raises UserError when `current` differs from WORKDIR/`filename`, the record written when
   the run there started, in a key not in `ignore`. For a run that continues (a checkpoint or
@@ -367,7 +432,7 @@ def check_unchanged(
     return
   saved = json.loads(path.read_text())
   current = json.loads(json.dumps(current))  # Tuples become lists, as in the saved file.
-  changed = config_base.changed_keys(saved, current, ignore)
+  changed = config_base.changed_keys(saved, current, ignore, defaults)
   if changed:
     raise UserError(
       f'{workdir} holds a run that started with other settings ({path}): '
@@ -377,9 +442,14 @@ def check_unchanged(
 
 
 def check_config_unchanged(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
-  """`check_unchanged` of the config, but for the keys a resumed run may change."""
+  """`check_unchanged` of the config, but for the keys a resumed run may change, and for keys
+  added to `get_base_config` since the run started that are at their defaults."""
   check_unchanged(
-    workdir, CONFIG_FILE, json.loads(config.to_json_best_effort()), config_base.RESUME_MAY_CHANGE
+    workdir,
+    CONFIG_FILE,
+    json.loads(config.to_json_best_effort()),
+    config_base.RESUME_MAY_CHANGE,
+    defaults=json.loads(config_base.get_base_config().to_json_best_effort()),
   )
 
 
@@ -430,7 +500,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   method = create_method(config, splits, mesh)
   tx, schedule = create_optimizer(config, config.num_steps)
   replicated = parallel.replicated(mesh)
-  graphdef, init = state_initializer(method, tx, config.seed)
+  graphdef, init = state_initializer(method, tx, config.seed, polyak=bool(config.polyak_decay))
   abstract = jax.eval_shape(init)
   sharding = state_sharding(method, abstract)
   abstract = jax.tree.map(
@@ -465,6 +535,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       tx=tx,
       augment_cfg=augment_cfg,
       schedule=schedule,
+      polyak_decay=config.polyak_decay,
     ),
     out_shardings=(sharding, replicated),
     donate_argnums=0,
@@ -494,9 +565,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   )
 
   def run_eval(state):
-    """The model's figures, then as `<name>_<figure>` those of `method.eval_params`."""
-    figures = evaluator((state.params, state.model_state, state.method_state))
-    for name, params in method.eval_params(state.params, state.method_state).items():
+    """The model's figures (its Polyak average's, when kept), then as `<name>_<figure>` those
+    of `method.eval_params`."""
+    evaluated = evaluated_params(state)
+    figures = evaluator((evaluated, state.model_state, state.method_state))
+    for name, params in method.eval_params(evaluated, state.method_state).items():
       further = evaluator((params, state.model_state, state.method_state))
       figures.update({f'{name}_{key.removeprefix("test_")}': v for key, v in further.items()})
     return figures

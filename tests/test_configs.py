@@ -353,7 +353,7 @@ def _step(stage: ml_collections.ConfigDict, data: base.DataInfo, mesh: Mesh, mea
   images) of `stage` on `mesh`, as `train.train_and_evaluate` builds them."""
   method = methods.REGISTRY[stage.method](stage, data, mesh)
   tx, schedule = train.create_optimizer(stage, stage.num_steps)
-  graphdef, init = train.state_initializer(method, tx, stage.seed)
+  graphdef, init = train.state_initializer(method, tx, stage.seed, polyak=bool(stage.polyak_decay))
   sharding = train.state_sharding(method, jax.eval_shape(init))
   augment_cfg = augment.augment_config_from(stage, mean, std, data.image_shape)
   step = jax.jit(
@@ -364,6 +364,7 @@ def _step(stage: ml_collections.ConfigDict, data: base.DataInfo, mesh: Mesh, mea
       tx=tx,
       augment_cfg=augment_cfg,
       schedule=schedule,
+      polyak_decay=stage.polyak_decay,
     ),
     out_shardings=(sharding, parallel.replicated(mesh)),
     donate_argnums=0,
@@ -399,6 +400,8 @@ def test_config_trains_on_mock_data(path, tmp_path):
     overrides += TINY_IMAGENET
   if 'finetune' in config:
     overrides.append('--config.finetune.num_steps=2')
+  if config.optimizer.schedule == 'piecewise':  # Its decays must come after a warm-up: none.
+    overrides.append('--config.optimizer.warmup_steps=0')
   if config.dataset != 'digits':
     tfds_mock.prepare_for(tmp_path, config.dataset, num_examples)
     overrides.append('--config.val_size=0')  # Mock records: see tfds_mock.mock_data.

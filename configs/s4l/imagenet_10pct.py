@@ -9,15 +9,14 @@ config/s4l_rotation.sh, config/s4l_exemplar.sh, config/vat_entmin.sh, config/moa
   - ResNet-50 v1 here; [O] ResNet-50 v2 (pre-activation, models/resnet.py lines 341-370) with
     filters_factor 4, i.e. 16 x 4 = 64 root filters (line 385): width 1, as here. MOAM's
     filters_factor 16 (moam_step_1.sh line 27), 4x width, is config.model.width=4 here.
-  - [O] lr schedule: piecewise constant, linear warm-up then x0.1 at epochs 140, 160, 180 of
-    200 (--schedule, trainer.py lines 78-93); this trainer has warm-up then cosine only.
   - [O] labelled subset: its own 128,000-image list (label_map_count_128000_index_0,
     --num_supervised_examples 128000); here the SimCLR 10% subset (label_fraction 0.1).
-  - Epochs here count the unlabelled images; [O]'s count the whole train split.
   - [O] crops: inception_crop, area (0.05, 1), ratio (0.75, 1.33) (inception_preprocessing.py
     lines 116-117), bilinear; here family 'simclr', TF's crop ops with area (0.05, 1).
-  - Polyak averaging: [O] uses it for MOAM only (moam_step_1.sh line 42), not these variants;
-    this trainer has none.
+  - Polyak averaging (MOAM's joint stage, as [O]: moam_step_1.sh line 42, not the variants):
+    [O] sets its decay from the steps per epoch (a half-life of one epoch, trainer.py line
+    219); here config.polyak_decay is that number at [O]'s batch, so it does not follow a
+    changed batch size.
   - MOAM's retrain and finetune stages: [O] publishes no config for them (only
     moam_step_1.sh); their values here are ours (the joint stage's recipe for retrain; a short
     fine-tune at a low learning rate).
@@ -28,14 +27,21 @@ from ml_collections import config_dict
 from semi_ssl import config_base
 
 # [O] per variant: global batch (labelled = unlabelled: --unsup_batch_mult 1), base lr (not
-# scaled: --lr_scale_batch_size 0), warm-up epochs (the first --schedule entry).
+# scaled: --lr_scale_batch_size 0), --schedule 'WARMUP,DECAY1,DECAY2,DECAY3,END' in epochs: the
+# warm-up, and the epochs after which the lr is multiplied by 0.1 (trainer.py lines 34-54, 82-92;
+# --lr_decay_factor, main.py line 132), here as fractions of the run's 200 epochs.
 _RECIPES = {
-  'rotation': dict(batch=256, lr=0.03, warmup=5.0),  # s4l_rotation.sh lines 22, 31-33.
-  'exemplar': dict(batch=512, lr=0.1, warmup=10.0),  # s4l_exemplar.sh lines 23, 32-34.
-  'vat_entmin': dict(batch=256, lr=0.03, warmup=5.0),  # vat_entmin.sh lines 22, 29-33.
-  # moam_step_1.sh lines 22, 29-30, 33: lr 0.2 per 256 images (--lr_scale_batch_size 256).
-  'moam': dict(batch=128, lr=0.2, warmup=10.0, lr_scaling='linear'),
+  # s4l_rotation.sh lines 22, 31-33: '5,140,160,180,200'.
+  'rotation': dict(batch=256, lr=0.03, warmup=5.0, decays=(140, 160, 180)),
+  # s4l_exemplar.sh lines 23, 32-34: '10,140,160,180,200'.
+  'exemplar': dict(batch=512, lr=0.1, warmup=10.0, decays=(140, 160, 180)),
+  # vat_entmin.sh lines 22, 29-33: '5,140,160,180,200'.
+  'vat_entmin': dict(batch=256, lr=0.03, warmup=5.0, decays=(140, 160, 180)),
+  # moam_step_1.sh lines 22, 29-30, 33: lr 0.2 per 256 images (--lr_scale_batch_size 256),
+  # '10,100,150,190,200'.
+  'moam': dict(batch=128, lr=0.2, warmup=10.0, decays=(100, 150, 190), lr_scaling='linear'),
 }
+_EPOCHS = 200.0  # [O] --schedule's last entry.
 
 
 def get_config(variant: str = 'rotation'):
@@ -48,8 +54,10 @@ def get_config(variant: str = 'rotation'):
   c.batch_size = recipe['batch']
   c.labelled_batch_size = recipe['batch']
   c.num_steps = None
-  c.num_epochs = 200.0  # [O] --schedule's last entry.
-  c.epoch_stream = 'unlabelled'
+  c.num_epochs = _EPOCHS
+  # [O]'s epoch: its 128,000 labelled images at --batch_size (trainer.py lines 65-68,
+  # --num_supervised_examples); here the 128,116 of the SimCLR subset, the same steps.
+  c.epoch_stream = 'labelled'
   c.log_every = 100
   c.eval_every = 10_000  # Ours.
   c.checkpoint_every = 1000  # Ours.
@@ -80,6 +88,9 @@ def get_config(variant: str = 'rotation'):
   c.optimizer.lr_scaling = recipe.get('lr_scaling', 'none')
   c.optimizer.warmup_steps = None
   c.optimizer.warmup_epochs = recipe['warmup']
+  c.optimizer.schedule = 'piecewise'
+  c.optimizer.decay_boundaries = tuple(epoch / _EPOCHS for epoch in recipe['decays'])
+  c.optimizer.decay_factor = 0.1
   c.optimizer.momentum = 0.9
   c.optimizer.weight_decay = 1e-3
 
@@ -141,13 +152,17 @@ def _moam(c):
   # rotation_vat.py lines 91-100: VAT on the (rotated) unlabelled images only; line 38's
   # --apply_vat_to_labeled is read by vat.py, not by rotation_vat.py.
   c.s4l.vat_labelled = False
+  # Line 42: --polyak_averaging, a half-life of one epoch: decay 0.5 ** (1 / steps per epoch)
+  # (trainer.py line 219), 128,000 // 128 = 1,000 steps (lines 65-68), as 128,116 // 128 here.
+  c.polyak_decay = 0.5 ** (1 / 1000)
+  no_averaging = lambda: config_dict.placeholder(float)  # Ours: [O] has no config for these.
   return config_base.s4l_moam_stages(
     c,
-    retrain=dict(s4l=dict(supervised_weight=1.0)),  # Ours.
-    finetune=dict(  # Ours: 30 epochs of the labelled images, lr 0.01, no warm-up.
+    retrain=dict(s4l=dict(supervised_weight=1.0), polyak_decay=no_averaging()),  # Ours.
+    finetune=dict(  # Ours: 30 epochs of the labelled images, lr 0.01 cosine, no warm-up.
       s4l=dict(supervised_weight=1.0),
-      epoch_stream='labelled',
       num_epochs=30.0,
-      optimizer=dict(learning_rate=0.01, lr_scaling='none', warmup_epochs=0.0),
+      optimizer=dict(learning_rate=0.01, lr_scaling='none', warmup_epochs=0.0, schedule='cosine'),
+      polyak_decay=no_averaging(),
     ),
   )
