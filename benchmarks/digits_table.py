@@ -60,6 +60,14 @@ PROVENANCE_FILE = 'digits_table.json'  # In each workdir: the commit and machine
 # where they were measured, set 5.
 OLDER_FORMAT_LABELS_PER_CLASS = 5
 HASH_IGNORES = ('seed', 'labels_per_class', *config_base.RESUME_MAY_CHANGE)
+# Keys added to the base config after runs were recorded, whose defaults train as before the
+# keys existed: left out of the hash at those values, so a recorded config keeps its hash.
+HASH_IGNORES_AT_DEFAULT = (
+  'optimizer.schedule',
+  'optimizer.decay_boundaries',
+  'optimizer.decay_factor',
+  'polyak_decay',
+)
 MAX_SEARCH_SETTINGS = 6
 
 _METHODS = flags.DEFINE_list(
@@ -120,17 +128,28 @@ def parse_config(config_flags_: list[str]):
   return flag_values.config
 
 
+@functools.cache
+def _base_defaults() -> dict:
+  base = config_base.flatten(json.loads(config_base.get_base_config().to_json_best_effort()))
+  return {key: base[key] for key in HASH_IGNORES_AT_DEFAULT}
+
+
 def _strip(tree, prefix: str = ''):
-  """`tree` (a JSON config) without the keys of HASH_IGNORES, nor those below one; a list's
-  dicts (stages) and the dicts with a `method` (a stage's section) are configs of their own."""
+  """`tree` (a JSON config) without the keys of HASH_IGNORES, nor those below one, nor those of
+  HASH_IGNORES_AT_DEFAULT at their defaults; a list's dicts (stages) and the dicts with a
+  `method` (a stage's section) are configs of their own."""
   if isinstance(tree, list):
     return [_strip(item) for item in tree]
   if not isinstance(tree, dict):
     return tree
   if 'method' in tree:
     prefix = ''
-  ignored = lambda key: any(key == i or key.startswith(i + '.') for i in HASH_IGNORES)
-  return {k: _strip(v, f'{prefix}{k}.') for k, v in tree.items() if not ignored(f'{prefix}{k}')}
+
+  def ignored(key, value):
+    at_default = key in _base_defaults() and value == _base_defaults()[key]
+    return at_default or any(key == i or key.startswith(i + '.') for i in HASH_IGNORES)
+
+  return {k: _strip(v, f'{prefix}{k}.') for k, v in tree.items() if not ignored(f'{prefix}{k}', v)}
 
 
 def config_hash(config) -> str:

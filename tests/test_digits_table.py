@@ -25,6 +25,14 @@ def test_config_hash_names_what_is_learned_only():
   assert digits_table.config_hash(in_order) == digits_table.config_hash(reordered)
 
 
+def test_keys_added_later_leave_the_hash_alone_at_their_defaults():
+  # The hash of supervised's config as recorded before optimizer.schedule, polyak_decay ...
+  # existed (benchmarks/results/digits.jsonl, commit ff52e11).
+  assert Run('supervised', 5, 0).config_hash == 'ef875203d4ee'
+  assert Run('supervised', 5, 0, ('optimizer.schedule=cosine',)).config_hash == 'ef875203d4ee'
+  assert Run('supervised', 5, 0, ('polyak_decay=0.99',)).config_hash != 'ef875203d4ee'
+
+
 def test_a_config_argument_is_passed_on_and_names_another_config():
   official = Run('suave', 5, 0, config_arg='official')
   assert official.main_flags[0] == 'configs/suave/digits.py:official'.join(('--config=', ''))
