@@ -4,9 +4,11 @@
     python -m benchmarks.bench_sela --n 100000 1281167 --k 1000          # CPU, ImageNet's N
     python -m benchmarks.bench_sela --n 1281167 --k 3000 --devices 1     # a GPU
 
-Time: one solve after compilation (each head solves in turn, so `--heads` multiplies it).
-Peak memory: the device's `peak_bytes_in_use` where reported (GPU), else the process's
-maxrss (CPU, P's generation included). `--devices` > 1 on CPU splits N over virtual devices.
+Memory: what XLA's buffer assignment gives the compiled solve (arguments + temporaries +
+outputs, summed over the devices), known before anything runs. Time: one solve after
+compilation (each head solves in turn, so `--heads` multiplies it), run only where that
+memory and P's generation fit in the machine's available memory (else the row says so).
+`--devices` > 1 on CPU splits N over virtual devices.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -24,30 +25,39 @@ def solve_once(args: argparse.Namespace) -> dict:
   if args.devices > 1:
     os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.devices}'
   import jax
+  import jax.numpy as jnp
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
   from semi_ssl.ops.sinkhorn import self_labels
 
   mesh = Mesh(jax.devices()[: args.devices], ('data',))
   rows = NamedSharding(mesh, P('data'))
+  shape = jax.ShapeDtypeStruct((args.n[0], args.k), jnp.float32, sharding=rows)
+  solve = jax.jit(lambda p: self_labels(p, lam=args.lam, tol=args.tol, max_iters=args.max_iters))
+  compiled = solve.lower(shape).compile()
+  memory = compiled.memory_analysis()
+  needed = memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
+  row = dict(needed_gib=needed * args.devices / 2**30, platform=jax.devices()[0].platform)
+  # P's generation (normal draws, softmax) holds about two more copies of P at once.
+  if needed * args.devices + 2 * args.n[0] * args.k * 4 > _available_bytes():
+    return row
   probs = jax.jit(
     lambda key: jax.nn.softmax(args.logit_scale * jax.random.normal(key, (args.n[0], args.k)), -1),
     out_shardings=rows,
   )(jax.random.key(0))
-  solve = jax.jit(lambda p: self_labels(p, lam=args.lam, tol=args.tol, max_iters=args.max_iters))
-  compiled = solve.lower(probs).compile()
   start = time.perf_counter()
   out = jax.block_until_ready(compiled(probs))
   seconds = time.perf_counter() - start
-  stats = jax.devices()[0].memory_stats() or {}
-  peak = stats.get('peak_bytes_in_use') or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-  return dict(
-    seconds=seconds,
-    iters=int(out.num_iters),
-    error=float(out.error),
-    peak_gib=peak / 2**30,
-    platform=jax.devices()[0].platform,
-  )
+  return dict(row, seconds=seconds, iters=int(out.num_iters), error=float(out.error))
+
+
+def _available_bytes() -> int:
+  """The machine's available memory (Linux's MemAvailable), or its total memory elsewhere."""
+  try:
+    with open('/proc/meminfo') as f:
+      return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable'))
+  except (OSError, StopIteration):
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
 
 
 def main() -> None:
@@ -68,16 +78,19 @@ def main() -> None:
   print(
     f'K {args.k}, lambda {args.lam}, tol {args.tol}, heads {args.heads}, devices {args.devices}'
   )
-  print(f'{"N":>9} {"iters":>6} {"error":>8} {"s/head":>8} {"s all":>8} {"peak GiB":>9}')
+  print(f'{"N":>9} {"GiB":>7} {"iters":>6} {"error":>8} {"s/head":>8} {"s all":>8}')
   for n in args.n:
     command = [sys.executable, '-m', 'benchmarks.bench_sela', '--one', '--n', str(n)]
     for key in ('k', 'heads', 'lam', 'tol', 'max_iters', 'logit_scale', 'devices'):
       command += [f'--{key}', str(getattr(args, key))]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     row = json.loads(done.stdout.strip().splitlines()[-1])
+    if 'seconds' not in row:
+      print(f'{n:>9} {row["needed_gib"]:>7.2f}  not run: more than the available memory')
+      continue
     print(
-      f'{n:>9} {row["iters"]:>6} {row["error"]:>8.3g} {row["seconds"]:>8.2f} '
-      f'{row["seconds"] * args.heads:>8.2f} {row["peak_gib"]:>9.2f}  ({row["platform"]})'
+      f'{n:>9} {row["needed_gib"]:>7.2f} {row["iters"]:>6} {row["error"]:>8.3g} '
+      f'{row["seconds"]:>8.2f} {row["seconds"] * args.heads:>8.2f}  ({row["platform"]})'
     )
 
 
