@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import tiny_config
 from semi_ssl import parallel
-from semi_ssl.data import pipeline
+from semi_ssl.data import datasets, pipeline
 
 
 def test_each_pass_visits_every_image_once():
@@ -44,3 +45,33 @@ def test_process_slices_are_disjoint_and_cover_the_batch(num_processes):
     ):
       rows.append(np.arange(16)[parallel.process_slice(16)])
   np.testing.assert_array_equal(np.concatenate(rows), np.arange(16))
+
+
+def test_batches_are_sent_ahead_in_order():
+  """prefetch_to_device makes `size` batches past the one it hands out, in order."""
+  made = []
+
+  def batches():
+    for i in range(5):
+      made.append(i)
+      yield i
+
+  prefetched = pipeline.prefetch_to_device(batches(), 2)
+  assert next(prefetched) == 0 and made == [0, 1, 2]
+  assert list(prefetched) == [1, 2, 3, 4]
+
+
+def test_prefetched_global_batches_are_those_of_their_steps():
+  """A resumed run's batches (from step 2) are on the devices, split over the data axis, and
+  equal to `host_batch` of their steps."""
+  config = tiny_config()
+  splits = datasets.load(config)
+  mesh = parallel.create_mesh()
+  kw = dict(seed=3, labelled_batch_size=16, batch_size=8)
+  batches = list(pipeline.iterate(splits, mesh, start_step=2, num_steps=6, **kw))
+  assert len(batches) == 4
+  for step, batch in zip(range(2, 6), batches):
+    expected = pipeline.host_batch(splits, step, **kw)
+    for got, want in zip(jax.tree.leaves(batch), jax.tree.leaves(expected)):
+      assert isinstance(got, jax.Array) and got.sharding == parallel.batch_sharding(mesh)
+      np.testing.assert_array_equal(np.asarray(got), want)

@@ -16,7 +16,9 @@ from semi_ssl.data import augment, datasets, pipeline
 def jitted_step(config, devices=None):
   """(step, state, batches): the trainer's jitted step of `config`, its fresh state and an
   iterator over its global batches, on `devices` (all by default)."""
-  mesh = Mesh(np.asarray(devices or jax.devices()).reshape(-1, 1), (parallel.DATA_AXIS, parallel.MODEL_AXIS))
+  mesh = Mesh(
+    np.asarray(devices or jax.devices()).reshape(-1, 1), (parallel.DATA_AXIS, parallel.MODEL_AXIS)
+  )
   splits = datasets.load(config)
   method = train.create_method(config, splits, mesh)
   tx, schedule = train.create_optimizer(config, config.num_steps)

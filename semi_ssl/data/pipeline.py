@@ -8,6 +8,7 @@ own rows of each global batch, so the global batch is the same whatever the proc
 
 from __future__ import annotations
 
+import collections
 import functools
 import queue
 import threading
@@ -88,8 +89,10 @@ def iterate(
   labelled_batch_size: int,
   batch_size: int | None,
   prefetch: int = 2,
+  device_prefetch: int = 2,
 ) -> Iterator[dict]:
-  """Global batches for steps start_step..num_steps-1, gathered ahead in a background thread."""
+  """Global batches for steps start_step..num_steps-1: `prefetch` host batches gathered ahead
+  in a background thread, and `device_prefetch` of them sent to the devices ahead."""
   buffer: queue.Queue = queue.Queue(maxsize=prefetch)
 
   def produce():
@@ -103,9 +106,24 @@ def iterate(
     except Exception as error:  # Re-raised in the consumer, which would otherwise wait forever.
       buffer.put(error)
 
+  def consume():
+    for _ in range(start_step, num_steps):
+      item = buffer.get()
+      if isinstance(item, Exception):
+        raise item
+      yield parallel.global_batch(item, mesh)
+
   threading.Thread(target=produce, daemon=True).start()
-  for _ in range(start_step, num_steps):
-    item = buffer.get()
-    if isinstance(item, Exception):
-      raise item
-    yield parallel.global_batch(item, mesh)
+  return prefetch_to_device(consume(), device_prefetch)
+
+
+def prefetch_to_device(batches: Iterator, size: int) -> Iterator:
+  """`batches` in order, `size` batches past the one handed out already made: their transfers
+  to the devices (asynchronous) overlap the steps before them, as flax's
+  `jax_utils.prefetch_to_device` does (flax/jax_utils.py line 132)."""
+  ahead: collections.deque = collections.deque()
+  for batch in batches:
+    ahead.append(batch)
+    if len(ahead) > size:
+      yield ahead.popleft()
+  yield from ahead
