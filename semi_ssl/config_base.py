@@ -66,8 +66,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # more splits its large arrays over that many devices (FSDP), for models too big for one.
   c.mesh = ml_collections.ConfigDict(dict(model=1))
 
+  # dtype: what convolutions and heads compute in (parameters and optimiser state stay
+  # float32); remat: recompute each residual block's activations in the backward pass.
   c.model = ml_collections.ConfigDict(
-    dict(backbone='resnet_tiny', width=1.0, stem='tiny', dtype='float32')
+    dict(backbone='resnet_tiny', width=1.0, stem='tiny', dtype='float32', remat=False)
   )
 
   c.augment = ml_collections.ConfigDict(

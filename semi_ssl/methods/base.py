@@ -177,4 +177,5 @@ def create_backbone(
     num_channels=data.image_shape[-1],
     rngs=rngs,
     dtype=jax.numpy.dtype(config.model.dtype),
+    remat=config.model.get('remat', False),  # A frozen teacher's model has none: no backward.
   )

@@ -4,7 +4,9 @@ Every module takes an explicit ``train`` keyword and passes
 ``use_running_average=not train`` to its BatchNorms, so a model can be
 ``nnx.split`` into (graphdef, params, batch_stats) and merged back inside a pure
 jitted function. Convolutions compute in ``dtype`` (e.g. bfloat16) with float32
-parameters; BatchNorm normalises in float32 and the pooled features are float32.
+parameters; BatchNorm normalises in float32 and the pooled features are float32. With
+``remat`` each residual block's activations are recomputed in the backward pass instead of
+kept (``nnx.remat``, i.e. ``jax.checkpoint``): less memory for one more forward pass.
 
 Backbones (``create_backbone``):
   resnet18:    BasicBlock, stages [2, 2, 2, 2], widths 64/128/256/512 * width.
@@ -180,6 +182,7 @@ class ResNet(nnx.Module):
     dtype: DTypeLike = jnp.float32,
     base_width: int = 64,
     zero_init_residual: bool = True,
+    remat: bool = False,
   ):
     if stem not in STEMS:
       raise ValueError(f'Unknown stem {stem!r}; use one of {sorted(STEMS)}.')
@@ -216,6 +219,7 @@ class ResNet(nnx.Module):
     self.blocks = nnx.List(blocks)
     self.num_channels = num_channels
     self.feature_dim = in_features
+    self.remat = remat
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """[B, H, W, num_channels] float -> [B, feature_dim] float32 features."""
@@ -227,8 +231,11 @@ class ResNet(nnx.Module):
     x = jax.nn.relu(self.stem(x, train=train))
     if self.stem_spec.max_pool:
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    apply = lambda block, x: block(x, train=train)
+    if self.remat:
+      apply = nnx.remat(apply)
     for block in self.blocks:
-      x = block(x, train=train)
+      x = apply(block, x)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
@@ -248,6 +255,7 @@ def create_backbone(
   rngs: nnx.Rngs,
   dtype: DTypeLike = jnp.float32,
   zero_init_residual: bool = True,
+  remat: bool = False,
 ) -> ResNet:
   """Builds one of ``BACKBONES`` (see module docstring)."""
   if name not in BACKBONES:
@@ -260,4 +268,5 @@ def create_backbone(
     rngs=rngs,
     dtype=dtype,
     zero_init_residual=zero_init_residual,
+    remat=remat,
   )
