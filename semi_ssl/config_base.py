@@ -133,6 +133,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # init_from or frozen teacher read instead of the parameters (train.PolyakTrainState).
   c.polyak_decay = config_dict.placeholder(float)
 
+  # (START, STOP): a jax.profiler trace of steps START..STOP (counted from 1, as the logs count
+  # them) in WORKDIR/plugins/profile, where TensorBoard's profiler reads it (profiling.py);
+  # () traces nothing.
+  c.profile_steps = ()
+
   # Evaluation: test top-1/top-5 of the method's classifier and a weighted kNN probe on
   # backbone features with the labelled subset as the memory bank.
   c.eval = ml_collections.ConfigDict(
@@ -173,6 +178,7 @@ RESUME_MAY_CHANGE = (
   'simclrv2.teacher.workdir',  # The same for a frozen teacher (methods/frozen_teacher.py).
   's4l.teacher.workdir',
   'finished_workdir',  # Where a finished stage is read; runs made before it have no such key.
+  'profile_steps',  # What is traced, not what is trained.
 )
 
 
@@ -442,6 +448,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
     in_steps = config.num_steps is not None
     warmup = opt.warmup_steps if in_steps else opt.warmup_epochs
     check_decay_boundaries(opt, config.num_steps if in_steps else config.num_epochs, warmup)
+  steps = tuple(config.profile_steps)
+  require(
+    steps == ()
+    or (len(steps) == 2 and all(isinstance(s, int) for s in steps) and 0 < steps[0] <= steps[1]),
+    f'config.profile_steps={steps!r} must be () or (START, STOP) with 1 <= START <= STOP, '
+    'e.g. --config.profile_steps="(10, 15)".',
+  )
   decay = config.polyak_decay
   require(
     decay is None or (isinstance(decay, (int, float)) and _DECAY[0](decay)),

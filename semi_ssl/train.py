@@ -41,7 +41,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from semi_ssl import checkpoint, config_base, evaluate, methods, metric_writer, notices, parallel
-from semi_ssl import workdir_lease
+from semi_ssl import profiling, workdir_lease
 from semi_ssl.errors import Preempted, UserError
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
@@ -604,6 +604,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     batch_size=config.batch_size if method.uses_unlabelled else None,
   )
   preemption = notices.watch(ckpt.directory)
+  profiler = profiling.StepProfiler(tuple(config.profile_steps), workdir)
   try:
     if preemption.stops_before_training():  # It came while the run was starting.
       raise Preempted(
@@ -621,7 +622,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
           len(splits.unlabelled_images),
           time.time() - pass_start,
         )
+      profiler.before(step)
       state, metrics = step_fn(state, batch)
+      profiler.after(step, state)
       preempted = preemption.reached(step)
       checkpoint_due = step % config.checkpoint_every == 0 or step == config.num_steps
       if step % config.log_every == 0 or checkpoint_due or preempted:
@@ -653,6 +656,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     writer.scalars(config.num_steps, final)
     ckpt.wait()
   finally:
+    profiler.close()
     preemption.close()
     writer.close()
     ckpt.close()

@@ -11,7 +11,7 @@ import pytest
 from jax.sharding import Mesh
 
 from helpers import tiny_config
-from semi_ssl import parallel, train
+from semi_ssl import config_base, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 
 
@@ -96,3 +96,18 @@ def test_bfloat16_compute_keeps_float32_state_and_a_close_loss():
   assert {x.dtype for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)} == {np.dtype('float32')}
   assert not np.array_equal(losses_16, losses_32)  # The convolutions did compute in bfloat16.
   np.testing.assert_allclose(losses_16, losses_32, rtol=1e-2)
+
+
+def test_profile_steps_write_a_trace_tensorboard_reads(tmp_path):
+  """A 5-step run with profile_steps (3, 4) writes WORKDIR/plugins/profile/<time>/*.xplane.pb,
+  the layout of TensorBoard's profile plugin."""
+  config = tiny_config(num_steps=5, eval_every=100, checkpoint_every=5, profile_steps=(3, 4))
+  train.train_and_evaluate(config, tmp_path)
+  traces = list((tmp_path / 'plugins' / 'profile').glob('*/*.xplane.pb'))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize('steps', [(3,), (4, 3), (0, 2), (1.5, 2)])
+def test_bad_profile_steps_are_refused(steps):
+  with pytest.raises(ValueError, match=r'config.profile_steps=.* must be \(\) or \(START, STOP\)'):
+    config_base.validate(tiny_config(profile_steps=steps), num_devices=8, workdir=None)
