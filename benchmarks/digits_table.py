@@ -67,6 +67,7 @@ HASH_IGNORES_AT_DEFAULT = (
   'optimizer.decay_boundaries',
   'optimizer.decay_factor',
   'polyak_decay',
+  'model.remat',
 )
 MAX_SEARCH_SETTINGS = 6
 
