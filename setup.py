@@ -10,7 +10,9 @@ setup(
   packages=find_packages(include=['semi_ssl', 'semi_ssl.*']),
   python_requires='>=3.10',
   install_requires=[
-    'jax>=0.10,<0.11',
+    # 0.11 and later need Python 3.12 (a Python 3.11 install gets 0.10.2); the newest set,
+    # jax 0.12.0.1 with flax 0.12.12, orbax-checkpoint 0.12.8, tensorflow-cpu 2.21, resolves.
+    'jax>=0.10,<0.13',
     'flax>=0.12,<0.13',
     'optax>=0.2.8,<0.3',
     'orbax-checkpoint>=0.12,<0.13',

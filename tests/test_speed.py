@@ -1,7 +1,11 @@
 """Speed features: no host transfer inside the train step, batches prefetched to the devices,
 rematerialisation, bfloat16 compute with float32 state, profiling on request."""
 
+import ast
 import functools
+import glob
+import importlib.util
+import sys
 
 import chex
 import jax
@@ -10,7 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from helpers import tiny_config
+from helpers import REPO, tiny_config
 from semi_ssl import config_base, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 
@@ -111,3 +115,53 @@ def test_profile_steps_write_a_trace_tensorboard_reads(tmp_path):
 def test_bad_profile_steps_are_refused(steps):
   with pytest.raises(ValueError, match=r'config.profile_steps=.* must be \(\) or \(START, STOP\)'):
     config_base.validate(tiny_config(profile_steps=steps), num_devices=8, workdir=None)
+
+
+def test_digits_load_where_tensorflow_and_tfds_are_not_installed(monkeypatch):
+  """The data module, loaded anew with TensorFlow and TFDS not importable (the lent GPU
+  machine), reads digits; a TFDS data set is refused in one line naming the package."""
+  for name in ('tensorflow', 'tensorflow_datasets', 'tensorflow_datasets.core'):
+    monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError.
+  spec = importlib.util.spec_from_file_location('datasets_without_tfds', datasets.__file__)
+  module = importlib.util.module_from_spec(spec)
+  monkeypatch.setitem(sys.modules, spec.name, module)  # Its dataclasses look it up there.
+  spec.loader.exec_module(module)
+  splits = module.load(tiny_config())
+  assert len(splits.labelled_labels) == 50 and module.tfds is None
+  with pytest.raises(ValueError, match="config.dataset='cifar10' is read with TensorFlow Datasets"):
+    module.load(tiny_config(dataset='cifar10'))
+
+
+def module_scope_imports(path: str) -> set[str]:
+  """Top-level module names imported at module scope of `path`, but in a try block that
+  catches ImportError (an optional import)."""
+  names = set()
+
+  def visit(nodes):
+    for node in nodes:
+      if isinstance(node, ast.Import):
+        names.update(alias.name.split('.')[0] for alias in node.names)
+      elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        names.add(node.module.split('.')[0])
+      elif isinstance(node, ast.Try):
+        optional = any(
+          isinstance(h.type, ast.Name) and h.type.id == 'ImportError' for h in node.handlers
+        )
+        if not optional:
+          visit(node.body)
+      elif isinstance(node, ast.If):
+        visit(node.body + node.orelse)
+
+  visit(ast.parse(open(path).read()).body)
+  return names
+
+
+def test_no_module_of_the_package_or_benchmarks_needs_tensorflow_to_import():
+  """TensorFlow, TFDS and clu are not on the GPU machine: no module imports them at module
+  scope, but as an optional import."""
+  paths = glob.glob(f'{REPO}/semi_ssl/**/*.py', recursive=True)
+  paths += glob.glob(f'{REPO}/benchmarks/*.py')
+  assert len(paths) > 40
+  for path in paths:
+    heavy = module_scope_imports(path) & {'tensorflow', 'tensorflow_datasets', 'clu'}
+    assert not heavy, f'{path} imports {heavy}'

@@ -45,11 +45,16 @@ import numpy as np
 from PIL import Image
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
-import tensorflow_datasets as tfds
-from tensorflow_datasets.core import constants as tfds_constants
-from tensorflow_datasets.core import file_adapters
 
 from semi_ssl.config_base import closest_key
+from semi_ssl.errors import require
+
+try:  # Only the TFDS data sets need it: digits and .npz files load where it is not installed.
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.core import constants as tfds_constants
+  from tensorflow_datasets.core import file_adapters
+except ImportError:
+  tfds = None
 
 
 class ArrayLike(Protocol):
@@ -95,11 +100,12 @@ _IMAGENET_SUBSETS = {0.01: 'imagenet2012_subset/1pct', 0.1: 'imagenet2012_subset
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 # TFDS features to read from ImageNet records: the encoded image only, or the label only.
-_ENCODED_IMAGE = tfds.decode.PartialDecoding(
-  {'image': True}, decoders={'image': tfds.decode.SkipDecoding()}
-)
-_LABEL = tfds.decode.PartialDecoding({'label': True})
-_LABEL_AND_FILE_NAME = tfds.decode.PartialDecoding({'label': True, 'file_name': True})
+if tfds is not None:
+  _ENCODED_IMAGE = tfds.decode.PartialDecoding(
+    {'image': True}, decoders={'image': tfds.decode.SkipDecoding()}
+  )
+  _LABEL = tfds.decode.PartialDecoding({'label': True})
+  _LABEL_AND_FILE_NAME = tfds.decode.PartialDecoding({'label': True, 'file_name': True})
 # The validation split is the same for every `config.seed`: its choice has its own seed.
 _VALIDATION_SEED = 0
 
@@ -236,6 +242,12 @@ def decode_center_square(encoded: bytes, size: int) -> np.ndarray:
 
 
 def _data_dir(config: ml_collections.ConfigDict) -> str:
+  """Where TFDS data sets are read; every TFDS data set's loader asks for it first."""
+  require(
+    tfds is not None,
+    f"config.dataset='{config.dataset}' is read with TensorFlow Datasets, which is not "
+    'installed: pip install tensorflow-datasets (digits and .npz data need none).',
+  )
   return config.data_dir or tfds_constants.get_default_data_dir()
 
 
