@@ -1,4 +1,4 @@
-"""Linear-time tracing on jax 0.10 (later releases without the patched method are left as they are).
+"""Linear-time tracing on jax 0.10 (later releases lacking the patched method are untouched).
 
 flax's BatchNorm probes `tracer.sharding` at each update of its running statistics; on jax
 0.10 the message of the error behind that probe (`DynamicJaxprTracer._origin_msg`) walks the
