@@ -16,6 +16,7 @@ LAUNCH = os.path.join(REPO, 'launch')
 TPU = os.path.join(LAUNCH, 'tpu_pod.sh')
 SLURM = os.path.join(LAUNCH, 'gpu_slurm.sbatch')
 LOCAL = os.path.join(LAUNCH, 'local.sh')
+GPU_CHECK = os.path.join(REPO, 'benchmarks', 'gpu_check.sh')
 SCRIPTS = [TPU, SLURM, LOCAL]
 
 
@@ -583,5 +584,7 @@ def _shellcheck():
 
 
 def test_shellcheck():
-  result = subprocess.run([_shellcheck(), *SCRIPTS], capture_output=True, text=True, timeout=60)
+  result = subprocess.run(
+    [_shellcheck(), *SCRIPTS, GPU_CHECK], capture_output=True, text=True, timeout=60
+  )
   assert result.returncode == 0, result.stdout + result.stderr
