@@ -762,16 +762,16 @@ def simclrv2_stages(
     'pretrain',
     (
       'finetune',
-      dict(
+      _merged(
+        finetune,
         simclrv2=dict(stage='finetune', memory_size=0),
         init_from=_init_from('pretrain', ('backbone', 'projector')),
-        **finetune,
       ),
     ),
     (
       'distill',
-      dict(
-        simclrv2=dict(stage='distill', memory_size=0, teacher=dict(stage='finetune')), **distill
+      _merged(
+        distill, simclrv2=dict(stage='distill', memory_size=0, teacher=dict(stage='finetune'))
       ),
     ),
   )
