@@ -685,8 +685,9 @@ def derived_stage(
 ) -> ml_collections.ConfigDict:
   """A stage named `name` that is `parent` but for `changes`, for `config.stages`.
 
-  Every other key of `parent` (but `stages`, `name` and `skip`) is read by reference, so
-  command-line overrides of `parent` reach the stage. A change is a value, or for a section a
+  Every other key of `parent` (but `stages`, `name` and `skip`) follows `parent`'s value, so
+  command-line overrides of `parent` reach the stage, while an override of the stage's key
+  (`--config.<name>.KEY=`) changes that stage alone. A change is a value, or for a section a
   dict of the keys it changes (its other keys follow `parent`'s section). A stage that gives a
   length or warm-up in steps or epochs owns both keys of the pair (`num_steps` and
   `num_epochs`, ...): the other one stays unset whatever `parent` sets.
@@ -694,6 +695,15 @@ def derived_stage(
   stage = _follow(parent, changes, skip=('stages', 'name', *skip))
   stage.name = name
   return stage
+
+
+def _oneway_ref(section: ml_collections.ConfigDict, key: str):
+  """`section.get_oneway_ref(key)`, or None for a plain None (no reference can be made to it:
+  the stage gets its own None; a placeholder, typed, is followed like any value)."""
+  try:
+    return section.get_oneway_ref(key)
+  except ValueError:
+    return None
 
 
 def _follow(
@@ -712,14 +722,14 @@ def _follow(
     value = section[key]
     if key in skip:
       continue
-    if key in own and isinstance(own[key], dict) and isinstance(value, ml_collections.ConfigDict):
-      followed[key] = _follow(value, own[key])
+    if isinstance(value, ml_collections.ConfigDict) and isinstance(own.get(key, {}), dict):
+      followed[key] = _follow(value, own.get(key, {}))
     elif key in own:
       followed[key] = own[key]
     else:
-      followed[key] = (
-        value if isinstance(value, ml_collections.ConfigDict) else section.get_ref(key)
-      )
+      # It follows `section`'s value until the stage's own key is set, which then changes this
+      # stage alone (a plain reference would change `section` and every stage with it).
+      followed[key] = _oneway_ref(section, key)
   return followed
 
 

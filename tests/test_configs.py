@@ -314,6 +314,18 @@ def test_overrides_reach_the_stages(path):
   assert finetune.suave.label_smoothing == default_finetune.suave.label_smoothing
 
 
+@pytest.mark.parametrize('key', ['simclrv2.temperature', 'optimizer.momentum'])
+def test_an_override_of_a_stage_key_changes_that_stage_alone(key):
+  # Keys that the distill stage follows from the top level rather than sets itself.
+  value_of = lambda config: functools.reduce(getattr, key.split('.'), config)
+  config = load('configs/simclrv2/digits.py', f'--config.distill.{key}=0.7')
+  pretrain, finetune, distill = stages(config)
+  assert value_of(distill) == 0.7
+  assert value_of(pretrain) == value_of(finetune) == value_of(config) != 0.7
+  top = load('configs/simclrv2/digits.py', f'--config.{key}=0.7')
+  assert [value_of(stage) for stage in stages(top)] == [0.7] * 3  # A top-level one reaches all.
+
+
 def _param_shapes(stage: ml_collections.ConfigDict) -> dict[tuple[str, ...], tuple[int, ...]]:
   """{parameter path: shape} of the stage's model on ImageNet, built abstractly (no compile)."""
   data = base.DataInfo(num_classes=1000, image_shape=(stage.decode_size, stage.decode_size, 3))
