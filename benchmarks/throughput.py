@@ -291,8 +291,9 @@ def compile_step(setup: Setup, batch: dict):
   return compiled, state, (float(flops) if flops and flops > 0 else None)
 
 
-def time_steps(compiled, state, batch, *, steps: int, repeats: int, warmup: int) -> float:
-  """Median seconds per step over `repeats` timings of `steps` steps, after `warmup` steps."""
+def time_steps(compiled, state, batch, *, steps: int, repeats: int, warmup: int):
+  """(median seconds per step over `repeats` timings of `steps` steps, after `warmup` steps;
+  the last state: the step donates the one it is given)."""
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(state)
@@ -303,7 +304,7 @@ def time_steps(compiled, state, batch, *, steps: int, repeats: int, warmup: int)
       state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
     times.append((time.perf_counter() - start) / steps)
-  return statistics.median(times)
+  return statistics.median(times), state
 
 
 def peak_tflops(override: float | None) -> float | None:
@@ -334,9 +335,9 @@ def method_rows(name: str, setup: Setup, args, peak: float | None) -> list[dict]
   reference = build(setup.config, setup.splits, ReferenceMethod(setup.method, passes))
   timing = dict(steps=args.steps, repeats=args.repeats, warmup=args.warmup)
   compiled, state, flops = compile_step(setup, batch)
-  seconds = time_steps(compiled, state, batch, **timing)
+  seconds, state = time_steps(compiled, state, batch, **timing)
   ref_compiled, ref_state, _ = compile_step(reference, batch)
-  ref_seconds = time_steps(ref_compiled, ref_state, batch, **timing)
+  ref_seconds, _ = time_steps(ref_compiled, ref_state, batch, **timing)
   images = images_per_step(setup)
   row = dict(
     method=name,
