@@ -88,6 +88,9 @@ SYNTHETIC = {
 }
 
 
+SYNTHETIC_PASS_BATCHES = 16  # A dataset pass over synthetic data times this many eval batches.
+
+
 @dataclasses.dataclass(frozen=True)
 class Pass:
   """One backbone call of a train step: its kind ('train', 'forward', 'input_grad'), its
@@ -362,12 +365,15 @@ def method_rows(name: str, setup: Setup, args, peak: float | None) -> list[dict]
 
 
 def dataset_pass_row(name: str, setup: Setup, state, step_seconds: float, args) -> dict:
-  """The seconds of one `train.make_dataset_pass` call (over `--pass_images` images at most,
-  scaled linearly to the whole set), and the share of a run its calls take."""
+  """The seconds of one `train.make_dataset_pass` call, timed over `--pass_images` images at
+  most (synthetic data: SYNTHETIC_PASS_BATCHES eval batches by default) and scaled linearly to
+  the whole set, and the share of a run its calls take."""
   config, splits, method = setup.config, setup.splits, setup.method
   total = len(splits.unlabelled_images)
-  count = min(total, args.pass_images) if args.pass_images else total
-  if isinstance(splits.unlabelled_images, range):
+  synthetic = isinstance(splits.unlabelled_images, range)
+  count = min(total, args.pass_images or (SYNTHETIC_PASS_BATCHES * config.eval.batch_size))
+  count = count if synthetic or args.pass_images else total
+  if synthetic:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (count, *splits.image_shape), dtype=np.uint8)
   else:
@@ -522,7 +528,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--repeats', type=int, default=5, help='Timings; the median is kept.')
   parser.add_argument('--warmup', type=int, default=2, help='Steps before timing.')
   parser.add_argument('--peak_tflops', type=float, help="The chip's peak, for MFU.")
-  parser.add_argument('--pass_images', type=int, default=0, help='Dataset pass cap (0: all).')
+  parser.add_argument(
+    '--pass_images',
+    type=int,
+    default=0,
+    help='Images a dataset pass times (0: all; synthetic: 16 eval batches).',
+  )
   parser.add_argument('--no_micro', dest='micro', action='store_false', help='No op rows.')
   parser.add_argument('--sela_n', type=int, default=20_000, help="self_labels' N (1281167).")
   parser.add_argument('--json', help='Write the table there as JSON.')
