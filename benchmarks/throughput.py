@@ -25,9 +25,11 @@ cross-entropy), 'forward' (a teacher's or target's: parameters outside the gradi
 'input_grad' (forward and backward to the input only: VAT's power iterations). The method's own
 math (heads, losses, Sinkhorn, kNN, queues, EMA updates) is what the reference lacks.
 
-Timing: `--warmup` steps, then `--repeats` timings of `--steps` steps each, each ended by
-`block_until_ready`; the median per step. FLOPs per step: XLA's cost analysis of the compiled
-step; MFU against `--peak_tflops` or the device's entry in PEAK_TFLOPS (dense bfloat16).
+Timing: `--warmup` steps, then `--repeats` rounds that time `--steps` steps of the method's
+step and then of the reference's, each ended by `block_until_ready`; the median per step (the
+two interleaved, so that a varying load weighs on both alike). FLOPs per step: XLA's cost
+analysis of the compiled step; MFU against `--peak_tflops` or the device's entry in
+PEAK_TFLOPS (dense bfloat16).
 `--configs` names the config file of each method (configs/<method>/<name>.py: digits,
 imagenet_1pct, imagenet_10pct; a method without one is left out); data other than digits is
 synthetic, shaped as the config's data set (`SYNTHETIC`).
@@ -294,20 +296,22 @@ def compile_step(setup: Setup, batch: dict):
   return compiled, state, (float(flops) if flops and flops > 0 else None)
 
 
-def time_steps(compiled, state, batch, *, steps: int, repeats: int, warmup: int):
-  """(median seconds per step over `repeats` timings of `steps` steps, after `warmup` steps;
-  the last state: the step donates the one it is given)."""
-  for _ in range(warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(steps):
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    times.append((time.perf_counter() - start) / steps)
-  return statistics.median(times), state
+def time_steps(steps_and_states: list, batch, *, steps: int, repeats: int, warmup: int):
+  """([median seconds per step of each (compiled step, state)], [their last states]: a step
+  donates the state it is given): `warmup` steps, then `repeats` rounds in which each is timed
+  over `steps` steps in turn, so that a load that comes and goes weighs on all alike."""
+  compiled = [c for c, _ in steps_and_states]
+  states = [s for _, s in steps_and_states]
+  times = [[] for _ in compiled]
+  for repeat in range(-1, repeats):
+    for i, step in enumerate(compiled):
+      start = time.perf_counter()
+      for _ in range(max(warmup, 1) if repeat < 0 else steps):
+        states[i], metrics = step(states[i], batch)
+      jax.block_until_ready((states[i], metrics))
+      if repeat >= 0:
+        times[i].append((time.perf_counter() - start) / steps)
+  return [statistics.median(t) for t in times], states
 
 
 def peak_tflops(override: float | None) -> float | None:
@@ -338,9 +342,10 @@ def method_rows(name: str, setup: Setup, args, peak: float | None) -> list[dict]
   reference = build(setup.config, setup.splits, ReferenceMethod(setup.method, passes))
   timing = dict(steps=args.steps, repeats=args.repeats, warmup=args.warmup)
   compiled, state, flops = compile_step(setup, batch)
-  seconds, state = time_steps(compiled, state, batch, **timing)
-  ref_compiled, ref_state, _ = compile_step(reference, batch)
-  ref_seconds, _ = time_steps(ref_compiled, ref_state, batch, **timing)
+  ref_compiled, ref_state, ref_flops = compile_step(reference, batch)
+  (seconds, ref_seconds), (state, _) = time_steps(
+    [(compiled, state), (ref_compiled, ref_state)], batch, **timing
+  )
   images = images_per_step(setup)
   row = dict(
     method=name,
@@ -353,6 +358,8 @@ def method_rows(name: str, setup: Setup, args, peak: float | None) -> list[dict]
     step_ms=1e3 * seconds,
     reference_step_ms=1e3 * ref_seconds,
     flops_per_step=flops,
+    reference_flops_per_step=ref_flops,
+    flops_overhead_pct=100 * (flops / ref_flops - 1) if flops and ref_flops else None,
     mfu_pct=100 * flops / seconds / (peak * 1e12) if flops and peak else None,
     dtype=setup.config.model.dtype,
     crop=setup.config.augment.global_size,
@@ -494,7 +501,7 @@ def run(args) -> dict:
 def format_table(result: dict) -> str:
   lines = [
     f'{result["device"]}, configs {result["configs"]}, peak {result["peak_tflops"]} TFLOP/s',
-    f'{"row":<22}{"img/s":>9}{"ref img/s":>10}{"overhead":>9}{"GFLOP":>9}{"MFU":>6}  '
+    f'{"row":<22}{"img/s":>9}{"ref img/s":>10}{"overhead":>9}{"GFLOP":>9}{"FLOP+":>7}{"MFU":>6}  '
     'backbone images per step / notes',
   ]
   number = lambda x, spec: format(x, spec) if x is not None else '-'
@@ -504,16 +511,17 @@ def format_table(result: dict) -> str:
       gflops = r['flops_per_step'] and r['flops_per_step'] / 1e9
       lines.append(
         f'{r["method"]:<22}{r["images_per_s"]:>9.0f}{r["reference_images_per_s"]:>10.0f}'
-        f'{r["overhead_pct"]:>8.1f}%{number(gflops, ".1f"):>9}{number(r["mfu_pct"], ".1f"):>6}'
+        f'{r["overhead_pct"]:>8.1f}%{number(gflops, ".1f"):>9}'
+        f'{number(r["flops_overhead_pct"], ".1f"):>6}%{number(r["mfu_pct"], ".1f"):>6}'
         f'  {passes}'
       )
     elif 'seconds_per_call' in r:
       lines.append(
-        f'{r["method"]:<22}{r["images_per_s"]:>9.0f}{"":>33}  {r["seconds_per_call"]:.2f} s '
+        f'{r["method"]:<22}{r["images_per_s"]:>9.0f}{"":>40}  {r["seconds_per_call"]:.2f} s '
         f'per call, {r["calls_per_run"]} per run: {r["run_share_pct"]:.1f}% of a run'
       )
     else:
-      lines.append(f'{r["method"]:<22}{number(r["ms"], ".1f"):>9} ms{"":>31}  {r["size"]}')
+      lines.append(f'{r["method"]:<22}{number(r["ms"], ".1f"):>9} ms{"":>38}  {r["size"]}')
   lines.append(f'worst overhead: {number(result["worst_overhead_pct"], ".1f")}% (target <= 10%)')
   return '\n'.join(lines)
 

@@ -70,7 +70,7 @@ def test_main_writes_the_table_as_json(tmp_path):
   result = throughput.main([*argv, '--no_micro', '--json', str(path)])
   assert json.loads(path.read_text()) == json.loads(json.dumps(result))
   (row,) = result['methods']
-  for key in ('images_per_s', 'reference_images_per_s', 'overhead_pct', 'flops_per_step'):
+  for key in ('images_per_s', 'reference_images_per_s', 'overhead_pct', 'flops_overhead_pct'):
     assert math.isfinite(row[key]), key
   config = throughput.load_config('supervised', 'digits', batch=None, dtype=None)
   views = config.augment.num_global_crops + config.augment.num_local_crops
