@@ -41,7 +41,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from semi_ssl import checkpoint, config_base, evaluate, methods, metric_writer, notices, parallel
-from semi_ssl import profiling, workdir_lease
+from semi_ssl import profiling, provenance, workdir_lease
 from semi_ssl.errors import Preempted, UserError
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
@@ -51,6 +51,7 @@ RESULTS_FILE = 'results.json'
 SPLIT_FILE = 'split.json'
 CONFIG_FILE = 'config.json'
 RESOLVED_FILE = 'resolved.json'  # The config's epochs in steps, its learning rate at its batch.
+SUMMARY_FILE = 'summary.json'  # Devices, mesh, batches, parameters, provenance (`provenance`).
 
 
 @flax.struct.dataclass
@@ -503,6 +504,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   graphdef, init = state_initializer(method, tx, config.seed, polyak=bool(config.polyak_decay))
   abstract = jax.eval_shape(init)
   sharding = state_sharding(method, abstract)
+  record = provenance.provenance()
+  if is_writer:
+    summary = provenance.run_summary(
+      mesh,
+      batch_sizes=dict(
+        labelled=config.labelled_batch_size,
+        unlabelled=config.batch_size if method.uses_unlabelled else None,
+      ),
+      params=abstract.params,
+      resolved=resolved,
+      record=record,
+    )
+    _write_json(workdir / SUMMARY_FILE, summary)
+    logging.info('Run summary (%s):\n%s', workdir / SUMMARY_FILE, json.dumps(summary, indent=2))
   abstract = jax.tree.map(
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, sharding
   )
@@ -671,6 +686,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     'resolved': resolved,
     'skipped_steps': int(state.skipped_steps),
     'wall_seconds': round(previous_seconds + time.time() - start_time, 1),
+    'provenance': record,
   }
   if is_writer:
     _write_json(workdir / RESULTS_FILE, results)

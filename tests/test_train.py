@@ -62,6 +62,15 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
   assert (resolved['examples_per_epoch'], resolved['steps_per_epoch']) == (50, 3)
   assert (resolved['num_steps'], resolved['learning_rate']) == (4, 0.1)
   final = saved_state(workdir, 4)['params']
+  # The start-up summary and the provenance in results.json.
+  with open(os.path.join(workdir, train.SUMMARY_FILE)) as f:
+    summary = json.load(f)
+  assert summary['parameters']['total'] == sum(x.size for x in jax.tree.leaves(final))
+  assert summary['batch'] == {'labelled': {'global': 16, 'per_device': 2}}
+  assert summary['resolved'] == resolved and summary['mesh'] == {'data': 8, 'model': 1}
+  assert first['provenance'] == summary['provenance']
+  assert first['provenance']['device_count'] == 8
+  assert first['provenance']['versions']['jax'] == jax.__version__
   # Lose the last checkpoint and the results, as if killed between steps 2 and 4.
   ckpt = checkpoint.Checkpointer(workdir, keep=5)
   ckpt.manager.delete(4)
