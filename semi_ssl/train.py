@@ -51,6 +51,7 @@ RESULTS_FILE = 'results.json'
 SPLIT_FILE = 'split.json'
 CONFIG_FILE = 'config.json'
 RESOLVED_FILE = 'resolved.json'  # The config's epochs in steps, its learning rate at its batch.
+EVAL_HISTORY_FILE = 'eval_history.jsonl'  # Every evaluation, one line per step.
 SUMMARY_FILE = 'summary.json'  # Devices, mesh, batches, parameters, provenance (`provenance`).
 
 
@@ -387,6 +388,20 @@ def _write_json(path: epath.Path, data: dict) -> None:
   tmp.replace(path)
 
 
+def append_evaluation(path: epath.Path, step: int, figures: dict) -> None:
+  """Adds {'step': step, **figures} to the JSON lines of `path`, one line per step in ascending
+  order: an evaluation of a step already there (a resumed run evaluating again a step it had
+  evaluated before it stopped) replaces its line. Rewritten atomically, as a bucket cannot
+  append."""
+  records = {}
+  if path.exists():
+    records = {r['step']: r for r in map(json.loads, path.read_text().splitlines())}
+  records[step] = {'step': step, **figures}
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(''.join(json.dumps(records[s]) + '\n' for s in sorted(records)))
+  tmp.replace(path)
+
+
 def _check_finite(
   state: TrainState, nonfinite: str, ckpt: checkpoint.Checkpointer, reported: int
 ) -> int:
@@ -605,6 +620,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     ckpt.save(int(state.step), state, {'wall_seconds': previous_seconds + time.time() - start_time})
 
   writer = metric_writer.MetricWriter(workdir, enabled=is_writer)
+
+  def record_evaluation(step, figures):
+    writer.scalars(step, figures)
+    if is_writer:
+      append_evaluation(workdir / EVAL_HISTORY_FILE, step, figures)
+
   progress = metric_writer.Progress(config.num_steps, start_step)
   images_per_step = config.labelled_batch_size + (
     config.batch_size if method.uses_unlabelled else 0
@@ -653,7 +674,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         logging.info('%s | loss %.4f', progress.line(step), float(metrics['loss']))
       if step % config.eval_every == 0 and step != config.num_steps and not preempted:
         eval_metrics = run_eval(state)
-        writer.scalars(step, eval_metrics)
+        record_evaluation(step, eval_metrics)
         logging.info(
           'step %d eval | %s', step, ' | '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items())
         )
@@ -668,7 +689,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     # The reported figures are the final model's, never the best periodic evaluation.
     final = run_eval(state)
-    writer.scalars(config.num_steps, final)
+    record_evaluation(config.num_steps, final)
     ckpt.wait()
   finally:
     profiler.close()

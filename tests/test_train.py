@@ -10,6 +10,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -86,9 +87,24 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     json.dump(resolved, f)
   again = train.train_and_evaluate(config, workdir)
   assert again['steps'] == 4
+  # Every evaluation once, the resumed run's final one (step 4) in place of the first run's.
+  with open(os.path.join(workdir, train.EVAL_HISTORY_FILE)) as f:
+    history = [json.loads(line) for line in f]
+  assert [record['step'] for record in history] == [2, 4]
+  assert history[1]['test_top1'] == again['test_top1'] and history[0].keys() == history[1].keys()
   # Same data, same keys: the resumed run ends where the first one did.
   chex.assert_trees_all_equal(saved_state(workdir, 4)['params'], final)
   assert again['test_top1'] == first['test_top1']
+
+
+def test_append_evaluation_keeps_one_line_per_step_in_order(tmp_path):
+  path = epath.Path(tmp_path) / train.EVAL_HISTORY_FILE
+  for step, top1 in [(4, 0.5), (2, 0.25), (4, 0.75)]:
+    train.append_evaluation(path, step, {'test_top1': top1})
+  assert path.read_text().splitlines() == [
+    json.dumps({'step': 2, 'test_top1': 0.25}),
+    json.dumps({'step': 4, 'test_top1': 0.75}),
+  ]
 
 
 def test_copy_subtrees_replaces_only_the_named_paths():
