@@ -222,9 +222,10 @@ def append_record(path: str, row: dict) -> None:
 
 
 def _figures(results: dict) -> dict:
-  """The `*_top1` figures, steps and wall seconds of one results.json (or stage)."""
+  """The `*_top1` figures (not test_per_class_top1's list), steps and wall seconds of one
+  results.json (or stage)."""
   return {
-    **{k: v for k, v in results.items() if k.endswith('_top1')},
+    **{k: v for k, v in results.items() if k.endswith('_top1') and isinstance(v, float)},
     'steps': results['steps'],
     'wall_seconds': results['wall_seconds'],
   }

@@ -46,6 +46,23 @@ def weighted_knn_predict(
   return jnp.argmax(votes, axis=-1)
 
 
+def confusion_counts(
+  labels: jax.Array, predictions: jax.Array, valid: jax.Array, num_classes: int
+) -> jax.Array:
+  """int32 [C, C]: how many `valid` rows of true class i (row) were predicted j (column), of
+  labels and predictions int [B]; a sum over the batch, so split over devices it is summed
+  over them."""
+  true = jax.nn.one_hot(labels, num_classes) * valid[:, None]
+  return jnp.einsum('bi,bj->ij', true, jax.nn.one_hot(predictions, num_classes)).astype(jnp.int32)
+
+
+def per_class_accuracy(confusion: np.ndarray) -> list[float | None]:
+  """Top-1 of each class: the diagonal of a confusion matrix [C, C] (rows true classes) over
+  its row sums; None for a class with no example."""
+  totals = confusion.sum(axis=1)
+  return [float(confusion[c, c] / n) if n else None for c, n in enumerate(totals)]
+
+
 def _padded_batches(num: int, batch_size: int):
   """(indices, valid) per batch: index arrays of length batch_size covering range(num)."""
   for start in range(0, num, batch_size):
@@ -135,7 +152,9 @@ def make_evaluator(
 ) -> Callable[[Any], dict[str, float]]:
   """`evaluate(variables)` -> test_top1, test_top5 (when there are more than 5 classes),
   knn_top1 and <name>_top1 for every further prediction, in [0, 1]; and when the validation
-  split has images, the same on it: val_top1, val_top5, val_knn_top1, val_<name>_top1.
+  split has images, the same on it: val_top1, val_top5, val_knn_top1, val_<name>_top1. And
+  test_confusion_matrix, int [C, C] (`confusion_counts`) of the classifier's top-1 on the test
+  split (of the kNN probe's, for a method without a classifier), counted on the devices.
 
   `apply_fn(variables, images) -> (logits [B, C], features [B, D], {name: int32 [B]})` on
   preprocessed images, logits None for a method without a classifier (no test_top1,
@@ -167,15 +186,17 @@ def make_evaluator(
       temperature=knn_temperature,
       num_classes=num_classes,
     )
-    classifier = {}
+    classifier, predictions = {}, knn
     if logits is not None:
       top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
       classifier = {
         'test_top1': jnp.sum(valid & (top5[:, 0] == labels)),
         'test_top5': jnp.sum(valid & jnp.any(top5 == labels[:, None], axis=-1)),
       }
+      predictions = top5[:, 0]
     return {
       **classifier,
+      'confusion_matrix': confusion_counts(labels, predictions, valid, num_classes),
       'knn_top1': jnp.sum(valid & (knn == labels)),
       **{
         f'{name}_top1': jnp.sum(valid & (predictions == labels))
@@ -219,19 +240,21 @@ def make_evaluator(
       jax.device_put(jnp.concatenate(x)[:bank_size], sharded) for x in zip(*bank)
     )
 
-    def rates(images, labels) -> dict[str, float]:
+    def rates(images, labels) -> tuple[dict[str, float], np.ndarray]:
       totals = run(
         images, labels, lambda b: counts(variables, b, bank_features, bank_labels, bank_valid)
       )
+      confusion = np.asarray(sum(t.pop('confusion_matrix') for t in totals))  # Summed on device.
       return {
         key: float(sum(int(t[key]) for t in totals)) / len(labels)
         for key in totals[0]
         if key != 'test_top5' or num_classes > 5
-      }
+      }, confusion
 
-    results = rates(splits.test_images, splits.test_labels)
+    results, confusion = rates(splits.test_images, splits.test_labels)
+    results['test_confusion_matrix'] = confusion
     if len(splits.val_labels):  # The same compiled functions, on the validation split.
-      val = rates(splits.val_images, splits.val_labels)
+      val, _ = rates(splits.val_images, splits.val_labels)
       results.update({f'val_{key.removeprefix("test_")}': value for key, value in val.items()})
     return results
 

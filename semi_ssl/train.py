@@ -52,6 +52,8 @@ SPLIT_FILE = 'split.json'
 CONFIG_FILE = 'config.json'
 RESOLVED_FILE = 'resolved.json'  # The config's epochs in steps, its learning rate at its batch.
 EVAL_HISTORY_FILE = 'eval_history.jsonl'  # Every evaluation, one line per step.
+CONFUSION_FILE = 'confusion_matrix.npy'  # The test confusion matrix of many classes.
+MAX_INLINE_CLASSES = 100  # Up to this many classes, the matrix is in results.json.
 SUMMARY_FILE = 'summary.json'  # Devices, mesh, batches, parameters, provenance (`provenance`).
 
 
@@ -402,6 +404,22 @@ def append_evaluation(path: epath.Path, step: int, figures: dict) -> None:
   tmp.replace(path)
 
 
+def per_class_results(confusion: np.ndarray, workdir: epath.Path, is_writer: bool) -> dict:
+  """test_per_class_top1 ([C] floats, None for a class without test images) and the confusion
+  matrix (rows true classes, columns predicted): as [C, C] lists up to MAX_INLINE_CLASSES
+  classes, else saved as WORKDIR/CONFUSION_FILE (by the writing process), named here."""
+  matrix = confusion.tolist()
+  if len(confusion) > MAX_INLINE_CLASSES:
+    if is_writer:
+      with (workdir / CONFUSION_FILE).open('wb') as f:
+        np.save(f, confusion)
+    matrix = CONFUSION_FILE
+  return {
+    'test_per_class_top1': evaluate.per_class_accuracy(confusion),
+    'test_confusion_matrix': matrix,
+  }
+
+
 def _check_finite(
   state: TrainState, nonfinite: str, ckpt: checkpoint.Checkpointer, reported: int
 ) -> int:
@@ -595,14 +613,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   )
 
   def run_eval(state):
-    """The model's figures (its Polyak average's, when kept), then as `<name>_<figure>` those
-    of `method.eval_params`."""
+    """(figures, confusion matrix [C, C]): the model's figures (its Polyak average's, when
+    kept), then as `<name>_<figure>` those of `method.eval_params`; the model's test confusion
+    matrix."""
     evaluated = evaluated_params(state)
     figures = evaluator((evaluated, state.model_state, state.method_state))
+    confusion = figures.pop('test_confusion_matrix')
     for name, params in method.eval_params(evaluated, state.method_state).items():
       further = evaluator((params, state.model_state, state.method_state))
+      del further['test_confusion_matrix']
       figures.update({f'{name}_{key.removeprefix("test_")}': v for key, v in further.items()})
-    return figures
+    return figures, confusion
 
   pass_steps = set(method.dataset_pass_steps())
   dataset_pass = make_dataset_pass(
@@ -673,7 +694,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         )
         logging.info('%s | loss %.4f', progress.line(step), float(metrics['loss']))
       if step % config.eval_every == 0 and step != config.num_steps and not preempted:
-        eval_metrics = run_eval(state)
+        eval_metrics, _ = run_eval(state)
         record_evaluation(step, eval_metrics)
         logging.info(
           'step %d eval | %s', step, ' | '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items())
@@ -688,7 +709,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         )
 
     # The reported figures are the final model's, never the best periodic evaluation.
-    final = run_eval(state)
+    final, confusion = run_eval(state)
     record_evaluation(config.num_steps, final)
     ckpt.wait()
   finally:
@@ -704,6 +725,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     'seed': config.seed,
     'steps': int(state.step),
     **final,
+    **per_class_results(confusion, workdir, is_writer),
     'resolved': resolved,
     'skipped_steps': int(state.skipped_steps),
     'wall_seconds': round(previous_seconds + time.time() - start_time, 1),

@@ -5,6 +5,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from helpers import tiny_config
@@ -138,7 +139,21 @@ def _evaluate_digits(batch_size: int) -> dict:
     knn_temperature=0.07,
     variables_like=jax.ShapeDtypeStruct(weights.shape, weights.dtype, sharding=weights.sharding),
   )
-  return evaluator(weights)
+  results = evaluator(weights)
+  return {**results, 'test_confusion_matrix': results['test_confusion_matrix'].tolist()}
+
+
+def test_the_confusion_matrix_counts_the_classifiers_test_predictions():
+  """Summed over the batches of the test split (the last padded) on the devices."""
+  results = _evaluate_digits(40)
+  splits = datasets.load(tiny_config())
+  weights = jax.random.normal(jax.random.PRNGKey(0), (64, 64))
+  logits = _random_features(weights, jnp.asarray(splits.test_images, jnp.float32) / 255)[0]
+  want = np.zeros((10, 10), np.int64)
+  np.add.at(want, (splits.test_labels, np.argmax(logits, axis=-1)), 1)
+  assert results['test_confusion_matrix'] == want.tolist()
+  assert np.sum(want) == len(splits.test_labels) == 360
+  assert results['test_top1'] == np.trace(want) / 360
 
 
 def test_an_eval_batch_beyond_the_data_is_lowered_to_it_with_the_same_results():

@@ -195,3 +195,9 @@ def test_readme_table_is_written_between_its_markers_only():
   for broken in (text.replace(end, ''), f'{end}\n{begin}\n', text + begin):
     with pytest.raises(SystemExit, match='needs one line'):
       digits_table.with_table(broken, '| new |')
+
+
+def test_a_record_row_keeps_the_top1_figures_but_the_per_class_list():
+  results = {'test_top1': 0.9, 'test_per_class_top1': [1.0, 0.8], 'steps': 2, 'wall_seconds': 1}
+  row = digits_table.record_row(Run('supervised', 5, 0), results, {'commit': 'c', 'machine': 'm'})
+  assert row['test_top1'] == 0.9 and 'test_per_class_top1' not in row

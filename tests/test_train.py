@@ -72,6 +72,11 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
   assert first['provenance'] == summary['provenance']
   assert first['provenance']['device_count'] == 8
   assert first['provenance']['versions']['jax'] == jax.__version__
+  # Per-class accuracy and the confusion matrix of the 360 test images, in results.json.
+  confusion = np.array(first['test_confusion_matrix'])
+  assert confusion.shape == (10, 10) and confusion.sum() == 360
+  assert first['test_top1'] == pytest.approx(np.trace(confusion) / 360)
+  np.testing.assert_allclose(first['test_per_class_top1'], np.diag(confusion) / confusion.sum(1))
   # Lose the last checkpoint and the results, as if killed between steps 2 and 4.
   ckpt = checkpoint.Checkpointer(workdir, keep=5)
   ckpt.manager.delete(4)
@@ -105,6 +110,17 @@ def test_append_evaluation_keeps_one_line_per_step_in_order(tmp_path):
     json.dumps({'step': 2, 'test_top1': 0.25}),
     json.dumps({'step': 4, 'test_top1': 0.75}),
   ]
+
+
+def test_the_confusion_matrix_of_many_classes_is_its_own_file(tmp_path):
+  workdir = epath.Path(tmp_path)
+  few = train.per_class_results(np.eye(2, dtype=int) * 3, workdir, is_writer=True)
+  assert few == {'test_per_class_top1': [1.0, 1.0], 'test_confusion_matrix': [[3, 0], [0, 3]]}
+  confusion = np.ones((101, 101), int)
+  many = train.per_class_results(confusion, workdir, is_writer=True)
+  assert many['test_confusion_matrix'] == train.CONFUSION_FILE
+  assert many['test_per_class_top1'] == [1 / 101] * 101
+  np.testing.assert_array_equal(np.load(workdir / train.CONFUSION_FILE), confusion)
 
 
 def test_copy_subtrees_replaces_only_the_named_paths():
