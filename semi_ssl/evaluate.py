@@ -3,7 +3,10 @@ the same on the validation split (keys `val_...`), on which hyperparameters are 
 
 The kNN probe (weighted vote of the k nearest labelled images by cosine similarity, weights
 exp(sim / T), as in DINO) measures the backbone's features with no trained head: the
-labelled subset is the memory bank, so no label outside the labelled subset is used.
+labelled subset is the memory bank, so no label outside the labelled subset is used. The
+linear probe (L2-regularised logistic regression on the same frozen features of the labelled
+subset, fitted full-batch in a few hundred steps) is a quick probe, not the papers' linear
+evaluation (a linear layer trained on augmented views of the whole training set).
 
 The evaluation compiles when it is made, and refuses there a batch size whose evaluation does
 not fit in a device's memory, so that a run never trains only to fail at its first evaluation.
@@ -18,6 +21,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh
 
 from semi_ssl import parallel
@@ -44,6 +48,65 @@ def weighted_knn_predict(
   weights = jnp.where(jnp.isfinite(top_sims), jnp.exp(top_sims / temperature), 0.0)
   votes = jnp.sum(jax.nn.one_hot(bank_labels[top_idx], num_classes) * weights[..., None], axis=1)
   return jnp.argmax(votes, axis=-1)
+
+
+# The linear probe: L2 strengths tried, the one with the best validation top-1 reported (the
+# smallest of equals); without a validation split, LINEAR_PROBE_DEFAULT_L2.
+LINEAR_PROBE_L2 = (1e-5, 1e-4, 1e-3, 1e-2)
+LINEAR_PROBE_DEFAULT_L2 = 1e-4
+LINEAR_PROBE_STEPS = 300  # Full-batch steps.
+
+
+def fit_linear_probe(
+  features: jax.Array,
+  labels: jax.Array,
+  valid: jax.Array,
+  l2: jax.Array,
+  *,
+  num_classes: int,
+  steps: int = LINEAR_PROBE_STEPS,
+) -> tuple[jax.Array, jax.Array]:
+  """(weights [D, C], bias [C]) of multinomial logistic regression on features [N, D]
+  (L2-normalised, as `linear_predict` reads them) with labels [N]: minimises the mean
+  cross-entropy over the `valid` rows plus l2 / 2 * |weights|^2 (the bias unpenalised, as in
+  scikit-learn's LogisticRegression with C = 1 / (l2 * N)) by `steps` full-batch steps of
+  Nesterov's accelerated gradient from zero. With unit features and the softmax's curvature at
+  most 1/2, the loss is (1 + l2)-smooth and l2-strongly convex in the weights: step 1 / (1 + l2),
+  momentum (sqrt(k) - 1) / (sqrt(k) + 1), k = (1 + l2) / l2 (Nesterov 2004, eq. 2.2.22). A
+  fixed number of steps without line search: it compiles and runs fast under vmap."""
+  x = l2_normalize(features.astype(jnp.float32))
+  count = jnp.maximum(jnp.sum(valid), 1)
+
+  def loss(params):
+    weights, bias = params
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(x @ weights + bias, labels)
+    return jnp.sum(jnp.where(valid, cross_entropy, 0.0)) / count + l2 / 2 * jnp.sum(weights**2)
+
+  smoothness = 1 + l2
+  root = jnp.sqrt(smoothness / l2)
+  momentum = (root - 1) / (root + 1)
+
+  def step(_, carry):
+    params, previous = carry
+    ahead = jax.tree.map(lambda p, q: p + momentum * (p - q), params, previous)
+    grads = jax.grad(loss)(ahead)
+    return jax.tree.map(lambda a, g: a - g / smoothness, ahead, grads), params
+
+  params = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros(num_classes))
+  return jax.lax.fori_loop(0, steps, step, (params, params))[0]
+
+
+def chosen_probe(val_top1: np.ndarray | None) -> int:
+  """Index in LINEAR_PROBE_L2 of the probe with the best validation top-1 [S] (the first of
+  equals: the weakest L2); of LINEAR_PROBE_DEFAULT_L2 without a validation split (None)."""
+  if val_top1 is None:
+    return LINEAR_PROBE_L2.index(LINEAR_PROBE_DEFAULT_L2)
+  return int(np.argmax(val_top1))
+
+
+def linear_predict(features: jax.Array, weights: jax.Array, bias: jax.Array) -> jax.Array:
+  """Class predictions int32 [N] of a `fit_linear_probe` probe on features [N, D]."""
+  return jnp.argmax(l2_normalize(features.astype(jnp.float32)) @ weights + bias, axis=-1)
 
 
 def confusion_counts(
@@ -139,6 +202,9 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
+_ARRAYS = ('confusion_matrix', 'linear_top1')  # The counts that are arrays, not scalars.
+
+
 def make_evaluator(
   apply_fn: Callable,
   splits,
@@ -149,10 +215,15 @@ def make_evaluator(
   knn_k: int,
   knn_temperature: float,
   variables_like: Any,
+  linear_probe_steps: int = LINEAR_PROBE_STEPS,
 ) -> Callable[[Any], dict[str, float]]:
   """`evaluate(variables)` -> test_top1, test_top5 (when there are more than 5 classes),
-  knn_top1 and <name>_top1 for every further prediction, in [0, 1]; and when the validation
-  split has images, the same on it: val_top1, val_top5, val_knn_top1, val_<name>_top1. And
+  knn_top1, linear_top1 and <name>_top1 for every further prediction, in [0, 1]; and when the
+  validation split has images, the same on it: val_top1, val_top5, val_knn_top1,
+  val_linear_top1, val_<name>_top1. The linear probe (`fit_linear_probe` on the features of the
+  labelled subset, as the kNN's bank) has the L2 strength of LINEAR_PROBE_L2 with the best
+  val_linear_top1 (LINEAR_PROBE_DEFAULT_L2 without a validation split), named by linear_l2,
+  fitted in `linear_probe_steps`. And
   test_confusion_matrix, int [C, C] (`confusion_counts`) of the classifier's top-1 on the test
   split (of the kNN probe's, for a method without a classifier), counted on the devices.
 
@@ -174,7 +245,15 @@ def make_evaluator(
     return apply_fn(variables, preprocess(images))
 
   @jax.jit
-  def counts(variables, batch, bank_features, bank_labels, bank_valid):
+  def fit_probes(bank_features, bank_labels, bank_valid):
+    """Weights [S, D, C] and biases [S, C] of the linear probes of LINEAR_PROBE_L2."""
+    fit = lambda l2: fit_linear_probe(
+      bank_features, bank_labels, bank_valid, l2, num_classes=num_classes, steps=linear_probe_steps
+    )
+    return jax.vmap(fit)(jnp.asarray(LINEAR_PROBE_L2, jnp.float32))
+
+  @jax.jit
+  def counts(variables, batch, bank_features, bank_labels, bank_valid, probes):
     logits, feats, further = embed(variables, batch['images'])
     labels, valid = batch['labels'], batch['valid']
     knn = weighted_knn_predict(
@@ -198,6 +277,9 @@ def make_evaluator(
       **classifier,
       'confusion_matrix': confusion_counts(labels, predictions, valid, num_classes),
       'knn_top1': jnp.sum(valid & (knn == labels)),
+      'linear_top1': jnp.sum(  # [S]: each probe's.
+        valid & (jax.vmap(linear_predict, (None, 0, 0))(feats, *probes) == labels), axis=-1
+      ),
       **{
         f'{name}_top1': jnp.sum(valid & (predictions == labels))
         for name, predictions in further.items()
@@ -216,11 +298,12 @@ def make_evaluator(
     jax.ShapeDtypeStruct((bank_size, *x.shape[1:]), x.dtype, sharding=sharded)
     for x in (features_like, batch_like['labels'], batch_like['valid'])
   ]
+  probes_like = jax.eval_shape(fit_probes, *bank_like)
   # Compiled once, here: the calls below find these executables.
   _require_fits(
     [
       (embed.lower(variables_like, batch_like['images']).compile(), batch_like['images']),
-      (counts.lower(variables_like, batch_like, *bank_like).compile(), batch_like),
+      (counts.lower(variables_like, batch_like, *bank_like, probes_like).compile(), batch_like),
     ],
     requested,
     batch_size,
@@ -240,22 +323,37 @@ def make_evaluator(
       jax.device_put(jnp.concatenate(x)[:bank_size], sharded) for x in zip(*bank)
     )
 
-    def rates(images, labels) -> tuple[dict[str, float], np.ndarray]:
-      totals = run(
-        images, labels, lambda b: counts(variables, b, bank_features, bank_labels, bank_valid)
-      )
-      confusion = np.asarray(sum(t.pop('confusion_matrix') for t in totals))  # Summed on device.
-      return {
-        key: float(sum(int(t[key]) for t in totals)) / len(labels)
-        for key in totals[0]
-        if key != 'test_top5' or num_classes > 5
-      }, confusion
+    probes = fit_probes(bank_features, bank_labels, bank_valid)
 
-    results, confusion = rates(splits.test_images, splits.test_labels)
-    results['test_confusion_matrix'] = confusion
+    def rates(images, labels) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+      """Figures, confusion matrix, and the linear probes' top-1 [S]."""
+      totals = run(
+        images,
+        labels,
+        lambda b: counts(variables, b, bank_features, bank_labels, bank_valid, probes),
+      )
+      # Summed on the devices.
+      confusion, linear = (np.asarray(sum(t.pop(key) for t in totals)) for key in _ARRAYS)
+      return (
+        {
+          key: float(sum(int(t[key]) for t in totals)) / len(labels)
+          for key in totals[0]
+          if key != 'test_top5' or num_classes > 5
+        },
+        confusion,
+        linear / len(labels),
+      )
+
+    results, confusion, linear = rates(splits.test_images, splits.test_labels)
+    chosen = chosen_probe(None)
     if len(splits.val_labels):  # The same compiled functions, on the validation split.
-      val, _ = rates(splits.val_images, splits.val_labels)
+      val, _, val_linear = rates(splits.val_images, splits.val_labels)
+      chosen = chosen_probe(val_linear)
+      val['linear_top1'] = float(val_linear[chosen])
       results.update({f'val_{key.removeprefix("test_")}': value for key, value in val.items()})
+    results['linear_top1'] = float(linear[chosen])
+    results['linear_l2'] = LINEAR_PROBE_L2[chosen]
+    results['test_confusion_matrix'] = confusion
     return results
 
   return evaluate

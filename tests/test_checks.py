@@ -138,6 +138,7 @@ def _evaluate_digits(batch_size: int) -> dict:
     knn_k=20,
     knn_temperature=0.07,
     variables_like=jax.ShapeDtypeStruct(weights.shape, weights.dtype, sharding=weights.sharding),
+    linear_probe_steps=5,  # Its 8192 features on 8 CPU devices: 12 s in 300 steps.
   )
   results = evaluator(weights)
   return {**results, 'test_confusion_matrix': results['test_confusion_matrix'].tolist()}

@@ -15,7 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from helpers import REPO, cpu_env, saved_state, tiny_config
-from semi_ssl import checkpoint, config_base, errors, main, methods, parallel, train
+from semi_ssl import checkpoint, config_base, errors, evaluate, main, methods, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
 
@@ -77,6 +77,9 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
   assert confusion.shape == (10, 10) and confusion.sum() == 360
   assert first['test_top1'] == pytest.approx(np.trace(confusion) / 360)
   np.testing.assert_allclose(first['test_per_class_top1'], np.diag(confusion) / confusion.sum(1))
+  # The linear probe beside the kNN's, its L2 strength chosen on the validation split.
+  assert 0 <= first['linear_top1'] <= 1 and 0 <= first['val_linear_top1'] <= 1
+  assert first['linear_l2'] in evaluate.LINEAR_PROBE_L2
   # Lose the last checkpoint and the results, as if killed between steps 2 and 4.
   ckpt = checkpoint.Checkpointer(workdir, keep=5)
   ckpt.manager.delete(4)
