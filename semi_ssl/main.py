@@ -178,6 +178,7 @@ def format_table(rows: list[dict]) -> str:
     'test_top1',
     'test_top5',
     'knn_top1',
+    'linear_top1',
     'wall_s',
   ]
 

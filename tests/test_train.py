@@ -184,6 +184,9 @@ def test_two_stage_config_with_init_from_and_skip_of_finished_stage(tmp_path, mo
   assert not {'test_top1', 'test_top5', 'val_top1', 'val_top5'} & set(rows[0])
   assert {'knn_top1', 'val_knn_top1'} <= set(rows[0]) and 'test_top1' in rows[1]
   assert main.format_table(rows).splitlines()[2].split()[6:9] == ['-', '-', '-']
+  header, _, first_row = main.format_table(rows).splitlines()[:3]
+  linear = header.split().index('linear_top1')
+  assert first_row.split()[linear] == f'{100 * rows[0]["linear_top1"]:.2f}%'
   summary = json.loads((tmp_path / train.RESULTS_FILE).read_text())
   stage_results = [{k: v for k, v in r.items() if k != 'stage'} for r in rows]
   assert summary == {
