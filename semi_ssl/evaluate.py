@@ -14,7 +14,6 @@ not fit in a device's memory, so that a run never trains only to fail at its fir
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Callable
 
@@ -160,38 +159,40 @@ def device_memory(device: jax.Device) -> int:
   return available // jax.local_device_count()
 
 
-def _per_device_bytes(tree) -> int:
-  """Bytes of one device's shard of every jax.ShapeDtypeStruct (with a sharding) in `tree`."""
-  return sum(
-    math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)
+def _require_fits(compile_at: Callable, requested: int, batch_size: int, num_devices: int) -> None:
+  """Raises UserError, naming a batch size that fits, when a compiled function needs more
+  memory per device than a device has. `compile_at(b)`: the compiled functions for a batch of
+  b images (b = `batch_size`, lowered from `requested`, compiles the ones the evaluation runs).
+
+  The memory a function needs is affine in the batch (fixed: variables, kNN bank, probes and
+  their copies), so two sizes give the line, and the suggested batch is checked on it compiled.
+  """
+  available = device_memory(jax.local_devices()[0])
+  needed = _memory_needed(compile_at(batch_size))
+  if needed is None or needed <= available:
+    return
+  smaller = max(batch_size // 2 // num_devices * num_devices, num_devices)
+  per_image = (needed - _memory_needed(compile_at(smaller))) / max(batch_size - smaller, 1)
+  fits = int((available - needed) / max(per_image, 1) + batch_size) // num_devices * num_devices
+  fits = max(min(fits, batch_size - num_devices), num_devices)
+  while fits > num_devices and _memory_needed(compile_at(fits)) > available:
+    fits -= num_devices
+  raise UserError(
+    f'config.eval.batch_size={requested}: evaluating a batch of {batch_size} images needs '
+    f'{_size(needed)} per device, and a device has {_size(available)}: set '
+    f'--config.eval.batch_size={fits} or lower.'
   )
 
 
-def _require_fits(functions, requested: int, batch_size: int, num_devices: int) -> None:
-  """Raises UserError, naming a batch size that fits, when a compiled function needs more
-  memory per device than a device has. `functions`: (compiled, the abstract batch among its
-  arguments) each, compiled for `batch_size` (lowered from `requested`).
-
-  All it needs but its fixed arguments (variables, kNN bank) grows at least in proportion to
-  the batch, so the suggested batch is the one whose share of the memory left fits.
-  """
-  available = device_memory(jax.local_devices()[0])
-  needed, fits = 0, batch_size
-  for compiled, batch in functions:
-    stats = compiled.memory_analysis()
-    if stats is None:  # The backend does not tell.
-      continue
-    need = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-    fixed = stats.argument_size_in_bytes - _per_device_bytes(batch)
-    needed = max(needed, need)
-    if need > available:
-      fits = min(fits, batch_size * max(available - fixed, 0) // (need - fixed))
-  if needed > available:
-    raise UserError(
-      f'config.eval.batch_size={requested}: evaluating a batch of {batch_size} images needs '
-      f'{_size(needed)} per device, and a device has {_size(available)}: set '
-      f'--config.eval.batch_size={max(fits // num_devices, 1) * num_devices} or lower.'
-    )
+def _memory_needed(compiled_functions) -> int | None:
+  """The most bytes per device any of the compiled functions needs (arguments, outputs and
+  temporaries), or None where the backend does not tell."""
+  needs = [
+    stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+    for stats in (compiled.memory_analysis() for compiled in compiled_functions)
+    if stats is not None
+  ]
+  return max(needs, default=None)
 
 
 def _size(num_bytes: int) -> str:
@@ -299,16 +300,19 @@ def make_evaluator(
     for x in (features_like, batch_like['labels'], batch_like['valid'])
   ]
   probes_like = jax.eval_shape(fit_probes, *bank_like)
-  # Compiled once, here: the calls below find these executables.
-  _require_fits(
-    [
-      (embed.lower(variables_like, batch_like['images']).compile(), batch_like['images']),
-      (counts.lower(variables_like, batch_like, *bank_like, probes_like).compile(), batch_like),
-    ],
-    requested,
-    batch_size,
-    mesh.size,
-  )
+
+  def compile_at(size: int) -> list:
+    batch = {
+      name: jax.ShapeDtypeStruct((size, *x.shape[1:]), x.dtype, sharding=x.sharding)
+      for name, x in batch_like.items()
+    }
+    return [
+      embed.lower(variables_like, batch['images']).compile(),
+      counts.lower(variables_like, batch, *bank_like, probes_like).compile(),
+    ]
+
+  # Compiled once, here, at batch_size: the calls below find these executables.
+  _require_fits(compile_at, requested, batch_size, mesh.size)
 
   def run(images, labels, fn):
     return [fn(b) for b in sharded_batches(dict(images=images, labels=labels), batch_size, mesh)]
