@@ -166,21 +166,9 @@ def build(config, splits, method: base.Method | None = None) -> Setup:
   config = config_base.resolve(config, num_examples)
   mesh = parallel.create_mesh(config.mesh.model)
   method = method or train.create_method(config, splits, mesh)
-  tx, schedule = train.create_optimizer(config, config.num_steps)
-  graphdef, init = train.state_initializer(
-    method, tx, config.seed, polyak=bool(config.polyak_decay)
-  )
-  sharding = train.state_sharding(method, jax.eval_shape(init))
   augment_cfg = augment.augment_config_from(config, splits.mean, splits.std, splits.image_shape)
-  step = functools.partial(
-    train.train_step,
-    method=method,
-    graphdef=graphdef,
-    tx=tx,
-    augment_cfg=augment_cfg,
-    schedule=schedule,
-    polyak_decay=config.polyak_decay,
-  )
+  graphdef, init, step = train.step_builders(config, method, augment_cfg)
+  sharding = train.state_sharding(method, jax.eval_shape(init))
   return Setup(config, splits, method, graphdef, init, step, sharding, mesh, augment_cfg)
 
 

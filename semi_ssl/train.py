@@ -199,6 +199,23 @@ def init_state(method: base.Method, tx, seed: int, sharding=None):
   return graphdef, jax.jit(init, out_shardings=sharding)()
 
 
+def step_builders(config: ml_collections.ConfigDict, method: base.Method, augment_cfg):
+  """(graphdef, init, step) of `config`'s training of `method`: `state_initializer`'s graphdef
+  and init, and `train_step` with all but the state and the batch bound (not jitted)."""
+  tx, schedule = create_optimizer(config, config.num_steps)
+  graphdef, init = state_initializer(method, tx, config.seed, polyak=bool(config.polyak_decay))
+  step = functools.partial(
+    train_step,
+    method=method,
+    graphdef=graphdef,
+    tx=tx,
+    augment_cfg=augment_cfg,
+    schedule=schedule,
+    polyak_decay=config.polyak_decay,
+  )
+  return graphdef, init, step
+
+
 def initialise_from(
   state: TrainState, source: dict, paths: tuple[str, ...], method: base.Method, sharding: TrainState
 ) -> TrainState:
@@ -532,9 +549,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   config = config_base.resolve(config, num_examples)
 
   method = create_method(config, splits, mesh)
-  tx, schedule = create_optimizer(config, config.num_steps)
   replicated = parallel.replicated(mesh)
-  graphdef, init = state_initializer(method, tx, config.seed, polyak=bool(config.polyak_decay))
+  graphdef, init, step = step_builders(config, method, augment_cfg)
   abstract = jax.eval_shape(init)
   sharding = state_sharding(method, abstract)
   record = provenance.provenance()
@@ -575,19 +591,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   start_step = int(state.step)
   reported_skips = int(state.skipped_steps)
 
-  step_fn = jax.jit(
-    functools.partial(
-      train_step,
-      method=method,
-      graphdef=graphdef,
-      tx=tx,
-      augment_cfg=augment_cfg,
-      schedule=schedule,
-      polyak_decay=config.polyak_decay,
-    ),
-    out_shardings=(sharding, replicated),
-    donate_argnums=0,
-  )
+  step_fn = jax.jit(step, out_shardings=(sharding, replicated), donate_argnums=0)
 
   def apply_fn(variables, images):
     params, model_state, method_state = variables

@@ -364,23 +364,10 @@ def _step(stage: ml_collections.ConfigDict, data: base.DataInfo, mesh: Mesh, mea
   """(jitted train step, state initializer, state sharding, whether the step reads unlabelled
   images) of `stage` on `mesh`, as `train.train_and_evaluate` builds them."""
   method = methods.REGISTRY[stage.method](stage, data, mesh)
-  tx, schedule = train.create_optimizer(stage, stage.num_steps)
-  graphdef, init = train.state_initializer(method, tx, stage.seed, polyak=bool(stage.polyak_decay))
-  sharding = train.state_sharding(method, jax.eval_shape(init))
   augment_cfg = augment.augment_config_from(stage, mean, std, data.image_shape)
-  step = jax.jit(
-    functools.partial(
-      train.train_step,
-      method=method,
-      graphdef=graphdef,
-      tx=tx,
-      augment_cfg=augment_cfg,
-      schedule=schedule,
-      polyak_decay=stage.polyak_decay,
-    ),
-    out_shardings=(sharding, parallel.replicated(mesh)),
-    donate_argnums=0,
-  )
+  _, init, step = train.step_builders(stage, method, augment_cfg)
+  sharding = train.state_sharding(method, jax.eval_shape(init))
+  step = jax.jit(step, out_shardings=(sharding, parallel.replicated(mesh)), donate_argnums=0)
   return step, init, sharding, method.uses_unlabelled
 
 

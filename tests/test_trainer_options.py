@@ -2,7 +2,6 @@
 averaging of the weights for evaluation."""
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -116,26 +115,15 @@ def _flat(params) -> dict:
 
 def test_polyak_average_is_the_ema_of_the_applied_steps_parameters():
   decay = 0.75
-  config = tiny_config(nonfinite='skip')
+  config = tiny_config(nonfinite='skip', polyak_decay=decay)
   splits = datasets.load(config)
   method = _NaNAtStep2(
     config, base.DataInfo(splits.num_classes, splits.image_shape), parallel.create_mesh(1)
   )
-  tx, schedule = train.create_optimizer(config, config.num_steps)
-  graphdef, init = train.state_initializer(method, tx, config.seed, polyak=True)
-  state = jax.jit(init)()
   aug = augment.augment_config_from(config, splits.mean, splits.std, splits.image_shape)
-  step = jax.jit(
-    functools.partial(
-      train.train_step,
-      method=method,
-      graphdef=graphdef,
-      tx=tx,
-      augment_cfg=aug,
-      schedule=schedule,
-      polyak_decay=decay,
-    )
-  )
+  _, init, step = train.step_builders(config, method, aug)
+  state = jax.jit(init)()
+  step = jax.jit(step)
   average = _flat(state.params)  # From the initial parameters, as TF's EMA of a Variable.
   for s in range(config.num_steps):
     before = _flat(state.params)
