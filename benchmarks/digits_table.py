@@ -51,7 +51,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from semi_ssl import config_base
+from semi_ssl import config_base, provenance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD = os.path.join(REPO, 'benchmarks', 'results', 'digits.jsonl')
@@ -111,13 +111,9 @@ def machine() -> str:
   return f'{model}, {len(os.sched_getaffinity(0))} cores'
 
 
-def commit() -> str:
+def commit() -> str | None:
   """Short hash of HEAD, with '-dirty' when tracked files (but the results) differ from it."""
-  git = lambda *args: subprocess.run(
-    ['git', *args], cwd=REPO, capture_output=True, text=True
-  ).stdout.strip()
-  dirty = git('status', '--porcelain', '--untracked-files=no', '--', '.', ':!benchmarks/results')
-  return git('rev-parse', '--short', 'HEAD') + ('-dirty' if dirty else '')
+  return provenance.code_commit(REPO, short=True, ignore=('benchmarks/results',))
 
 
 def parse_config(config_flags_: list[str]):

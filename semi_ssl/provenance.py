@@ -19,9 +19,12 @@ IMPORTED_MODULES = ('tensorflow', 'tensorflow_datasets')
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def code_commit(directory: str = CHECKOUT) -> str | None:
-  """`git rev-parse HEAD` of the checkout holding `directory`, with '-dirty' when tracked files
-  differ from it; None outside a git checkout or without git."""
+def code_commit(
+  directory: str = CHECKOUT, *, short: bool = False, ignore: tuple[str, ...] = ()
+) -> str | None:
+  """`git rev-parse HEAD` (`short`: its short form) of the checkout holding `directory`, with
+  '-dirty' when tracked files differ from it, those under the paths `ignore` left out; None
+  outside a git checkout or without git."""
 
   def git(*args) -> str:
     return subprocess.run(
@@ -29,8 +32,9 @@ def code_commit(directory: str = CHECKOUT) -> str | None:
     ).stdout.strip()
 
   try:
-    commit = git('rev-parse', 'HEAD')
-    changed = git('status', '--porcelain', '--untracked-files=no')
+    commit = git('rev-parse', *(['--short'] if short else []), 'HEAD')
+    excluded = [f':!{path}' for path in ignore]
+    changed = git('status', '--porcelain', '--untracked-files=no', '--', '.', *excluded)
   except (OSError, subprocess.SubprocessError):
     return None
   return f'{commit}-dirty' if changed else commit
