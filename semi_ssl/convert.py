@@ -57,7 +57,7 @@ from flax import nnx
 
 from semi_ssl import checkpoint, config_base
 from semi_ssl.errors import UserError
-from semi_ssl.models import heads, resnet
+from semi_ssl.models import resnet
 from semi_ssl.models.prototypes import PrototypeModel
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
