@@ -11,7 +11,7 @@ from semi_ssl.errors import UserError
 
 def test_the_exported_model_scores_what_the_run_reported(tmp_path):
   """With a Polyak average, whose weights the run evaluated and the export holds."""
-  config = tiny_config(polyak_decay=0.5)
+  config = tiny_config(polyak_decay=0.5, num_steps=2)
   results = train.train_and_evaluate(config, tmp_path / 'run')
   out = tmp_path / 'model.npz'
   record = export.export(tmp_path / 'run', out)
