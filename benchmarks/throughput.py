@@ -12,6 +12,11 @@ Rows:
                       batch of random uint8 images on the devices: images/s of the step (labelled
                       + unlabelled images per step over its median time), beside the reference
                       step's, and overhead_pct = 100 (t_method / t_reference - 1).
+  input img/s         the trainer's input pipeline for the method's config (`pipeline.iterate`:
+                      host batches of the real digits splits, sent to the devices), alone, in
+                      images/s; the step is input-bound where this is below the step's img/s.
+                      Digits only: other data sets are synthetic here (their decoding cost is
+                      benchmarks/bench_input.py's).
   <method> pass       `train.make_dataset_pass` (SeLa's self-labelling, MOAM's pseudo-labels):
                       seconds per call, and its share of a run (calls x call / (that + steps x
                       step)).
@@ -53,7 +58,7 @@ import numpy as np
 from flax import nnx
 
 from semi_ssl import config_base, main as semi_ssl_main, parallel, train
-from semi_ssl.data import augment, datasets
+from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
 from semi_ssl.methods.supervised import Classifier
 from semi_ssl.ops import losses
@@ -335,9 +340,11 @@ def method_rows(name: str, setup: Setup, args, peak: float | None) -> list[dict]
     [(compiled, state), (ref_compiled, ref_state)], batch, **timing
   )
   images = images_per_step(setup)
+  input_seconds = input_seconds_per_batch(setup, steps=args.steps * args.repeats)
   row = dict(
     method=name,
     images_per_s=images / seconds,
+    input_images_per_s=input_seconds and images / input_seconds,
     reference_images_per_s=images / ref_seconds,
     overhead_pct=100 * (seconds / ref_seconds - 1),
     backbone_passes=summarise(passes),
@@ -357,6 +364,28 @@ def method_rows(name: str, setup: Setup, args, peak: float | None) -> list[dict]
   if setup.method.dataset_pass_steps():
     rows.append(dataset_pass_row(name, setup, state, seconds, args))
   return rows
+
+
+def input_seconds_per_batch(setup: Setup, steps: int) -> float | None:
+  """Seconds per batch of the trainer's input pipeline alone, on the config's real data (None
+  for synthetic data sets): `steps` batches after one, each waited for on the devices."""
+  config = setup.config
+  if config.dataset in SYNTHETIC:
+    return None
+  batches = pipeline.iterate(
+    setup.splits,
+    setup.mesh,
+    start_step=0,
+    num_steps=steps + 1,
+    seed=0,
+    labelled_batch_size=config.labelled_batch_size,
+    batch_size=config.batch_size if setup.method.uses_unlabelled else None,
+  )
+  jax.block_until_ready(next(batches))
+  start = time.perf_counter()
+  for batch in batches:
+    jax.block_until_ready(batch)
+  return (time.perf_counter() - start) / steps
 
 
 def dataset_pass_row(name: str, setup: Setup, state, step_seconds: float, args) -> dict:
@@ -475,6 +504,9 @@ def run(args) -> dict:
   if args.micro:
     rows += micro_rows(args)
   overheads = [r['overhead_pct'] for r in rows if 'overhead_pct' in r]
+  input_bound = [
+    r['method'] for r in rows if (r.get('input_images_per_s') or np.inf) < r.get('images_per_s', 0)
+  ]
   device = jax.devices()[0]
   return dict(
     device=f'{len(jax.devices())} x {device.platform} ({device.device_kind})',
@@ -483,14 +515,15 @@ def run(args) -> dict:
     timing=dict(steps=args.steps, repeats=args.repeats, warmup=args.warmup),
     methods=rows,
     worst_overhead_pct=max(overheads) if overheads else None,
+    input_bound=input_bound,
   )
 
 
 def format_table(result: dict) -> str:
   lines = [
     f'{result["device"]}, configs {result["configs"]}, peak {result["peak_tflops"]} TFLOP/s',
-    f'{"row":<22}{"img/s":>9}{"ref img/s":>10}{"overhead":>9}{"GFLOP":>9}{"FLOP+":>7}{"MFU":>6}  '
-    'backbone images per step / notes',
+    f'{"row":<22}{"img/s":>9}{"ref img/s":>10}{"overhead":>9}{"GFLOP":>9}{"FLOP+":>7}{"MFU":>6}'
+    f'{"input img/s":>12}  backbone images per step / notes',
   ]
   number = lambda x, spec: format(x, spec) if x is not None else '-'
   for r in result['methods']:
@@ -501,16 +534,18 @@ def format_table(result: dict) -> str:
         f'{r["method"]:<22}{r["images_per_s"]:>9.0f}{r["reference_images_per_s"]:>10.0f}'
         f'{r["overhead_pct"]:>8.1f}%{number(gflops, ".1f"):>9}'
         f'{number(r["flops_overhead_pct"], ".1f"):>6}%{number(r["mfu_pct"], ".1f"):>6}'
-        f'  {passes}'
+        f'{number(r["input_images_per_s"], ".0f"):>12}  {passes}'
       )
     elif 'seconds_per_call' in r:
       lines.append(
-        f'{r["method"]:<22}{r["images_per_s"]:>9.0f}{"":>40}  {r["seconds_per_call"]:.2f} s '
+        f'{r["method"]:<22}{r["images_per_s"]:>9.0f}{"":>52}  {r["seconds_per_call"]:.2f} s '
         f'per call, {r["calls_per_run"]} per run: {r["run_share_pct"]:.1f}% of a run'
       )
     else:
-      lines.append(f'{r["method"]:<22}{number(r["ms"], ".1f"):>9} ms{"":>38}  {r["size"]}')
+      lines.append(f'{r["method"]:<22}{number(r["ms"], ".1f"):>9} ms{"":>50}  {r["size"]}')
   lines.append(f'worst overhead: {number(result["worst_overhead_pct"], ".1f")}% (target <= 10%)')
+  bound = ', '.join(result['input_bound']) or 'none'
+  lines.append(f"input-bound steps (input img/s below the step's): {bound}")
   return '\n'.join(lines)
 
 

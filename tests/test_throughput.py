@@ -78,4 +78,8 @@ def test_main_writes_the_table_as_json(tmp_path):
   assert row['backbone_passes'] == {'train': views * config.labelled_batch_size}
   assert row['images_per_step'] == config.labelled_batch_size
   assert result['worst_overhead_pct'] == row['overhead_pct']
+  assert math.isfinite(row['input_images_per_s']) and row['input_images_per_s'] > 0
+  assert result['input_bound'] == (
+    ['supervised'] if row['input_images_per_s'] < row['images_per_s'] else []
+  )
   assert result['device'].endswith(f'({jax.devices()[0].device_kind})')
