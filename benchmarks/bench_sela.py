@@ -38,8 +38,9 @@ def solve_once(args: argparse.Namespace) -> dict:
   memory = compiled.memory_analysis()
   needed = memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
   row = dict(needed_gib=needed * args.devices / 2**30, platform=jax.devices()[0].platform)
-  # P's generation (normal draws, softmax) holds about two more copies of P at once.
-  if needed * args.devices + 2 * args.n[0] * args.k * 4 > _available_bytes():
+  # P's generation (normal draws, softmax) holds about three copies of P at once, all but P
+  # freed before the solve.
+  if max(needed * args.devices, 3 * args.n[0] * args.k * 4) > _available_bytes():
     return row
   probs = jax.jit(
     lambda key: jax.nn.softmax(args.logit_scale * jax.random.normal(key, (args.n[0], args.k)), -1),
