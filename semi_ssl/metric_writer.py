@@ -3,7 +3,8 @@ and the hyperparameters to TensorBoard (WORKDIR/tensorboard) and the scalars of 
 WORKDIR/metrics.jsonl, both in background threads; train metrics as means over the steps since
 the last log (`IntervalMean`); a progress line with steps/s, images/s and the time left.
 
-Without TensorFlow (clu's metric writers import it), only metrics.jsonl is written.
+Without TensorFlow or clu (clu's metric writers import TensorFlow), only metrics.jsonl is
+written: this module imports neither, so that the trainer runs where they are missing.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent import futures
 
 import jax
 import jax.numpy as jnp
 from absl import logging
-from clu import asynclib
 from etils import epath
 
 METRICS_FILE = 'metrics.jsonl'
@@ -42,7 +43,8 @@ class JsonLinesWriter:
       self._records = {r['step']: r for r in records if r['step'] <= start_step}
     self._lock = threading.Lock()
     self._rewrite_waiting = False
-    self._pool = asynclib.Pool(thread_name_prefix='JsonLinesWriter', max_workers=1)
+    self._thread = futures.ThreadPoolExecutor(1, thread_name_prefix='JsonLinesWriter')
+    self._last_rewrite = None
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     with self._lock:
@@ -51,7 +53,7 @@ class JsonLinesWriter:
       if self._rewrite_waiting:
         return
       self._rewrite_waiting = True
-    self._pool(self._rewrite)()
+    self._last_rewrite = self._thread.submit(self._rewrite)
 
   def _rewrite(self) -> None:
     with self._lock:
@@ -68,23 +70,27 @@ class JsonLinesWriter:
     del hparams  # config.json holds them.
 
   def flush(self) -> None:
-    self._pool.join()
+    """Waits for the file to be written; raises what writing it raised."""
+    if self._last_rewrite is not None:
+      self._last_rewrite.result()
 
   def close(self) -> None:
-    self._pool.close()
+    try:
+      self.flush()
+    finally:
+      self._thread.shutdown()
 
 
 def create_writer(workdir: epath.Path, start_step: int):
   """clu's MultiWriter of TensorBoard (in a background thread) and WORKDIR/METRICS_FILE; the
-  latter alone, with a warning, where TensorFlow cannot be imported."""
+  latter alone, with a warning, where TensorFlow or clu cannot be imported."""
   jsonl = JsonLinesWriter(workdir / METRICS_FILE, start_step)
   try:
     import tensorflow  # noqa: F401  clu's metric writers import it.
     from clu import metric_writers
   except ImportError as error:
     logging.warning(
-      'TensorFlow cannot be imported (%s): metrics go to %s only, not to TensorBoard. Install '
-      'tensorflow-cpu for TensorBoard.',
+      'No TensorBoard (%s): metrics go to %s only; tensorflow-cpu and clu would add it.',
       error,
       workdir / METRICS_FILE,
     )

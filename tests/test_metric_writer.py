@@ -120,10 +120,11 @@ def test_progress_speed_leaves_out_the_first_step_and_paused_seconds():
   assert progress.update(21)['steps_per_second'] == 1.0  # The pause counted once only.
 
 
-def test_without_tensorflow_only_metrics_jsonl_is_written_with_one_warning(
-  tmp_path, monkeypatch, caplog
+@pytest.mark.parametrize('missing', ['tensorflow', 'clu'])
+def test_without_tensorflow_or_clu_only_metrics_jsonl_is_written_with_one_warning(
+  missing, tmp_path, monkeypatch, caplog
 ):
-  monkeypatch.setitem(sys.modules, 'tensorflow', None)  # `import tensorflow` fails.
+  monkeypatch.setitem(sys.modules, missing, None)  # Importing it fails.
   (tmp_path / metric_writer.METRICS_FILE).write_text(
     '{"step": 5, "train/loss": 9.0}\n{"step": 8, "train/loss": 8.0}\n'
   )
