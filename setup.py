@@ -19,6 +19,7 @@ setup(
     'chex>=0.1.90',
     'ml-collections>=1.1',
     'absl-py>=2.1',
+    'clu>=0.0.12,<0.1',  # Metric writers (TensorBoard with TensorFlow, metrics.jsonl without).
     'numpy>=2.0',
     'scikit-learn>=1.5',  # the embedded digits data set
     'tensorflow-datasets>=4.9.9,<5',
@@ -26,7 +27,7 @@ setup(
     'tensorflow>=2.20,<2.22; sys_platform != "linux"',
     'importlib_resources',  # needed by tensorflow-datasets
     'pillow',
-    'tensorboard',  # tf.summary.scalar needs it
+    'tensorboard',  # tf.summary and clu's hyperparameters need it
   ],
   extras_require={
     'test': [

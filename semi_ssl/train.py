@@ -41,7 +41,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from semi_ssl import checkpoint, config_base, evaluate, methods, metric_writer, notices, parallel
-from semi_ssl import profiling, provenance, workdir_lease
+from semi_ssl import profiling, provenance, visuals, workdir_lease
 from semi_ssl.errors import Preempted, UserError
 from semi_ssl.data import augment, datasets, pipeline
 from semi_ssl.methods import base
@@ -644,17 +644,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     workdir_lease.check_held()  # Another run took the workdir over: stop before writing.
     ckpt.save(int(state.step), state, {'wall_seconds': previous_seconds + time.time() - start_time})
 
-  writer = metric_writer.MetricWriter(workdir, enabled=is_writer)
+  writer = metric_writer.RunWriter(workdir, enabled=is_writer, start_step=start_step)
+  if start_step == 0:
+    writer.hparams(config)
 
   def record_evaluation(step, figures):
-    writer.scalars(step, figures)
+    writer.evaluation(step, figures)
     if is_writer:
       append_evaluation(workdir / EVAL_HISTORY_FILE, step, figures)
 
-  progress = metric_writer.Progress(config.num_steps, start_step)
   images_per_step = config.labelled_batch_size + (
     config.batch_size if method.uses_unlabelled else 0
   )
+  progress = metric_writer.Progress(config.num_steps, start_step, images_per_step)
+  interval = metric_writer.IntervalMean()
   batches = pipeline.iterate(
     splits,
     mesh,
@@ -676,7 +679,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     for step, batch in zip(range(start_step + 1, config.num_steps + 1), batches):
       if step - 1 in pass_steps:  # The state's step: before that step's update.
         pass_start = time.time()
-        state = jax.block_until_ready(dataset_pass(state))
+        with progress.paused():
+          state = jax.block_until_ready(dataset_pass(state))
         logging.info(
           'Dataset pass before step %d: %d unlabelled images in %.1f s.',
           step - 1,
@@ -686,20 +690,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       profiler.before(step)
       state, metrics = step_fn(state, batch)
       profiler.after(step, state)
+      interval.add(metrics)
+      if step == start_step + 1:  # Compiled: out of the speed, as the views' grid.
+        if start_step == 0:
+          writer.images(0, visuals.augmentation_grids(state.key, batch, augment_cfg, mesh))
+        jax.block_until_ready(metrics)
+        logging.info('First step, compilation included: %.1f s.', progress.restart(step))
       preempted = preemption.reached(step)
       checkpoint_due = step % config.checkpoint_every == 0 or step == config.num_steps
       if step % config.log_every == 0 or checkpoint_due or preempted:
         reported_skips = _check_finite(state, config.nonfinite, ckpt, reported_skips)
       if step % config.log_every == 0 or step == config.num_steps:
-        metrics = jax.device_get(metrics)
-        speed = progress.update(step)
-        writer.scalars(
-          step, {**metrics, 'steps_per_second': speed, 'images_per_second': speed * images_per_step}
-        )
-        logging.info('%s | loss %.4f', progress.line(step), float(metrics['loss']))
+        means = interval.mean()
+        writer.train(step, {**means, **progress.update(step)})
+        logging.info('%s | loss %.4f', progress.line(step), means['loss'])
       if step % config.eval_every == 0 and step != config.num_steps and not preempted:
-        eval_metrics, _ = run_eval(state)
-        record_evaluation(step, eval_metrics)
+        with progress.paused():
+          eval_metrics, _ = run_eval(state)
+          record_evaluation(step, eval_metrics)
         logging.info(
           'step %d eval | %s', step, ' | '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items())
         )
@@ -715,6 +723,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # The reported figures are the final model's, never the best periodic evaluation.
     final, confusion = run_eval(state)
     record_evaluation(config.num_steps, final)
+    if len(confusion) <= MAX_INLINE_CLASSES:
+      writer.images(
+        config.num_steps, {'eval/test_confusion_matrix': visuals.confusion_image(confusion)}
+      )
     ckpt.wait()
   finally:
     profiler.close()

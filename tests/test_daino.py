@@ -342,13 +342,13 @@ def test_twelve_step_run_on_digits_trains_the_student_teacher_and_center(tmp_pat
   between its checkpoints at steps 6 and 12."""
   monkeypatch.setitem(methods.REGISTRY, 'daino', daino.Daino)
   logged = []
-  record = metric_writer.MetricWriter.scalars
+  record = metric_writer.RunWriter.train
 
-  def scalars(self, step, values):
+  def train_metrics(self, step, values):
     logged.append((step, dict(values)))
     record(self, step, values)
 
-  monkeypatch.setattr(metric_writer.MetricWriter, 'scalars', scalars)
+  monkeypatch.setattr(metric_writer.RunWriter, 'train', train_metrics)
   config = tiny_config()
   config.update(num_steps=12, eval_every=12, checkpoint_every=6)
   config.optimizer.warmup_steps = 0
