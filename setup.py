@@ -2,6 +2,14 @@
 
 from setuptools import find_packages, setup
 
+# 0.11 and later need Python 3.12 (a Python 3.11 install gets 0.10.2); the newest set,
+# jax 0.12.0.1 with flax 0.12.12, orbax-checkpoint 0.12.8, tensorflow-cpu 2.21, resolves.
+JAX_VERSIONS = '>=0.10,<0.13'
+# Extras that install jax's build for an accelerator, at the versions above: jax's own extras of
+# the same names (jax 0.10 to 0.12 define all three): its CUDA plugin with the CUDA 12 or 13
+# libraries from pip (the driver must support them), or libtpu.
+ACCELERATORS = ('cuda12', 'cuda13', 'tpu')
+
 setup(
   name='semi_ssl',
   version='0.1.0',
@@ -10,9 +18,7 @@ setup(
   packages=find_packages(include=['semi_ssl', 'semi_ssl.*']),
   python_requires='>=3.10',
   install_requires=[
-    # 0.11 and later need Python 3.12 (a Python 3.11 install gets 0.10.2); the newest set,
-    # jax 0.12.0.1 with flax 0.12.12, orbax-checkpoint 0.12.8, tensorflow-cpu 2.21, resolves.
-    'jax>=0.10,<0.13',
+    f'jax{JAX_VERSIONS}',
     'flax>=0.12,<0.13',
     'optax>=0.2.8,<0.3',
     'orbax-checkpoint>=0.12,<0.13',
@@ -38,5 +44,6 @@ setup(
       'ruff>=0.17,<0.18',
     ],
     'gcs': ['google-cloud-storage>=3'],  # Orbax lists a gs:// workdir's checkpoints with it.
+    **{name: [f'jax[{name}]{JAX_VERSIONS}'] for name in ACCELERATORS},
   },
 )

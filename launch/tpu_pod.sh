@@ -138,7 +138,8 @@ fi
 
 # The commands each worker runs, quoted for its shell (relative paths: from the home directory).
 # Install: fetch the exact ref into REMOTE_DIR (re-runs update it), a Python >= 3.11 virtual
-# environment made by uv, the package (with GCS support for gs:// workdirs) and JAX for TPU.
+# environment made by uv, the package with GCS support for gs:// workdirs and the TPU build of
+# the jax it pins (setup.py's extras).
 install_command="git init --quiet $(quoted "$remote_dir")"
 install_command+=" && cd $(quoted "$remote_dir")"
 install_command+=" && git fetch --quiet $(quoted "$repo" "${ref:-HEAD}")"
@@ -146,7 +147,7 @@ install_command+=" && git checkout --quiet --detach FETCH_HEAD"
 install_command+=" && python3 -m pip install --quiet --user uv"
 install_command+=" && { [ -x .venv/bin/python ] || python3 -m uv venv --quiet --seed"
 install_command+=" --python $(quoted "$python_version") .venv; }"
-install_command+=" && .venv/bin/pip install --quiet -e $(quoted '.[gcs]' 'jax[tpu]')"
+install_command+=" && .venv/bin/pip install --quiet -e $(quoted '.[gcs,tpu]')"
 main_command="cd $(quoted "$remote_dir") && $(quoted .venv/bin/python -m semi_ssl.main \
   --config="$config" --workdir="$workdir" ${extra[@]+"${extra[@]}"})"
 

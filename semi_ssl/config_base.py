@@ -46,6 +46,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # from reshuffled passes over the labelled subset, so 10 labelled images can fill it).
   c.batch_size = 256
   c.labelled_batch_size = 64
+  # Gradient accumulation: each step's batches go through the model as this many micro-batches
+  # (a fraction of the activation memory), their gradients averaged into one optimiser update;
+  # the step counter, schedules and batches are the unaccumulated run's. BatchNorm statistics,
+  # and whatever a loss computes over its batch (negatives, Sinkhorn, queues), are per
+  # micro-batch (train.accumulated_value_and_grad). Divides both batches per device.
+  c.accumulate_steps = 1
 
   # Length: `num_steps`, or `num_epochs` of the `epoch_stream` ('unlabelled': the unlabelled
   # images at `batch_size` a step; 'labelled': the labelled subset at `labelled_batch_size`),
@@ -401,6 +407,26 @@ def closest_key(key: str, candidates) -> str:
   return f" (did you mean '{match[0]}'?)" if match else ''
 
 
+def check_accumulation(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """`config.accumulate_steps` splits each device's rows of both batches into equal
+  micro-batches (batch sizes already checked against the devices)."""
+  steps = config.accumulate_steps
+  require(
+    isinstance(steps, int) and steps > 0,
+    f'config.accumulate_steps={steps!r} must be a positive integer (1: no accumulation).',
+  )
+  for name in ('labelled_batch_size', 'batch_size'):
+    per_device = config[name] // num_devices
+    divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
+    require(
+      per_device % steps == 0,
+      f'config.accumulate_steps={steps} does not divide the {per_device} images per device of '
+      f'config.{name}={config[name]} ({num_devices} devices), so its micro-batches cannot be '
+      f'equal on every device: use one of {divisors} for accumulate_steps, or a multiple of '
+      f'{steps * num_devices} for {name}.',
+    )
+
+
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: str | None) -> None:
   """Raises ValueError naming the key and the fix for a config that cannot run.
 
@@ -438,6 +464,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
       f'set it to a multiple of {num_devices}, e.g. '
       f'--config.{name}={value - value % num_devices or num_devices}.',
     )
+  check_accumulation(config, num_devices)
   check_resolvable(config)
   opt = config.optimizer
   require(

@@ -212,6 +212,7 @@ def step_builders(config: ml_collections.ConfigDict, method: base.Method, augmen
     augment_cfg=augment_cfg,
     schedule=schedule,
     polyak_decay=config.polyak_decay,
+    accumulate_steps=config.accumulate_steps,
   )
   return graphdef, init, step
 
@@ -244,9 +245,11 @@ def train_step(
   augment_cfg: augment.AugmentConfig,
   schedule,
   polyak_decay: float | None = None,
+  accumulate_steps: int = 1,
 ) -> tuple[TrainState, dict]:
-  """One optimiser update on a global batch of uint8 images; with `polyak_decay` (the state a
-  PolyakTrainState), the Polyak average's update after it."""
+  """One optimiser update on a global batch of uint8 images, its gradient the mean over
+  `accumulate_steps` micro-batches of the views (`accumulated_value_and_grad`); with
+  `polyak_decay` (the state a PolyakTrainState), the Polyak average's update after it."""
   key = jax.random.fold_in(state.key, state.step)
   labelled_key, unlabelled_key, loss_key = jax.random.split(key, 3)
   views = {
@@ -263,15 +266,19 @@ def train_step(
       'indices': batch['unlabelled']['indices'],
     }
 
-  def loss_fn(params, model_state):
-    model = nnx.merge(graphdef, params, model_state, copy=True)
-    loss, (method_state, metrics) = method.loss(
-      model, state.method_state, views, loss_key, state.step
-    )
-    return loss, (nnx.state(model, nnx.Not(nnx.Param)), method_state, metrics)
+  def loss_fn(params, states, views, key):
+    model = nnx.merge(graphdef, params, states[0], copy=True)
+    loss, (method_state, metrics) = method.loss(model, states[1], views, key, state.step)
+    return loss, ((nnx.state(model, nnx.Not(nnx.Param)), method_state), metrics)
 
-  (loss, (model_state, method_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-    state.params, state.model_state
+  loss, ((model_state, method_state), metrics), grads = accumulated_value_and_grad(
+    loss_fn,
+    state.params,
+    (state.model_state, state.method_state),
+    views,
+    loss_key,
+    accumulate_steps,
+    method.mesh,
   )
   trainable = method.trainable(state.params, state.step)
   if trainable is not None:
@@ -314,6 +321,53 @@ def train_step(
     first_skipped=first_skipped,
     **polyak,
   ), metrics
+
+
+def accumulated_value_and_grad(loss_fn, params, carry, batch, key, num: int, mesh: Mesh):
+  """(loss, (carry, metrics), gradients w.r.t. `params`) of `loss_fn(params, carry, batch,
+  key) -> (loss, (carry, metrics))`, the loss, metrics and gradients the means over `num`
+  equal micro-batches of `batch` (`micro_batches`), scanned: one compiled pass of the model,
+  holding one micro-batch's activations at a time. Micro-batch i gets fold_in(key, i); the
+  carry (BatchNorm statistics, method state) goes through them in order, as through `num`
+  smaller steps: each updates it with its own rows (queues receive all of the batch's rows,
+  but an EMA updated in the loss, e.g. Daino's center, moves `num` times). num=1: the plain
+  value and gradient of `batch` with `key`."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if num == 1:
+    (loss, aux), grads = grad_fn(params, carry, batch, key)
+    return loss, aux, grads
+
+  def accumulate(totals, micro):
+    carry, grad_sum = totals
+    (loss, (carry, metrics)), grads = grad_fn(params, carry, *micro)
+    return (carry, jax.tree.map(jnp.add, grad_sum, grads)), (loss, metrics)
+
+  keys = jax.vmap(functools.partial(jax.random.fold_in, key))(jnp.arange(num))
+  (carry, grad_sum), (losses, metrics) = jax.lax.scan(
+    accumulate,
+    (carry, jax.tree.map(jnp.zeros_like, params)),
+    (micro_batches(batch, num, mesh), keys),
+  )
+  mean = lambda x: jnp.mean(x, axis=0)
+  return (
+    mean(losses),
+    (carry, jax.tree.map(mean, metrics)),
+    jax.tree.map(lambda g: g / num, grad_sum),
+  )
+
+
+def micro_batches(batch, num: int, mesh: Mesh):
+  """Leaves [B, ...] split over the devices of `mesh` -> [num, B / num, ...] split along axis 1:
+  micro-batch i holds rows i, num + i, 2 num + i, ... With B / devices a multiple of `num`
+  (`config_base.check_accumulation`), each device keeps its own rows (a reshape to
+  [B / num, num, ...] and a swap, no communication), every micro-batch spread over all of
+  them."""
+
+  def split(x):
+    x = x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(x, parallel.batch_sharding(mesh, axis=1))
+
+  return jax.tree.map(split, batch)
 
 
 def make_dataset_pass(

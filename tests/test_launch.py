@@ -98,7 +98,7 @@ INSTALL = (
   ' && python3 -m pip install --quiet --user uv'
   ' && { [ -x .venv/bin/python ]'
   ' || python3 -m uv venv --quiet --seed --python 3.11 .venv; }'
-  ' && .venv/bin/pip install --quiet -e .\\[gcs\\] jax\\[tpu\\]'
+  ' && .venv/bin/pip install --quiet -e .\\[gcs\\,tpu\\]'
 )
 MAIN = (
   'cd semi_ssl && .venv/bin/python -m semi_ssl.main --config=configs/suave/imagenet_10pct.py'
