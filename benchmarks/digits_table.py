@@ -68,6 +68,7 @@ HASH_IGNORES_AT_DEFAULT = (
   'optimizer.decay_factor',
   'polyak_decay',
   'model.remat',
+  'accumulate_steps',
 )
 MAX_SEARCH_SETTINGS = 6
 
