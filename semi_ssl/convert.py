@@ -44,9 +44,9 @@ import argparse
 import collections
 import dataclasses
 import io
+import os
 import pickle
 import re
-import sys
 import zipfile
 from typing import Any
 
@@ -56,7 +56,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from semi_ssl import checkpoint, config_base
-from semi_ssl.errors import UserError
+from semi_ssl.errors import UserError, exit_on_user_error
 from semi_ssl.models import resnet
 from semi_ssl.models.prototypes import PrototypeModel
 
@@ -168,6 +168,8 @@ def _materialise(obj: Any, storages: dict[str, bytes]) -> Any:
 
 def read_torch_file(path: str) -> Any:
   """What `torch.load(path)` returns, tensors as numpy arrays; zip or legacy format."""
+  if not os.path.isfile(path):
+    raise UserError(f'{path} is not a file: give --torch the path of a .pth state dict.')
   if zipfile.is_zipfile(path):
     with zipfile.ZipFile(path) as archive:
       pickles = [n for n in archive.namelist() if n.endswith('data.pkl')]
@@ -425,10 +427,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--out', required=True, help='The workdir to write, for init_from.')
   args = parser.parse_args(argv)
   jax.config.update('jax_platforms', 'cpu')
-  try:
-    record = convert_file(args.torch, args.out)
-  except UserError as error:
-    sys.exit(f'error: {error}')
+  record = exit_on_user_error(convert_file, args.torch, args.out)
   print(
     f'Wrote {args.out} ({", ".join(record["parts"])}); use it with '
     f'--config.init_from.workdir={args.out} --config.init_from.paths="(\'backbone\',)" '

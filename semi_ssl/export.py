@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import jax
 import ml_collections
@@ -33,7 +32,7 @@ from flax import nnx
 
 from semi_ssl import checkpoint, config_base, methods, parallel
 from semi_ssl.data import augment, datasets
-from semi_ssl.errors import UserError
+from semi_ssl.errors import UserError, exit_on_user_error
 from semi_ssl.methods import base
 
 FORMAT = 1
@@ -127,10 +126,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--workdir', required=True, help="A run's (or a stage's) workdir.")
   parser.add_argument('--out', required=True, help='The .npz file to write.')
   args = parser.parse_args(argv)
-  try:
-    export(args.workdir, args.out)
-  except UserError as error:
-    sys.exit(f'error: {error}')
+  exit_on_user_error(export, args.workdir, args.out)
   print(f'Wrote {args.out}; load it with semi_ssl.export.load_exported.')
 
 

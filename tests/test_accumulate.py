@@ -17,7 +17,6 @@ import test_method_contracts
 import test_references
 from semi_ssl import config_base, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
-from semi_ssl.methods import base
 
 LABELLED = 32  # 4 images per device on 8 devices: 4 micro-batches of one image each.
 NUM_STEPS = 2
@@ -27,12 +26,7 @@ NUM_STEPS = 2
 def pixel_backbone():
   """Every method of this module on `PixelBackbone`: no BatchNorm (the supervised head is
   linear), so micro-batches change nothing but the order of float sums."""
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(
-      base,
-      'create_backbone',
-      lambda config, data, rngs: test_references.PixelBackbone(data.image_shape[-1], rngs=rngs),
-    )
+  with test_references.pixel_backbones():
     yield
   jitted.cache_clear()
   trained.cache_clear()

@@ -97,6 +97,11 @@ def test_a_pickle_with_another_global_is_refused_unrun(tmp_path):
   assert not (tmp_path / 'ran').exists()
 
 
+def test_a_missing_file_is_named(tmp_path):
+  with pytest.raises(UserError, match='is not a file'):
+    convert.read_torch_file(str(tmp_path / 'missing.pth'))
+
+
 def _fixture_state():
   path = os.path.join(FIXTURES, 'swav_tiny_zip.pth')
   return convert.unwrap(convert.read_torch_file(path), path)

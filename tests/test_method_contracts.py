@@ -19,7 +19,6 @@ import helpers
 import test_references
 from semi_ssl import checkpoint, parallel, train
 from semi_ssl.data import augment, datasets, pipeline
-from semi_ssl.methods import base
 
 METHODS = (
   'supervised',
@@ -144,12 +143,7 @@ def pixel_backbone():
   """Every method of this module on `PixelBackbone` (BatchNorm only in the heads), which
   compiles in a fraction of the ResNet's time; the trainers and states live as long as the
   module's tests."""
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(
-      base,
-      'create_backbone',
-      lambda config, data, rngs: test_references.PixelBackbone(data.image_shape[-1], rngs=rngs),
-    )
+  with test_references.pixel_backbones():
     yield
   trainer.cache_clear()
   two_steps.cache_clear()

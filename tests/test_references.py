@@ -7,6 +7,8 @@ and heads of one linear layer (no BatchNorm either), so that every number of the
 can be recomputed in numpy from the extracted parameters.
 """
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,14 +40,23 @@ class PixelBackbone(nnx.Module):
     return jnp.mean(jnp.tanh(self.linear(x)), axis=(1, 2))
 
 
+@contextlib.contextmanager
+def pixel_backbones():
+  """Every method built inside gets a `PixelBackbone`."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(
+      base,
+      'create_backbone',
+      lambda config, data, rngs: PixelBackbone(data.image_shape[-1], rngs=rngs),
+    )
+    yield
+
+
 @pytest.fixture
-def pixel_backbone(monkeypatch):
+def pixel_backbone():
   """Every method built in the test gets a `PixelBackbone`."""
-  monkeypatch.setattr(
-    base,
-    'create_backbone',
-    lambda config, data, rngs: PixelBackbone(data.image_shape[-1], rngs=rngs),
-  )
+  with pixel_backbones():
+    yield
 
 
 def one_device_mesh():
