@@ -70,6 +70,8 @@ HASH_IGNORES_AT_DEFAULT = (
   'model.remat',
   'accumulate_steps',
 )
+# Keys of a method's section added likewise, with the value that trains as before they existed.
+HASH_IGNORES_AT_VALUE = {'s4l.label_smoothing': 0.0}
 MAX_SEARCH_SETTINGS = 6
 
 _METHODS = flags.DEFINE_list(
@@ -127,15 +129,16 @@ def parse_config(config_flags_: list[str]):
 
 
 @functools.cache
-def _base_defaults() -> dict:
+def _values_left_out() -> dict:
   base = config_base.flatten(json.loads(config_base.get_base_config().to_json_best_effort()))
-  return {key: base[key] for key in HASH_IGNORES_AT_DEFAULT}
+  return {**{key: base[key] for key in HASH_IGNORES_AT_DEFAULT}, **HASH_IGNORES_AT_VALUE}
 
 
 def _strip(tree, prefix: str = ''):
   """`tree` (a JSON config) without the keys of HASH_IGNORES, nor those below one, nor those of
-  HASH_IGNORES_AT_DEFAULT at their defaults; a list's dicts (stages) and the dicts with a
-  `method` (a stage's section) are configs of their own."""
+  HASH_IGNORES_AT_DEFAULT at their defaults or of HASH_IGNORES_AT_VALUE at their values; a
+  list's dicts (stages) and the dicts with a `method` (a stage's section) are configs of their
+  own."""
   if isinstance(tree, list):
     return [_strip(item) for item in tree]
   if not isinstance(tree, dict):
@@ -144,7 +147,7 @@ def _strip(tree, prefix: str = ''):
     prefix = ''
 
   def ignored(key, value):
-    at_default = key in _base_defaults() and value == _base_defaults()[key]
+    at_default = key in _values_left_out() and value == _values_left_out()[key]
     return at_default or any(key == i or key.startswith(i + '.') for i in HASH_IGNORES)
 
   return {k: _strip(v, f'{prefix}{k}.') for k, v in tree.items() if not ignored(f'{prefix}{k}', v)}

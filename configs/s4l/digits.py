@@ -41,6 +41,7 @@ def get_config(variant: str = 'rotation'):
       variant=variant,
       stage='joint',  # moam: joint | retrain | finetune (config_base.s4l_moam_stages sets it).
       supervised_weight=1.0,  # The labelled cross-entropy's; 1 in the paper's variants.
+      label_smoothing=0.0,  # Of the labelled cross-entropy's targets (the paper: none).
       # rotation: [O] s4l_rotation.sh lines 39-41 (weight 1, on labelled and unlabelled
       # images), preprocess.py lines 207-228 (all four rotations).
       rotations='all',

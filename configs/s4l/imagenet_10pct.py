@@ -99,6 +99,7 @@ def get_config(variant: str = 'rotation'):
       variant=variant,
       stage='joint',  # moam: joint | retrain | finetune (config_base.s4l_moam_stages sets it).
       supervised_weight=1.0,  # The labelled cross-entropy's: 1 in [O]'s variants.
+      label_smoothing=0.0,  # Of the labelled cross-entropy's targets: [O] has none.
       # [O] s4l_rotation.sh lines 27-30, 39-41: all four rotations of labelled and unlabelled
       # images, weight 1; rotation.py lines 113-119: the classifier sees all four.
       rotations='all',

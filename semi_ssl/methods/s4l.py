@@ -45,7 +45,8 @@ moam        Mix Of All Models (the paper's section 6), three stages of one metho
   finetune  The retrain stage's backbone and classifier (`init_from`), the cross-entropy of the
             labelled views only.
 Each variant's loss is `supervised_weight` (1: the paper's variants) times the cross-entropy of
-the classified labelled views plus its terms, from one pass of every view through the backbone.
+the classified labelled views (their one-hot targets smoothed by `label_smoothing`, ours: 0 in
+the paper) plus its terms, from one pass of every view through the backbone.
 
 `predict` is the linear classifier on the backbone features.
 """
@@ -132,6 +133,10 @@ class S4L(base.Method):
       'pseudo_label_weight',
     ):
       require(hp[key] >= 0, f'config.s4l.{key}={hp[key]} must be >= 0.')
+    require(
+      0 <= hp.label_smoothing < 1,
+      f'config.s4l.label_smoothing={hp.label_smoothing} must be in [0, 1).',
+    )
     if 'rotation' in self.terms:
       require(
         hp.rotations in ROTATIONS,
@@ -245,7 +250,7 @@ class S4L(base.Method):
 
     classified, class_features = seen_by_classifier(groups), seen_by_classifier(features)
     logits_l = [model.classify(f) for f in class_features['labelled']]
-    supervised, top1 = self._supervised(logits_l, labels)
+    supervised, top1 = self._supervised(logits_l, labels, hp.label_smoothing)
     loss = hp.supervised_weight * supervised
     metrics = {'train_top1': top1, 'loss_supervised': supervised}
     if 'rotation' in terms:
@@ -287,10 +292,11 @@ class S4L(base.Method):
     starts = itertools.accumulate((len(g) for g in groups.values()), initial=0)
     return {name: flat[s : s + len(g)] for (name, g), s in zip(groups.items(), starts)}
 
-  def _supervised(self, logits, labels):
+  def _supervised(self, logits, labels, smoothing=0.0):
     """(mean over views of the mean cross-entropy of logits V x [k B, C] whose rows are k
-    copies of the B labelled images in order, labels [B]; the first view's first-copy top-1)."""
-    targets = losses.one_hot_targets(labels, self.data.num_classes)
+    copies of the B labelled images in order, labels [B] (one-hot targets, `smoothing` spread
+    over the classes); the first view's first-copy top-1)."""
+    targets = losses.one_hot_targets(labels, self.data.num_classes, smoothing)
     per_view = [
       jnp.mean(losses.cross_entropy(l, jnp.tile(targets, (l.shape[0] // labels.shape[0], 1))))
       for l in logits
