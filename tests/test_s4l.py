@@ -165,6 +165,7 @@ def test_vat_perturbation_has_norm_epsilon_and_beats_a_random_direction():
     (dict(variant='exemplar', num_exemplar_copies=8), 'num_exemplar_copies=8: each image'),
     (dict(variant='vat_entmin', vat_epsilon=0.0), 'vat_epsilon=0.0 must be > 0'),
     (dict(rotation_weight=-1.0), 'rotation_weight=-1.0 must be >= 0'),
+    (dict(label_smoothing=1.0), r'label_smoothing=1.0 must be in \[0, 1\)'),
     (dict(variant='moam', stage='distill'), "stage='distill' is unknown"),
     (dict(variant='moam', stage='retrain'), 'set exactly one of workdir'),
     (dict(variant='moam', pseudo_label_weight=-1.0), 'pseudo_label_weight=-1.0 must be >= 0'),
