@@ -70,8 +70,6 @@ HASH_IGNORES_AT_DEFAULT = (
   'model.remat',
   'accumulate_steps',
 )
-# Keys of a method's section added likewise, with the value that trains as before they existed.
-HASH_IGNORES_AT_VALUE = {'s4l.label_smoothing': 0.0}
 MAX_SEARCH_SETTINGS = 6
 
 _METHODS = flags.DEFINE_list(
@@ -131,14 +129,14 @@ def parse_config(config_flags_: list[str]):
 @functools.cache
 def _values_left_out() -> dict:
   base = config_base.flatten(json.loads(config_base.get_base_config().to_json_best_effort()))
-  return {**{key: base[key] for key in HASH_IGNORES_AT_DEFAULT}, **HASH_IGNORES_AT_VALUE}
+  return {**{key: base[key] for key in HASH_IGNORES_AT_DEFAULT}, **config_base.ADDED_METHOD_KEYS}
 
 
 def _strip(tree, prefix: str = ''):
   """`tree` (a JSON config) without the keys of HASH_IGNORES, nor those below one, nor those of
-  HASH_IGNORES_AT_DEFAULT at their defaults or of HASH_IGNORES_AT_VALUE at their values; a
-  list's dicts (stages) and the dicts with a `method` (a stage's section) are configs of their
-  own."""
+  HASH_IGNORES_AT_DEFAULT at their defaults or of `config_base.ADDED_METHOD_KEYS` at their
+  values; a list's dicts (stages) and the dicts with a `method` (a stage's section) are configs
+  of their own."""
   if isinstance(tree, list):
     return [_strip(item) for item in tree]
   if not isinstance(tree, dict):

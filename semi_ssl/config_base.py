@@ -168,6 +168,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Keys of a method's section added after runs were made, at the value that trains as those runs
+# did: like a key added to `get_base_config` at its default, they let such a run resume
+# (`train.check_config_unchanged`) and keep its config hash (benchmarks/digits_table.py).
+ADDED_METHOD_KEYS = {'s4l.label_smoothing': 0.0}
+
 # Keys a resumed run may change (every other difference from the config the run started with
 # stops it): they change what is logged, evaluated, kept or where things are found, never
 # the parameters a step computes.

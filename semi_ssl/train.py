@@ -548,13 +548,15 @@ def check_unchanged(
 
 def check_config_unchanged(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
   """`check_unchanged` of the config, but for the keys a resumed run may change, and for keys
-  added to `get_base_config` since the run started that are at their defaults."""
+  added since the run started (to `get_base_config`, or `config_base.ADDED_METHOD_KEYS`) that
+  are at their defaults."""
+  base = json.loads(config_base.get_base_config().to_json_best_effort())
   check_unchanged(
     workdir,
     CONFIG_FILE,
     json.loads(config.to_json_best_effort()),
     config_base.RESUME_MAY_CHANGE,
-    defaults=json.loads(config_base.get_base_config().to_json_best_effort()),
+    defaults={**base, **config_base.ADDED_METHOD_KEYS},
   )
 
 

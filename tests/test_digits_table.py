@@ -32,9 +32,10 @@ def test_keys_added_later_leave_the_hash_alone_at_their_defaults():
   assert Run('supervised', 5, 0, ('optimizer.schedule=cosine',)).config_hash == 'ef875203d4ee'
   assert Run('supervised', 5, 0, ('polyak_decay=0.99',)).config_hash != 'ef875203d4ee'
   # S4L's vat_entmin as recorded before s4l.label_smoothing existed (commit 33d955f).
-  vat = dict(config_arg='vat_entmin')
-  assert Run('s4l', 5, 0, **vat).config_hash == '6fe82d809822'
-  assert Run('s4l', 5, 0, ('s4l.label_smoothing=0.1',), **vat).config_hash != '6fe82d809822'
+  vat, entmin = dict(config_arg='vat_entmin'), 's4l.entmin_weight=1.0'
+  assert Run('s4l', 5, 0, (entmin,), **vat).config_hash == '6fe82d809822'
+  smoothed = (entmin, 's4l.label_smoothing=0.1')
+  assert Run('s4l', 5, 0, smoothed, **vat).config_hash != '6fe82d809822'
 
 
 def test_a_config_argument_is_passed_on_and_names_another_config():

@@ -207,3 +207,14 @@ def test_a_run_started_before_these_options_resumes_unless_they_change(tmp_path)
   config.polyak_decay = 0.5
   with pytest.raises(errors.UserError, match='polyak_decay was absent, now 0.5'):
     train.check_config_unchanged(config, tmp_path)
+
+
+def test_an_s4l_run_started_before_label_smoothing_resumes_unless_it_changes(tmp_path):
+  config = tiny_config('s4l')
+  saved = json.loads(config.to_json_best_effort())
+  del saved['s4l']['label_smoothing']
+  (tmp_path / train.CONFIG_FILE).write_text(json.dumps(saved))
+  train.check_config_unchanged(config, tmp_path)
+  config.s4l.label_smoothing = 0.1
+  with pytest.raises(errors.UserError, match='s4l.label_smoothing was absent, now 0.1'):
+    train.check_config_unchanged(config, tmp_path)
