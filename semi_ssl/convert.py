@@ -195,11 +195,10 @@ def read_torch_file(path: str) -> Any:
     _unpickle(file, path)  # Protocol version.
     _unpickle(file, path)  # System information.
     obj = _unpickle(file, path)
-    storages = {}
+    storages, dtypes = {}, _storage_dtypes(obj)
     for key in _unpickle(file, path):
       numel = int(np.frombuffer(file.read(8), '<i8')[0])
-      dtype = _storage_dtypes(obj)[str(key)]
-      storages[str(key)] = file.read(numel * dtype.itemsize)
+      storages[str(key)] = file.read(numel * dtypes[str(key)].itemsize)
   return _materialise(obj, storages)
 
 

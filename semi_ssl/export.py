@@ -21,6 +21,7 @@ view and `Method.predict` the trainer's evaluation applies.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 
@@ -30,7 +31,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from semi_ssl import checkpoint, config_base, methods, parallel
+from semi_ssl import checkpoint, config_base, methods, parallel, train
 from semi_ssl.data import augment, datasets
 from semi_ssl.errors import UserError, exit_on_user_error
 from semi_ssl.methods import base
@@ -38,15 +39,16 @@ from semi_ssl.methods import base
 FORMAT = 1
 METADATA_KEY = 'export.json'
 COLLECTIONS = ('params', 'model_state')
-CONFIG_FILE = 'config.json'  # train.CONFIG_FILE: the config a run started with.
 
 
 def export(workdir: str | os.PathLike, out: str | os.PathLike) -> dict:
   """Writes the final model of `workdir` to `out` (see the module docstring); returns its
   'export.json' record. Loads the run's data for the model's `DataInfo` and eval statistics."""
-  config_path = epath.Path(workdir) / CONFIG_FILE
+  config_path = epath.Path(workdir) / train.CONFIG_FILE
   if not config_path.exists():
-    raise UserError(f'{workdir} holds no {CONFIG_FILE}: point --workdir at a run (or a stage).')
+    raise UserError(
+      f'{workdir} holds no {train.CONFIG_FILE}: point --workdir at a run (or a stage).'
+    )
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   variables = checkpoint.load_variables(workdir)
   splits = datasets.load(config)
@@ -54,18 +56,10 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike) -> dict:
     unlabelled=len(splits.unlabelled_images), labelled=len(splits.labelled_labels)
   )
   config = config_base.resolve(config, num_examples)
-  data = base.DataInfo(
-    num_classes=splits.num_classes,
-    image_shape=tuple(splits.image_shape),
-    num_unlabelled=len(splits.unlabelled_images),
-    labelled_counts=tuple(
-      np.bincount(splits.labelled_labels, minlength=splits.num_classes).tolist()
-    ),
-  )
   record = dict(
     format=FORMAT,
     config=json.loads(config.to_json_best_effort()),
-    data=data.__dict__,
+    data=dataclasses.asdict(train.data_info(splits)),
     eval_view=dict(
       size=config.augment.global_size,
       mean=list(splits.mean),

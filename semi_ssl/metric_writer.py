@@ -28,6 +28,26 @@ METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
 
 
+def write_atomically(path: epath.Path, text: str) -> None:
+  """`text` into `path` through a temporary file, so a reader never sees half of it (and a
+  bucket, which cannot append, gets whole files)."""
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def read_step_lines(path: epath.Path) -> dict[int, dict]:
+  """{step: record} of a JSON-lines file of {"step": s, ...} records ({} when it is absent)."""
+  if not path.exists():
+    return {}
+  return {r['step']: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def step_lines(records: Mapping[int, dict]) -> str:
+  """{step: record} as the text of a JSON-lines file, steps ascending."""
+  return ''.join(json.dumps(records[step]) + '\n' for step in sorted(records))
+
+
 class JsonLinesWriter:
   """The scalars of each step as one JSON line of a file, {"step": s, tag: value, ...}, steps
   ascending; clu's MetricWriter interface for scalars (images and hyperparameters are
@@ -37,10 +57,7 @@ class JsonLinesWriter:
 
   def __init__(self, path: epath.Path, start_step: int):
     self._path = path
-    self._records = {}
-    if path.exists():
-      records = map(json.loads, path.read_text().splitlines())
-      self._records = {r['step']: r for r in records if r['step'] <= start_step}
+    self._records = {s: r for s, r in read_step_lines(path).items() if s <= start_step}
     self._lock = threading.Lock()
     self._rewrite_waiting = False
     self._thread = futures.ThreadPoolExecutor(1, thread_name_prefix='JsonLinesWriter')
@@ -58,10 +75,8 @@ class JsonLinesWriter:
   def _rewrite(self) -> None:
     with self._lock:
       self._rewrite_waiting = False
-      text = ''.join(json.dumps(self._records[step]) + '\n' for step in sorted(self._records))
-    tmp = self._path.with_name(self._path.name + '.tmp')
-    tmp.write_text(text)
-    tmp.replace(self._path)
+      text = step_lines(self._records)
+    write_atomically(self._path, text)
 
   def write_images(self, step: int, images: Mapping) -> None:
     del step, images  # TensorBoard's.

@@ -149,15 +149,19 @@ def create_method(
   config: ml_collections.ConfigDict, splits: datasets.DatasetSplits, mesh: Mesh
 ) -> base.Method:
   """The method of `config.method` on the run's mesh."""
-  data = base.DataInfo(
+  return methods.REGISTRY[config.method](config, data_info(splits), mesh)
+
+
+def data_info(splits: datasets.DatasetSplits) -> base.DataInfo:
+  """What a method is told of the data: classes, image shape, unlabelled and labelled counts."""
+  return base.DataInfo(
     num_classes=splits.num_classes,
-    image_shape=splits.image_shape,
+    image_shape=tuple(splits.image_shape),
     num_unlabelled=len(splits.unlabelled_images),
     labelled_counts=tuple(
       np.bincount(splits.labelled_labels, minlength=splits.num_classes).tolist()
     ),
   )
-  return methods.REGISTRY[config.method](config, data, mesh)
 
 
 def state_sharding(method: base.Method, abstract_state: TrainState) -> TrainState:
@@ -455,10 +459,7 @@ def keep_frozen_state(new_opt_state, old_opt_state, trainable):
 
 
 def _write_json(path: epath.Path, data: dict) -> None:
-  """Atomic: a reader never sees a half-written file."""
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(data, indent=2))
-  tmp.replace(path)
+  metric_writer.write_atomically(path, json.dumps(data, indent=2))
 
 
 def append_evaluation(path: epath.Path, step: int, figures: dict) -> None:
@@ -466,13 +467,9 @@ def append_evaluation(path: epath.Path, step: int, figures: dict) -> None:
   order: an evaluation of a step already there (a resumed run evaluating again a step it had
   evaluated before it stopped) replaces its line. Rewritten atomically, as a bucket cannot
   append."""
-  records = {}
-  if path.exists():
-    records = {r['step']: r for r in map(json.loads, path.read_text().splitlines())}
+  records = metric_writer.read_step_lines(path)
   records[step] = {'step': step, **figures}
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(''.join(json.dumps(records[s]) + '\n' for s in sorted(records)))
-  tmp.replace(path)
+  metric_writer.write_atomically(path, metric_writer.step_lines(records))
 
 
 def per_class_results(confusion: np.ndarray, workdir: epath.Path, is_writer: bool) -> dict:
