@@ -355,6 +355,15 @@ def _unique(values) -> list:
   return list(dict.fromkeys(values))
 
 
+def _method_name(method: str, config_arg: str, tags: list[str]) -> str:
+  """'s4l:vat_entmin', 's4l:moam/joint': the method (and stage) with its config argument,
+  unless a tag of the same name already shows it."""
+  name, _, stage = method.partition('/')
+  if config_arg and config_arg not in tags:
+    name = f'{name}:{config_arg}'
+  return f'{name}/{stage}' if stage else name
+
+
 def format_report(rows: list[dict], min_seeds: int = 3) -> str:
   """The README table: one line per (labels per class, method, config) with `min_seeds` seeds
   or more, validation, test and kNN top-1 (%) as mean ± sample std over the seeds present
@@ -374,10 +383,11 @@ def format_report(rows: list[dict], min_seeds: int = 3) -> str:
       continue
     labels, method, hash_ = key
     figure = lambda name: _mean_std([r[name] for r in runs if name in r])
+    tags = [t for t in _unique(r.get('tag', '') for r in runs) if t]
     cells = [
       str(labels),
-      method,
-      ', '.join(t for t in _unique(r.get('tag', '') for r in runs) if t) or '–',
+      _method_name(method, runs[0].get('config_arg', ''), tags),
+      ', '.join(tags) or '–',
       hash_ or 'older',
       figure('val_top1'),
       figure('test_top1'),

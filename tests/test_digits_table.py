@@ -69,6 +69,20 @@ def test_a_staged_run_is_recorded_and_reported_stage_by_stage():
   assert ' | 90.00 ± 0.00 | 60.00 ± 0.00 | 3 | 2 |' in lines[1]
 
 
+def test_the_table_names_a_config_argument_beside_the_method_unless_tagged():
+  machine = {'commit': 'c', 'machine': 'm'}
+  rows = [
+    digits_table.record_row(Run(method, 5, seed, config_arg=arg, tag=tag), _results(), machine)
+    for method, arg, tag in (('s4l', 'vat_entmin', ''), ('suave', 'official', 'official'))
+    for seed in range(3)
+  ]
+  lines = digits_table.format_report(rows).splitlines()[2:]
+  assert [line.split(' | ')[1:3] for line in lines] == [
+    ['s4l:vat_entmin', '–'],
+    ['suave', 'official'],
+  ]
+
+
 def test_a_bad_override_stops_with_one_line_before_any_run():
   with pytest.raises(SystemExit) as error:
     Run('suave', 5, 0, ('suave.mixup_alfa=0',)).config_hash
