@@ -403,6 +403,8 @@ def _nested(flat: dict[str, np.ndarray]) -> dict:
 def convert_file(torch_path: str, out_dir: str) -> dict:
   """Reads, converts, checks and writes `torch_path` as the step-0 checkpoint of workdir
   `out_dir`; returns its record (the source, the width, the converted top-level parts)."""
+  if checkpoint.has_checkpoint(out_dir):  # Before the reading and building.
+    raise UserError(f'{out_dir} already holds a checkpoint: choose an empty --out.')
   state = unwrap(read_torch_file(torch_path), torch_path)
   variables, source = convert(state)
   check_shapes(variables, source)
@@ -412,8 +414,6 @@ def convert_file(torch_path: str, out_dir: str) -> dict:
     width=variables['params']['backbone/stem/conv/kernel'].shape[-1] / 64,
     parts=sorted({p.split('/')[0] for p in variables['params']}),
   )
-  if checkpoint.has_checkpoint(out_dir):
-    raise UserError(f'{out_dir} already holds a checkpoint: choose an empty --out.')
   ckpt = checkpoint.Checkpointer(out_dir, keep=1)
   ckpt.save(0, {name: _nested(flat) for name, flat in variables.items()}, record)
   ckpt.close()
