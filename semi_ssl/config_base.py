@@ -412,21 +412,31 @@ def closest_key(key: str, candidates) -> str:
   return f" (did you mean '{match[0]}'?)" if match else ''
 
 
-def check_accumulation(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """`config.accumulate_steps` splits each device's rows of both batches into equal
-  micro-batches (batch sizes already checked against the devices)."""
+def check_batches(config: ml_collections.ConfigDict, names: tuple[str, ...], num_devices: int):
+  """Each batch size named (`batch_size`, `labelled_batch_size`, `eval.batch_size`: positive
+  integers) splits evenly over the devices, and the training batches among them into
+  `config.accumulate_steps` equal micro-batches on every device."""
   steps = config.accumulate_steps
   require(
     isinstance(steps, int) and steps > 0,
     f'config.accumulate_steps={steps!r} must be a positive integer (1: no accumulation).',
   )
-  for name in ('labelled_batch_size', 'batch_size'):
-    per_device = config[name] // num_devices
+  for name in names:
+    value = config.eval.batch_size if name == 'eval.batch_size' else config[name]
+    require(
+      value % num_devices == 0,
+      f'config.{name}={value} is not divisible by the {num_devices} devices: '
+      f'set it to a multiple of {num_devices}, e.g. '
+      f'--config.{name}={value - value % num_devices or num_devices}.',
+    )
+    if name == 'eval.batch_size':
+      continue
+    per_device = value // num_devices
     divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
     require(
       per_device % steps == 0,
       f'config.accumulate_steps={steps} does not divide the {per_device} images per device of '
-      f'config.{name}={config[name]} ({num_devices} devices), so its micro-batches cannot be '
+      f'config.{name}={value} ({num_devices} devices), so its micro-batches cannot be '
       f'equal on every device: use one of {divisors} for accumulate_steps, or a multiple of '
       f'{steps * num_devices} for {name}.',
     )
@@ -463,13 +473,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
     require(
       isinstance(value, int) and value > 0, f'config.{name}={value!r} must be a positive integer.'
     )
-    require(
-      value % num_devices == 0,
-      f'config.{name}={value} is not divisible by the {num_devices} devices: '
-      f'set it to a multiple of {num_devices}, e.g. '
-      f'--config.{name}={value - value % num_devices or num_devices}.',
-    )
-  check_accumulation(config, num_devices)
   check_resolvable(config)
   opt = config.optimizer
   require(
@@ -547,6 +550,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, workdir: st
   data = base.DataInfo(num_classes=datasets.num_classes(config), image_shape=shape)
   method = methods.REGISTRY[config.method](config, data, mesh)
   nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
+  # The unlabelled batch only where the method reads it (the supervised baseline does not).
+  unlabelled = ('batch_size',) if method.uses_unlabelled else ()
+  check_batches(config, ('labelled_batch_size', *unlabelled, 'eval.batch_size'), num_devices)
   if workdir is not None:
     _check_writable(workdir)
 

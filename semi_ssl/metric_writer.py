@@ -145,27 +145,35 @@ class RunWriter:
 
 
 @jax.jit
-def _add(total: dict, metrics: dict) -> dict:
-  return jax.tree.map(jnp.add, total, metrics)
+@jax.jit
+def _accumulate(sums: dict, counts: dict, metrics: dict) -> tuple[dict, dict]:
+  """(sums, counts) of each metric's finite values, `metrics` (scalars) added."""
+  finite = jax.tree.map(jnp.isfinite, metrics)
+  sums = jax.tree.map(lambda s, m, f: s + jnp.where(f, m, 0).astype(s.dtype), sums, metrics, finite)
+  return sums, jax.tree.map(lambda c, f: c + f.astype(c.dtype), counts, finite)
 
 
 class IntervalMean:
-  """The mean of each metric over the steps since the last `mean()`. The running sum stays on
-  the devices (a small jitted add per step, which nothing waits for) until `mean()` fetches it."""
+  """The mean of each metric's finite values over the steps since the last `mean()` (a step
+  that `config.nonfinite='skip'` skipped counts in none; a metric never finite is NaN). The
+  sums stay on the devices (one jitted add per step, which nothing waits for) until `mean()`
+  fetches them."""
 
   def __init__(self):
-    self._total, self._count = None, 0
+    self._sums = self._counts = None
 
   def add(self, metrics: dict) -> None:
     """`metrics`: scalar arrays (a step's), under the same names at every step."""
-    self._total = metrics if self._total is None else _add(self._total, metrics)
-    self._count += 1
+    if self._sums is None:
+      self._sums = jax.tree.map(lambda _: jnp.zeros((), jnp.float32), metrics)
+      self._counts = jax.tree.map(lambda _: jnp.zeros((), jnp.int32), metrics)
+    self._sums, self._counts = _accumulate(self._sums, self._counts, metrics)
 
   def mean(self) -> dict[str, float]:
     """The means since the last call; starts a new interval."""
-    total, count = jax.device_get(self._total), self._count
-    self._total, self._count = None, 0
-    return {name: float(value) / count for name, value in total.items()}
+    sums, counts = jax.device_get((self._sums, self._counts))
+    self._sums = self._counts = None
+    return {name: float(sums[name]) / counts[name] if counts[name] else math.nan for name in sums}
 
 
 class Progress:
@@ -203,21 +211,27 @@ class Progress:
 
   def update(self, step: int) -> dict[str, float]:
     """{steps_per_second, images_per_second} since the last update or restart (unchanged if no
-    step was done)."""
+    step was done; {} until a step after the first has been timed)."""
     steps = step - self._last_step
     seconds = self.restart(step)
     if steps > 0:
       self.steps_per_second = steps / max(seconds, 1e-9)
+    if math.isnan(self.steps_per_second):
+      return {}
     return {
       'steps_per_second': self.steps_per_second,
       'images_per_second': self.steps_per_second * self.images_per_step,
     }
 
   def line(self, step: int) -> str:
+    """'step S/N (P%) | steps/s | images/s | ETA', the speed 'not timed yet' before `update`
+    has timed a step after the first."""
+    prefix = f'step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%)'
     speed = self.steps_per_second
+    if math.isnan(speed):
+      return f'{prefix} | speed not timed yet (the first step compiles)'
     eta = (self.num_steps - step) / speed if speed > 0 else 0
     return (
-      f'step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%) | '
-      f'{speed:.1f} steps/s | {speed * self.images_per_step:.0f} images/s | '
+      f'{prefix} | {speed:.1f} steps/s | {speed * self.images_per_step:.0f} images/s | '
       f'ETA {datetime.timedelta(seconds=round(eta))}'
     )

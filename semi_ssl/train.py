@@ -363,7 +363,7 @@ def accumulated_value_and_grad(loss_fn, params, carry, batch, key, num: int, mes
 def micro_batches(batch, num: int, mesh: Mesh):
   """Leaves [B, ...] split over the devices of `mesh` -> [num, B / num, ...] split along axis 1:
   micro-batch i holds rows i, num + i, 2 num + i, ... With B / devices a multiple of `num`
-  (`config_base.check_accumulation`), each device keeps its own rows (a reshape to
+  (`config_base.check_batches`), each device keeps its own rows (a reshape to
   [B / num, num, ...] and a swap, no communication), every micro-batch spread over all of
   them."""
 

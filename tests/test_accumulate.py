@@ -163,7 +163,10 @@ def test_every_methods_step_traces_with_accumulation(name):
     (dict(accumulate_steps=-2), 'must be a positive integer'),
     # 2 labelled images per device.
     (dict(accumulate_steps=4), r'images per device of config.labelled_batch_size=16 .* \[1, 2\]'),
-    (dict(accumulate_steps=3, labelled_batch_size=48, batch_size=64), 'config.batch_size=64'),
+    (
+      dict(method='suave', accumulate_steps=3, labelled_batch_size=48, batch_size=64),
+      'config.batch_size=64',
+    ),
   ],
 )
 def test_bad_accumulate_steps_is_a_config_error(overrides, message):
@@ -175,3 +178,11 @@ def test_bad_accumulate_steps_is_a_config_error(overrides, message):
 def test_dividing_accumulate_steps_is_valid():
   config = helpers.tiny_config(accumulate_steps=2, labelled_batch_size=32, batch_size=48)
   config_base.validate(config, num_devices=8, workdir=None)
+
+
+def test_an_unread_unlabelled_batch_size_is_not_checked():
+  """The supervised baseline reads no unlabelled batch: its batch_size may split unevenly."""
+  config = helpers.tiny_config(accumulate_steps=2, labelled_batch_size=32, batch_size=12)
+  config_base.validate(config, num_devices=8, workdir=None)
+  with pytest.raises(ValueError, match='config.batch_size=12 is not divisible by the 8'):
+    config_base.validate(helpers.tiny_config('suave', batch_size=12), num_devices=8, workdir=None)

@@ -103,6 +103,15 @@ def test_interval_mean_is_the_mean_of_the_steps_since_the_last_one():
   assert mean.mean() == pytest.approx({'loss': 7.0, 'count': 1.0})
 
 
+def test_interval_mean_leaves_out_non_finite_values():
+  """A step that `nonfinite='skip'` skipped does not turn the interval's mean into NaN."""
+  mean = metric_writer.IntervalMean()
+  for loss, grad in [(1.0, np.nan), (np.inf, np.nan), (3.0, np.nan)]:
+    mean.add({'loss': jnp.float32(loss), 'grad': jnp.float32(grad)})
+  means = mean.mean()
+  assert means['loss'] == 2.0 and np.isnan(means['grad'])
+
+
 def test_progress_speed_leaves_out_the_first_step_and_paused_seconds():
   now = [100.0]
   progress = metric_writer.Progress(
@@ -118,6 +127,20 @@ def test_progress_speed_leaves_out_the_first_step_and_paused_seconds():
   assert progress.line(19) == 'step 19/50 (38%) | 1.0 steps/s | 32 images/s | ETA 0:00:31'
   now[0] += 2.0
   assert progress.update(21)['steps_per_second'] == 1.0  # The pause counted once only.
+
+
+def test_progress_before_a_timed_step_writes_no_speed():
+  """With log_every=1 the first log comes right after the compiling step: no NaN speed."""
+  now = [0.0]
+  progress = metric_writer.Progress(
+    num_steps=4, start_step=0, images_per_step=8, clock=lambda: now[0]
+  )
+  now[0] += 30.0
+  progress.restart(1)
+  assert progress.update(1) == {}
+  assert progress.line(1) == 'step 1/4 (25%) | speed not timed yet (the first step compiles)'
+  now[0] += 0.5
+  assert progress.update(2) == {'steps_per_second': 2.0, 'images_per_second': 16.0}
 
 
 @pytest.mark.parametrize('missing', ['tensorflow', 'clu'])
