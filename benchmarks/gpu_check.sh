@@ -60,7 +60,8 @@ if [[ -n ${PEAK_TFLOPS:-} ]]; then
   peak=(--peak_tflops "$PEAK_TFLOPS")
 fi
 
-# Runs the table (logs $OUT/$1_batch_B.log) with --batch $2 and the further flags, halving the
+# Runs the table (logs $OUT/$1_batch_B.log) with --batch $2 and the further flags (5 timing
+# rounds: a GPU step varies far less than a CPU one), halving the
 # batch while XLA reports an out-of-memory error and time is left; prints the batch that fitted.
 largest_batch_run() {
   local name=$1 batch=$2 log left
@@ -71,7 +72,7 @@ largest_batch_run() {
     log="$OUT/${name}_batch_$batch.log"
     echo "gpu_check: --batch $batch ($left s left): $*" >&2
     if timeout "$left" "$PYTHON" -m benchmarks.throughput --batch "$batch" --dtype bfloat16 \
-      "${peak[@]}" "$@" >"$log" 2>&1; then
+      --repeats 5 "${peak[@]}" "$@" >"$log" 2>&1; then
       cat "$log" >&2
       echo "$batch"
       return 0

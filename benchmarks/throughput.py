@@ -11,7 +11,8 @@ Rows:
                       create_optimizer, state_initializer, state_sharding, train_step), on a fixed
                       batch of random uint8 images on the devices: images/s of the step (labelled
                       + unlabelled images per step over its median time), beside the reference
-                      step's, and overhead_pct = 100 (t_method / t_reference - 1).
+                      step's, and overhead_pct = 100 (t_method / t_reference - 1), the ratio the
+                      median of the rounds' (Timing).
   input img/s         the trainer's input pipeline for the method's config (`pipeline.iterate`:
                       host batches of the real digits splits, sent to the devices), alone, in
                       images/s; the step is input-bound where this is below the step's img/s.
@@ -31,8 +32,11 @@ cross-entropy), 'forward' (a teacher's or target's: parameters outside the gradi
 math (heads, losses, Sinkhorn, kNN, queues, EMA updates) is what the reference lacks.
 
 Timing: `--warmup` steps, then `--repeats` rounds that time `--steps` steps of the method's
-step and then of the reference's, each ended by `block_until_ready`; the median per step (the
-two interleaved, so that a varying load weighs on both alike). FLOPs per step: XLA's cost
+step and of the reference's, each ended by `block_until_ready`, in turn, the first of the two
+alternating from round to round; images/s from the median time per step, the overhead from the
+median of the rounds' time ratios (the two timed back to back, so that a load that comes and
+goes weighs on both alike: on 2 CPU cores a step's time varies by 10% from round to round, and
+25 rounds give an overhead within about 3 points from run to run). FLOPs per step: XLA's cost
 analysis of the compiled step; MFU against `--peak_tflops` or the device's entry in
 PEAK_TFLOPS (dense bfloat16).
 `--configs` names the config file of each method (configs/<method>/<name>.py: digits,
@@ -96,6 +100,7 @@ SYNTHETIC = {
 
 
 SYNTHETIC_PASS_BATCHES = 16  # A dataset pass over synthetic data times this many eval batches.
+PASS_REPEATS = 3  # A dataset pass's time: the median of this many calls (each is long).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,21 +295,22 @@ def compile_step(setup: Setup, batch: dict):
 
 
 def time_steps(steps_and_states: list, batch, *, steps: int, repeats: int, warmup: int):
-  """([median seconds per step of each (compiled step, state)], [their last states]: a step
-  donates the state it is given): `warmup` steps, then `repeats` rounds in which each is timed
-  over `steps` steps in turn, so that a load that comes and goes weighs on all alike."""
+  """([seconds per step of each (compiled step, state) in each round] [N][repeats], [their last
+  states]: a step donates the state it is given): `warmup` steps of each, then `repeats` rounds
+  in which each is timed over `steps` steps in turn, starting one place later each round."""
   compiled = [c for c, _ in steps_and_states]
   states = [s for _, s in steps_and_states]
   times = [[] for _ in compiled]
   for repeat in range(-1, repeats):
-    for i, step in enumerate(compiled):
+    for offset in range(len(compiled)):
+      i = (max(repeat, 0) + offset) % len(compiled)
       start = time.perf_counter()
       for _ in range(max(warmup, 1) if repeat < 0 else steps):
-        states[i], metrics = step(states[i], batch)
+        states[i], metrics = compiled[i](states[i], batch)
       jax.block_until_ready((states[i], metrics))
       if repeat >= 0:
         times[i].append((time.perf_counter() - start) / steps)
-  return [statistics.median(t) for t in times], states
+  return times, states
 
 
 def peak_tflops(override: float | None) -> float | None:
@@ -336,9 +342,11 @@ def method_rows(name: str, setup: Setup, args, peak: float | None) -> list[dict]
   timing = dict(steps=args.steps, repeats=args.repeats, warmup=args.warmup)
   compiled, state, flops = compile_step(setup, batch)
   ref_compiled, ref_state, ref_flops = compile_step(reference, batch)
-  (seconds, ref_seconds), (state, _) = time_steps(
+  (times, ref_times), (state, _) = time_steps(
     [(compiled, state), (ref_compiled, ref_state)], batch, **timing
   )
+  seconds, ref_seconds = statistics.median(times), statistics.median(ref_times)
+  ratio = statistics.median(t / r for t, r in zip(times, ref_times))
   images = images_per_step(setup)
   input_seconds = input_seconds_per_batch(setup, steps=args.steps * args.repeats)
   row = dict(
@@ -346,7 +354,7 @@ def method_rows(name: str, setup: Setup, args, peak: float | None) -> list[dict]
     images_per_s=images / seconds,
     input_images_per_s=input_seconds and images / input_seconds,
     reference_images_per_s=images / ref_seconds,
-    overhead_pct=100 * (seconds / ref_seconds - 1),
+    overhead_pct=100 * (ratio - 1),
     backbone_passes=summarise(passes),
     backbone_calls=[dataclasses.asdict(p) for p in passes],
     images_per_step=images,
@@ -416,7 +424,7 @@ def dataset_pass_row(name: str, setup: Setup, state, step_seconds: float, args) 
   )
   jax.block_until_ready(run(state))  # Compiles.
   times = []
-  for _ in range(args.repeats):
+  for _ in range(PASS_REPEATS):
     start = time.perf_counter()
     jax.block_until_ready(run(state))
     times.append(time.perf_counter() - start)
@@ -556,7 +564,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--batch', type=int, help='Unlabelled batch (labelled: config ratio).')
   parser.add_argument('--dtype', help="The backbone's compute dtype, e.g. bfloat16.")
   parser.add_argument('--steps', type=int, default=5, help='Steps per timing.')
-  parser.add_argument('--repeats', type=int, default=5, help='Timings; the median is kept.')
+  parser.add_argument('--repeats', type=int, default=25, help='Timing rounds (medians).')
   parser.add_argument('--warmup', type=int, default=2, help='Steps before timing.')
   parser.add_argument('--peak_tflops', type=float, help="The chip's peak, for MFU.")
   parser.add_argument(

@@ -7,6 +7,7 @@ import json
 import math
 
 import jax
+import jax.numpy as jnp
 
 from benchmarks import throughput
 from helpers import tiny_config
@@ -62,6 +63,23 @@ def test_staged_methods_time_the_named_stage():
   retrain = throughput.load_config('s4l:moam_retrain', 'digits', batch=None, dtype=None)
   assert (retrain.s4l.variant, retrain.s4l.stage) == ('moam', 'retrain')
   assert throughput.load_config('sela', 'imagenet_1pct', batch=None, dtype=None) is None
+
+
+def test_timing_rounds_alternate_which_step_goes_first():
+  """The method's and the reference's steps take turns at going first, so that neither is
+  always timed in the wake of the other; one time per round each."""
+  calls = []
+
+  def step(name):
+    return lambda state, batch: (calls.append(name) or state, jnp.zeros(()))
+
+  times, states = throughput.time_steps(
+    [(step('method'), 1), (step('reference'), 2)], None, steps=1, repeats=3, warmup=1
+  )
+  warmup, *rounds = [tuple(calls[i : i + 2]) for i in range(0, len(calls), 2)]
+  assert warmup == ('method', 'reference')
+  assert rounds == [('method', 'reference'), ('reference', 'method'), ('method', 'reference')]
+  assert [len(t) for t in times] == [3, 3] and states == [1, 2]
 
 
 def test_main_writes_the_table_as_json(tmp_path):
