@@ -145,7 +145,6 @@ class RunWriter:
 
 
 @jax.jit
-@jax.jit
 def _accumulate(sums: dict, counts: dict, metrics: dict) -> tuple[dict, dict]:
   """(sums, counts) of each metric's finite values, `metrics` (scalars) added."""
   finite = jax.tree.map(jnp.isfinite, metrics)
