@@ -252,25 +252,27 @@ def train_step(
   accumulate_steps: int = 1,
 ) -> tuple[TrainState, dict]:
   """One optimiser update on a global batch of uint8 images, its gradient the mean over
-  `accumulate_steps` micro-batches of the views (`accumulated_value_and_grad`); with
-  `polyak_decay` (the state a PolyakTrainState), the Polyak average's update after it."""
+  `accumulate_steps` micro-batches (`accumulated_value_and_grad`), each augmenting its own
+  images into views with their rows of the batch's view keys (`augment.view_keys`: the views
+  do not depend on the micro-batching); with `polyak_decay` (the state a PolyakTrainState), the
+  Polyak average's update after it."""
   key = jax.random.fold_in(state.key, state.step)
   labelled_key, unlabelled_key, loss_key = jax.random.split(key, 3)
-  views = {
-    'labelled': {
-      'views': augment.multi_crop(
-        labelled_key, batch['labelled']['images'], augment_cfg.labelled_views
-      ),
-      'labels': batch['labelled']['labels'],
-    }
+  configs = {'labelled': augment_cfg.labelled_views, 'unlabelled': augment_cfg}
+  keys = {'labelled': labelled_key, 'unlabelled': unlabelled_key}
+  batch = {
+    name: {**part, 'view_keys': augment.view_keys(keys[name], len(part['images']), configs[name])}
+    for name, part in batch.items()
   }
-  if 'unlabelled' in batch:
-    views['unlabelled'] = {
-      'views': augment.multi_crop(unlabelled_key, batch['unlabelled']['images'], augment_cfg),
-      'indices': batch['unlabelled']['indices'],
-    }
 
-  def loss_fn(params, states, views, key):
+  def loss_fn(params, states, batch, key):
+    views = {
+      name: {
+        'views': augment.views_from_keys(part['view_keys'], part['images'], configs[name]),
+        **{k: v for k, v in part.items() if k not in ('images', 'view_keys')},
+      }
+      for name, part in batch.items()
+    }
     model = nnx.merge(graphdef, params, states[0], copy=True)
     loss, (method_state, metrics) = method.loss(model, states[1], views, key, state.step)
     return loss, ((nnx.state(model, nnx.Not(nnx.Param)), method_state), metrics)
@@ -279,7 +281,7 @@ def train_step(
     loss_fn,
     state.params,
     (state.model_state, state.method_state),
-    views,
+    batch,
     loss_key,
     accumulate_steps,
     method.mesh,

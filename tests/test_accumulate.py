@@ -9,6 +9,7 @@ import re
 
 import chex
 import jax
+import jax.extend.core
 import numpy as np
 import pytest
 
@@ -131,6 +132,30 @@ def test_micro_batches_keep_each_devices_rows():
   full, accumulated = collectives(1), collectives(4)
   assert full['all-to-all'] > 0  # The count sees the full-batch step's own.
   assert accumulated == full
+
+
+def _float_images(jaxpr, in_scan: bool = False) -> set[tuple[tuple[int, ...], bool]]:
+  """{(shape, whether made inside a scan)} of the float32 [B, H, W, C] arrays that the
+  equations of `jaxpr` and of its sub-jaxprs make."""
+  made = set()
+  for eqn in jaxpr.eqns:
+    made |= {
+      (v.aval.shape, in_scan)
+      for v in eqn.outvars
+      if getattr(v.aval, 'dtype', None) == np.float32 and len(v.aval.shape) == 4
+    }
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      made |= _float_images(sub, in_scan or eqn.primitive.name == 'scan')
+  return made
+
+
+def test_micro_batches_build_their_own_views():
+  """With 4 micro-batches, the views (float32 [B, 8, 8, 1]) exist at a quarter of the batch,
+  inside the scan, never at the whole batch: accumulation shrinks them with the activations."""
+  step, state, batch, _ = jitted(4, 8)
+  made = _float_images(jax.make_jaxpr(step)(state, batch(0)).jaxpr)
+  assert ((LABELLED // 4, 8, 8, 1), True) in made
+  assert not any(shape[0] == LABELLED for shape, _ in made), made
 
 
 @pytest.mark.parametrize('name', test_method_contracts.METHODS)

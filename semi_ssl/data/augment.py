@@ -603,7 +603,7 @@ def _augment_one(
 
 
 def _augment_family(
-  key: jax.Array,
+  keys: jax.Array,
   images: jax.Array,
   cfg: AugmentConfig,
   crop: CropSpec,
@@ -611,12 +611,12 @@ def _augment_family(
   solarize_probs: tuple[float, ...],
 ) -> list[jax.Array]:
   """The len(blur_probs) views of one crop family, computed together (vmap over views and
-  examples, one key each): uint8 [B, H, W, C] -> views, each float32 [B, size, size, C]."""
+  examples): uint8 [B, H, W, C] and keys [B, V], one per example and view -> views, each
+  float32 [B, size, size, C]."""
   augment = functools.partial(
     _augment_one, cfg=cfg, crop=crop, blur=max(blur_probs) > 0, solarize=max(solarize_probs) > 0
   )
-  per_view = jax.vmap(jax.vmap(augment, in_axes=(0, 0, None, None)), in_axes=(0, None, 0, 0))
-  keys = jax.random.split(key, (len(blur_probs), images.shape[0]))
+  per_view = jax.vmap(jax.vmap(augment, in_axes=(0, 0, None, None)), in_axes=(1, None, 0, 0))
   return list(per_view(keys, images, jnp.asarray(blur_probs), jnp.asarray(solarize_probs)))
 
 
@@ -625,19 +625,29 @@ def _per_view(probs: tuple[float, ...], num: int) -> tuple[float, ...]:
   return (probs + probs[-1:] * num)[:num]
 
 
-def multi_crop(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> list[jax.Array]:
-  """uint8 [B, H, W, C] -> global views then local views, each float32 [B, size, size, C].
+def view_keys(key: jax.Array, batch_size: int, cfg: AugmentConfig) -> dict[str, jax.Array]:
+  """{'global': [B, V_global], 'local': [B, V_local]} keys, one per example and view, that
+  `views_from_keys` augments with: rows of examples, so that a batch's rows and theirs split
+  alike (gradient accumulation's micro-batches build their own views)."""
+  num_local = cfg.local_crops.num if cfg.local_crops is not None else 0
+  return {
+    family: jnp.swapaxes(jax.random.split(family_key, (num, batch_size)), 0, 1)
+    for family, family_key, num in zip(
+      ('global', 'local'), jax.random.split(key), (cfg.global_crops.num, num_local)
+    )
+  }
 
-  View v of example i depends only on (key, B, v, images[i]), whatever the sharding of `images`.
-  """
+
+def views_from_keys(keys: dict[str, jax.Array], images: jax.Array, cfg: AugmentConfig):
+  """uint8 [B, H, W, C] and `view_keys` rows [B, ...] -> global views then local views, each
+  float32 [B, size, size, C]."""
   require(
     images.ndim == 4 and images.dtype == jnp.uint8,
     f'multi_crop expects uint8 images [B, H, W, C], got {images.dtype} {images.shape}.',
   )
-  global_key, local_key = jax.random.split(key)
   num_global = cfg.global_crops.num
   views = _augment_family(
-    global_key,
+    keys['global'],
     images,
     cfg,
     cfg.global_crops,
@@ -647,7 +657,7 @@ def multi_crop(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> list[ja
   if cfg.local_crops is not None:
     num_local = cfg.local_crops.num
     views += _augment_family(
-      local_key,
+      keys['local'],
       images,
       cfg,
       cfg.local_crops,
@@ -655,6 +665,14 @@ def multi_crop(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> list[ja
       (0.0,) * num_local,
     )
   return views
+
+
+def multi_crop(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> list[jax.Array]:
+  """uint8 [B, H, W, C] -> global views then local views, each float32 [B, size, size, C].
+
+  View v of example i depends only on (key, B, v, images[i]), whatever the sharding of `images`.
+  """
+  return views_from_keys(view_keys(key, images.shape[0], cfg), images, cfg)
 
 
 def eval_view(
