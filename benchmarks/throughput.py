@@ -11,8 +11,8 @@ Rows:
                       create_optimizer, state_initializer, state_sharding, train_step), on a fixed
                       batch of random uint8 images on the devices: images/s of the step (labelled
                       + unlabelled images per step over its median time), beside the reference
-                      step's, and overhead_pct = 100 (t_method / t_reference - 1), the ratio the
-                      median of the rounds' (Timing).
+                      step's, and overhead_pct = 100 (t_method / t_reference - 1), the ratio
+                      the median of the rounds' ratios (Timing).
   input img/s         the trainer's input pipeline for the method's config (`pipeline.iterate`:
                       host batches of the real digits splits, sent to the devices), alone, in
                       images/s; the step is input-bound where this is below the step's img/s.

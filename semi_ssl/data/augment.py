@@ -643,7 +643,7 @@ def views_from_keys(keys: dict[str, jax.Array], images: jax.Array, cfg: AugmentC
   float32 [B, size, size, C]."""
   require(
     images.ndim == 4 and images.dtype == jnp.uint8,
-    f'multi_crop expects uint8 images [B, H, W, C], got {images.dtype} {images.shape}.',
+    f'Augmentation expects uint8 images [B, H, W, C], got {images.dtype} {images.shape}.',
   )
   num_global = cfg.global_crops.num
   views = _augment_family(
