@@ -11,6 +11,8 @@ import sysconfig
 
 import pytest
 
+from semi_ssl import config_base, main
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, 'launch')
 TPU = os.path.join(LAUNCH, 'tpu_pod.sh')
@@ -376,19 +378,14 @@ def test_slurm_job_requeues_itself_when_the_run_stopped_before_finishing(slurm_b
 
 
 def test_check_finished_looks_for_the_last_stages_results(tmp_path):
-  """The real `semi_ssl.main --check_finished` that the SLURM job runs after srun: 3 until the
-  last stage's results.json and the run's (written after it) exist, then 0; nothing is trained
-  or written."""
+  """The real `semi_ssl.main --check_finished` that the SLURM job runs after srun: 3 before the
+  run, 0 once the last stage's results.json and the run's (written after it) exist, and
+  `main.finished`, which it calls, False in between (in-process: a subprocess is 5 s); nothing
+  is trained or written."""
+  config = '--config=configs/suave/digits.py:with_baseline'
   check = lambda: (
     subprocess.run(
-      [
-        sys.executable,
-        '-m',
-        'semi_ssl.main',
-        '--config=configs/suave/digits.py:with_baseline',
-        f'--workdir={tmp_path}',
-        '--check_finished',
-      ],
+      [sys.executable, '-m', 'semi_ssl.main', config, f'--workdir={tmp_path}', '--check_finished'],
       cwd=REPO,
       capture_output=True,
       text=True,
@@ -396,12 +393,15 @@ def test_check_finished_looks_for_the_last_stages_results(tmp_path):
     ).returncode
   )
   assert check() == 3 and os.listdir(tmp_path) == []
+  plan = main.stage_plan(
+    config_base.load_config_file(f'{REPO}/configs/suave/digits.py', 'with_baseline'), str(tmp_path)
+  )
   (tmp_path / 'supervised').mkdir()  # A finished first stage is not enough.
   (tmp_path / 'supervised' / 'results.json').write_text('{}')
-  assert check() == 3
+  assert not main.finished(plan)
   (tmp_path / 'suave').mkdir()
   (tmp_path / 'suave' / 'results.json').write_text('{}')
-  assert check() == 3
+  assert not main.finished(plan)
   (tmp_path / 'results.json').write_text('{}')
   assert check() == 0
 
